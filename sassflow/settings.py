@@ -1,0 +1,239 @@
+"""The one settings object of sassflow.
+
+Read from, in order of precedence: keyword arguments, environment variables
+(``SASSFLOW_`` prefix, ``__`` between nested names, e.g.
+``SASSFLOW_KAFKA__BOOTSTRAP_SERVERS``), a TOML file (``SASSFLOW_CONFIG`` or
+``./sassflow.toml``), then the defaults below.  The defaults are the embedded
+set-up: a local broker on loopback, SQLite + local files for Feast, SQLite for
+the model registry, everything under ``state_dir``.
+
+Credentials (Kafka SASL/TLS, Redis, Postgres, the admin token) only ever come
+from here, never from code.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_SCENARIOS = ["family", "thriller", "action", "comedy", "drama"]
+
+
+class KafkaSettings(BaseModel):
+    """How clients reach a Kafka cluster (local or production)."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    events_topic: str = "sassflow.events"
+    dlq_topic: str = "sassflow.events.dlq"
+    partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    consumer_group: str = "sassflow-ingest"
+    max_event_bytes: int = Field(4096, ge=256)
+
+    def client_kwargs(self) -> dict:
+        """Connection/security keyword arguments shared by every kafka-python client."""
+        kw: dict = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+        if self.sasl_plain_username:
+            kw["sasl_plain_username"] = self.sasl_plain_username
+        if self.sasl_plain_password:
+            kw["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name):
+                kw[name] = getattr(self, name)
+        return kw
+
+
+class LocalKafkaSettings(BaseModel):
+    """The single-node KRaft broker that `sassflow kafka start` runs for development and tests."""
+
+    version: str = "4.4.0"
+    host: str = "127.0.0.1"
+    port: int = 19092
+    controller_port: int = 19093
+    data_dir: Path | None = None  # default: <state_dir>/kafka
+    jar_cache_dir: Path = Path.home() / ".cache" / "sassflow" / "kafka"
+    heap: str = "512m"
+    start_timeout_s: float = 90.0
+
+
+class DataSettings(BaseModel):
+    """Where the replayable datasets live."""
+
+    movielens_dir: Path | None = None  # a folder with ratings.csv.gz, movies.csv, users.csv
+    scenarios_file: Path | None = None  # default: <movielens_dir>/../scenarios.json
+
+    def find_movielens(self) -> Path | None:
+        """The configured folder, or the first well-known location that exists, or None."""
+        candidates = [self.movielens_dir] if self.movielens_dir else []
+        candidates += [
+            PROJECT_ROOT / "datasets" / "movielens-1m",
+            PROJECT_ROOT.parent / "shared" / "datasets" / "movielens-1m",
+            Path.home() / ".cache" / "sassflow" / "datasets" / "movielens-1m",
+        ]
+        for c in candidates:
+            if c and (Path(c) / "ratings.csv.gz").exists():
+                return Path(c)
+        return None
+
+    def find_scenarios_file(self, data_dir: Path | None) -> Path | None:
+        if self.scenarios_file:
+            return self.scenarios_file
+        for c in ([data_dir / "scenarios.json", data_dir.parent / "scenarios.json"] if data_dir else []):
+            if c.exists():
+                return c
+        return None
+
+
+class StreamingSettings(BaseModel):
+    batch_max_events: int = Field(5000, ge=1)
+    batch_max_ms: int = Field(200, ge=1)
+    allowed_lateness_ms: int = Field(3_600_000, ge=0)
+    checkpoint_interval_ms: int = Field(2000, ge=0)  # history + checkpoint + commit cadence
+    item_shards: int = Field(1, ge=1)  # item-stage processes (each reads every partition)
+    metrics_port: int = 9464  # 0 disables the Prometheus endpoint
+    checkpoint_dir: Path | None = None  # default: <state_dir>/checkpoints
+    offline_dir: Path | None = None  # default: <state_dir>/offline (partitioned parquet history)
+
+
+class FeastSettings(BaseModel):
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: SecretStr = SecretStr("127.0.0.1:6379")
+    registry_url: SecretStr | None = None  # SQL registry (production), e.g. postgresql+psycopg://...
+    data_dir: Path | None = None  # default: <state_dir>/feast
+    project: str = "sassflow"
+
+
+class TrainingSettings(BaseModel):
+    registry_url: SecretStr | None = None  # default: sqlite:///<state_dir>/registry.db
+    artifact_dir: Path | None = None  # default: <state_dir>/models
+    report_dir: Path | None = None  # default: <state_dir>/reports
+    embedding_dim: int = 64
+    hidden_dims: list[int] = [128, 64]
+    pretrain_epochs: int = 2
+    finetune_epochs: int = 4
+    batch_size: int = 1024
+    learning_rate: float = 2e-3
+    temperature: float = 0.1
+    global_loss_weight: float = 0.3
+    global_dropout: float = 0.1
+    quality_tolerance: float = 0.02
+    seed: int = 0
+
+
+class ServingSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    bundle_dir: Path | None = None  # default: <state_dir>/bundles
+    admin_token: SecretStr | None = None  # admin endpoints refuse every request while unset
+    omp_threads: int = 1
+    torch_threads: int = 1
+    watch_interval_s: float = 1.0
+    k_max: int = 500
+    exact_index_max_items: int = 50_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    ivf_nlist: int | None = None  # default: ~4*sqrt(n)
+    ivf_nprobe: int = 32
+    ann_index: Literal["hnsw", "ivf"] = "hnsw"  # index above exact_index_max_items
+    batch_max_requests: int = 256  # POST /recommend/batch size limit
+
+
+class AirflowSettings(BaseModel):
+    home: Path | None = None  # default: <state_dir>/airflow
+    host: str = "127.0.0.1"
+    port: int = 8080
+    schedule: str = "@daily"
+    sql_alchemy_conn: SecretStr | None = None  # default: sqlite in home
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SASSFLOW_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    state_dir: Path = Path(".sassflow")
+    scenarios: list[str] = Field(default_factory=lambda: list(DEFAULT_SCENARIOS))
+    kafka: KafkaSettings = KafkaSettings()
+    local_kafka: LocalKafkaSettings = LocalKafkaSettings()
+    data: DataSettings = DataSettings()
+    streaming: StreamingSettings = StreamingSettings()
+    feast: FeastSettings = FeastSettings()
+    training: TrainingSettings = TrainingSettings()
+    serving: ServingSettings = ServingSettings()
+    airflow: AirflowSettings = AirflowSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("SASSFLOW_CONFIG", "sassflow.toml"))
+        sources = [init_settings, env_settings]
+        if toml_path.exists():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> "Settings":
+        self.state_dir = Path(self.state_dir).absolute()
+        s = self.state_dir
+        if self.local_kafka.data_dir is None:
+            self.local_kafka.data_dir = s / "kafka"
+        if self.streaming.checkpoint_dir is None:
+            self.streaming.checkpoint_dir = s / "checkpoints"
+        if self.streaming.offline_dir is None:
+            self.streaming.offline_dir = s / "offline"
+        if self.feast.data_dir is None:
+            self.feast.data_dir = s / "feast"
+        if self.training.registry_url is None:
+            self.training.registry_url = SecretStr(f"sqlite:///{s / 'registry.db'}")
+        if self.training.artifact_dir is None:
+            self.training.artifact_dir = s / "models"
+        if self.training.report_dir is None:
+            self.training.report_dir = s / "reports"
+        if self.serving.bundle_dir is None:
+            self.serving.bundle_dir = s / "bundles"
+        if self.airflow.home is None:
+            self.airflow.home = s / "airflow"
+        if len(set(self.scenarios)) != len(self.scenarios) or not self.scenarios:
+            raise ValueError("scenarios must be a non-empty list of distinct names")
+        return self
+
+    def scenario_id(self, name: str) -> int:
+        return self.scenarios.index(name)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own ``Settings(...)`` instead)."""
+    return Settings()

@@ -1,0 +1,297 @@
+"""A real single-node Apache Kafka 4.x broker (KRaft, combined broker + controller) on loopback.
+
+The broker jars come from Maven Central, resolved once by Maven into
+``local_kafka.jar_cache_dir/<version>/lib`` (Java 17 runs them).  The data
+directory is formatted once (``kafka.tools.StorageTool format --standalone``)
+and kept, so a restart keeps the log.  ``LocalKafka`` is used by
+``sassflow kafka start|stop|status``, the demo, the benchmarks and the test
+suite's session fixture alike.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sassflow.settings import LocalKafkaSettings, Settings
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>sassflow</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{version}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.24.3</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>2.24.3</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+"""
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+@dataclass
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    data_dir: str
+    version: str
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still "exists"; treat it as dead
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def ensure_jars(cfg: LocalKafkaSettings) -> Path:
+    """Resolve the broker and its dependencies from Maven Central once; return the lib folder."""
+    root = Path(cfg.jar_cache_dir).expanduser() / cfg.version
+    lib = root / "lib"
+    marker = root / ".complete"
+    if marker.exists():
+        return lib
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        raise BrokerError("Java 17 and Maven are required (Debian: apt-get install openjdk-17-jre-headless maven)")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pom.xml").write_text(_POM.format(version=cfg.version))
+    tmp_lib = root / "lib.tmp"
+    shutil.rmtree(tmp_lib, ignore_errors=True)
+    proc = subprocess.run(
+        ["mvn", "-q", "-B", "-f", str(root / "pom.xml"), "dependency:copy-dependencies",
+         f"-DoutputDirectory={tmp_lib}", "-DincludeScope=runtime"],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise BrokerError(f"maven could not resolve kafka_2.13:{cfg.version}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    shutil.rmtree(lib, ignore_errors=True)
+    tmp_lib.rename(lib)
+    marker.write_text(json.dumps(sorted(p.name for p in lib.iterdir())))
+    return lib
+
+
+class LocalKafka:
+    """Start, stop and inspect the local broker described by ``settings.local_kafka``."""
+
+    def __init__(self, settings: Settings):
+        self.cfg = settings.local_kafka
+        self.data_dir = Path(self.cfg.data_dir)
+        self.log_dir = self.data_dir / "log"
+        self.pid_file = self.data_dir / "broker.pid"
+        self.bootstrap = f"{self.cfg.host}:{self.cfg.port}"
+
+    # -- files ---------------------------------------------------------------
+    def _properties(self) -> str:
+        c = self.cfg
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={c.host}:{c.controller_port}",
+            f"listeners=PLAINTEXT://{c.host}:{c.port},CONTROLLER://{c.host}:{c.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{c.host}:{c.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={self.log_dir}",
+            "num.partitions=4",
+            "auto.create.topics.enable=true",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "log.retention.hours=-1",
+            "message.max.bytes=10485760",
+            "",
+        ])
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        props.write_text(self._properties())
+        (self.data_dir / "log4j2.yaml").write_text(_LOG4J2)
+        return props
+
+    def _java(self, lib: Path, main: str, *args: str) -> list[str]:
+        return [
+            "java", f"-Xmx{self.cfg.heap}", f"-Xms{self.cfg.heap}",
+            "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.yaml'}",
+            "-cp", f"{lib}/*", main, *args,
+        ]
+
+    def _format_if_needed(self, lib: Path, props: Path) -> None:
+        if (self.log_dir / "meta.properties").exists():
+            return
+        cluster_id = uuid.uuid4().bytes
+        import base64
+
+        cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
+        proc = subprocess.run(
+            self._java(lib, "kafka.tools.StorageTool", "format", "--standalone", "-t", cid, "-c", str(props)),
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise BrokerError(f"formatting {self.log_dir} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+    # -- lifecycle -------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def status(self) -> BrokerStatus:
+        pid = self.pid()
+        running = pid is not None and _port_open(self.cfg.host, self.cfg.port)
+        return BrokerStatus(running, pid, self.bootstrap, str(self.data_dir), self.cfg.version)
+
+    def start(self, timeout: float | None = None) -> BrokerStatus:
+        timeout = timeout or self.cfg.start_timeout_s
+        if self.pid() is not None:
+            self._wait_ready(timeout)
+            return self.status()
+        if _port_open(self.cfg.host, self.cfg.port):
+            raise BrokerError(f"port {self.cfg.port} is already taken by another process")
+        lib = ensure_jars(self.cfg)
+        props = self._write_config()
+        self._format_if_needed(lib, props)
+        out = open(self.data_dir / "broker.out", "ab")
+        proc = subprocess.Popen(
+            self._java(lib, "kafka.Kafka", str(props)),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C in the caller's terminal must not kill the broker mid-write
+        )
+        out.close()
+        self.pid_file.write_text(str(proc.pid))
+        try:
+            self._wait_ready(timeout, proc)
+        except BrokerError:
+            self.stop()
+            raise
+        return self.status()
+
+    def _wait_ready(self, timeout: float, proc: subprocess.Popen | None = None) -> None:
+        """Ready = the broker answers a metadata request (not just an open port)."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                tail = (self.data_dir / "broker.out").read_text(errors="replace")[-3000:]
+                raise BrokerError(f"broker exited with code {proc.returncode}:\n{tail}")
+            if _port_open(self.cfg.host, self.cfg.port):
+                try:
+                    admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+                    try:
+                        admin.describe_cluster()
+                        return
+                    finally:
+                        admin.close()
+                except (KafkaError, OSError) as exc:
+                    last = exc
+            time.sleep(0.3)
+        raise BrokerError(f"broker did not answer on {self.bootstrap} within {timeout:.0f}s ({last})")
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """SIGTERM (a clean shutdown flushes the log), SIGKILL after ``timeout``. True if it was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+            except ChildProcessError:
+                pass
+            if not _pid_alive(pid):
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        deadline = time.monotonic() + 15
+        while _port_open(self.cfg.host, self.cfg.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return True
+
+
+def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> None:
+    """Create the events and dead-letter topics (or the given name → partitions) if missing."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    k = settings.kafka
+    topics = topics or {k.events_topic: k.partitions, k.dlq_topic: 1}
+    admin = KafkaAdminClient(**k.client_kwargs())
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, partitions, k.replication_factor)
+               for name, partitions in topics.items() if name not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            described = admin.describe_topics(list(topics))
+            if all(t.get("error_code", 0) == 0 and t.get("partitions") for t in described):
+                return
+            time.sleep(0.2)
+    finally:
+        admin.close()
