@@ -18,6 +18,7 @@ from sassflow.settings import Settings, get_settings
 COMMAND_MODULES = [
     "streaming.cli",
     "streaming.ingest_cli",
+    "streaming.datasets",
     "features.cli",
     "training.cli",
     "serving.cli",
