@@ -1,0 +1,1 @@
+"""Serving: per-scenario FAISS bundles, the retrieval HTTP API, and zero-downtime hot swap."""

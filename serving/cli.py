@@ -1,0 +1,124 @@
+"""`sassflow serve`, `sassflow bundle ...` and the serving benchmarks."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def register(commands, benches) -> None:
+    p = commands.add_parser("serve", help="run the recommendation HTTP service")
+    p.add_argument("--host", help="default: settings.serving.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="default: settings.serving.port")
+    p.add_argument("--static-features", type=Path,
+                   help="serve features from this npz table instead of Feast (synthetic benchmarks only)")
+    p.set_defaults(func=cmd_serve)
+
+    bundle = commands.add_parser("bundle", help="build, publish, roll back and list serving bundles")
+    sub = bundle.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    b = sub.add_parser("build", help="build a bundle from a model version (or a synthetic catalog)")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-version", type=int, help="registered model version to bundle")
+    src.add_argument("--synthetic", type=int, metavar="N_ITEMS", help="synthetic catalog + mean-history tower")
+    b.add_argument("--artifact-dir", type=Path,
+                   help="model artifact folder (default: the version's artifact_path in the registry)")
+    b.add_argument("--dim", type=int, default=64, help="vector size of a synthetic bundle")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-publish", action="store_true", help="build only; publish later with `bundle publish`")
+    b.set_defaults(func=cmd_bundle_build)
+    p = sub.add_parser("publish", help="make a bundle the one served")
+    p.add_argument("bundle_id")
+    p.set_defaults(func=cmd_bundle_publish)
+    sub.add_parser("rollback", help="serve the previous good bundle again").set_defaults(func=cmd_bundle_rollback)
+    sub.add_parser("list", help="bundles on disk, the current one marked").set_defaults(func=cmd_bundle_list)
+
+    from serving.bench import add_bench_parsers
+
+    add_bench_parsers(benches)
+
+
+def cmd_serve(args, settings) -> int:
+    # Before faiss/torch load: their OpenMP pools size themselves from the environment.
+    os.environ["OMP_NUM_THREADS"] = str(settings.serving.omp_threads)
+    import logging
+
+    import uvicorn
+
+    from serving.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    reader = None
+    if args.static_features:
+        from serving.feature_reader import StaticFeatureReader
+
+        reader = StaticFeatureReader.from_file(args.static_features)
+    app = create_app(settings, feature_reader=reader)
+    uvicorn.run(app, host=args.host or settings.serving.host, port=args.port or settings.serving.port,
+                access_log=False, log_level="warning")  # loop/http "auto": uvloop + httptools when installed
+    return 0
+
+
+def _registry(settings):
+    """Training's model registry (``mark_published``), or None before training is installed."""
+    try:
+        from training.registry import ModelRegistry
+    except ModuleNotFoundError:
+        return None
+    return ModelRegistry(settings.training.registry_url.get_secret_value())
+
+
+def cmd_bundle_build(args, settings) -> int:
+    from serving.bundle import build_bundle, build_synthetic_bundle, publish_bundle
+
+    def progress(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    if args.synthetic:
+        path = build_synthetic_bundle(settings, args.synthetic, args.dim, seed=args.seed, progress=progress)
+        if not args.no_publish:
+            publish_bundle(settings, path.name)
+    else:
+        registry = _registry(settings)
+        artifact_dir = args.artifact_dir
+        if artifact_dir is None:
+            if registry is None:
+                print("--artifact-dir is needed: training's model registry is not available", file=sys.stderr)
+                return 2
+            try:
+                artifact_dir = Path(registry.get(args.model_version).artifact_path)
+            except KeyError as exc:
+                print(f"cannot build: {exc.args[0]}", file=sys.stderr)
+                return 2
+        path = build_bundle(settings, artifact_dir, args.model_version, registry=registry,
+                            publish=not args.no_publish, progress=progress)
+    print(json.dumps({"bundle_id": path.name, "path": str(path), "published": not args.no_publish}))
+    return 0
+
+
+def cmd_bundle_publish(args, settings) -> int:
+    from serving.bundle import publish_bundle
+
+    publish_bundle(settings, args.bundle_id, registry=_registry(settings))
+    print(json.dumps({"published": args.bundle_id}))
+    return 0
+
+
+def cmd_bundle_rollback(args, settings) -> int:
+    from serving.bundle import BundleError, rollback_bundle
+
+    try:
+        bundle_id = rollback_bundle(settings)
+    except BundleError as exc:
+        print(f"rollback failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"current": bundle_id}))
+    return 0
+
+
+def cmd_bundle_list(args, settings) -> int:
+    from serving.bundle import list_bundles
+
+    for b in list_bundles(settings):
+        print(json.dumps(b))
+    return 0

@@ -1,0 +1,132 @@
+"""Per-scenario FAISS indexes: which kind, how to build it, how to search it.
+
+Scores are inner products (the towers emit vectors whose dot product is the
+relevance).  Small catalogs get an exact ``IndexFlatIP``; above
+``exact_index_max_items`` an approximate index (HNSW or IVF, ``ann_index`` in
+settings) whose parameters all come from settings and are recorded in the
+bundle manifest, so a bundle is searched exactly as it was built and
+validated.  FAISS internal ids are row numbers into the scenario's
+``item_ids.npy``; the raw item id is ``item_ids[row]`` (an id array instead
+of ``IndexIDMap2`` keeps ``reconstruct`` available for the mean-history tower).
+"""
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+
+from sassflow.settings import ServingSettings
+
+
+def index_spec(n_items: int, settings: ServingSettings) -> dict:
+    """The index type and parameters for a catalog of ``n_items`` (pure; goes into the manifest)."""
+    if n_items <= settings.exact_index_max_items:
+        return {"type": "flat"}
+    if settings.ann_index == "hnsw":
+        return {
+            "type": "hnsw",
+            "m": settings.hnsw_m,
+            "ef_construction": settings.hnsw_ef_construction,
+            "ef_search": settings.hnsw_ef_search,
+        }
+    nlist = settings.ivf_nlist or int(4 * math.sqrt(n_items))
+    nlist = max(1, min(nlist, n_items // 39))  # FAISS wants >= 39 training points per centroid
+    return {"type": "ivf", "nlist": nlist, "nprobe": min(settings.ivf_nprobe, nlist)}
+
+
+def build_index(vectors: np.ndarray, spec: dict, seed: int = 0) -> faiss.Index:
+    """A filled index over ``vectors`` (float32 [n, d]); row i gets FAISS id i."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    kind = spec["type"]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, spec["m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = spec["ef_construction"]
+    elif kind == "ivf":
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, spec["nlist"], faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        # k-means on a sample: 64 points per centroid is plenty and keeps 1M-item builds short.
+        index.cp.max_points_per_centroid = 64
+        index.train(vectors)
+        index.own_fields = True  # the index frees its quantizer...
+        quantizer.this.disown()  # ...so Python must not free it a second time
+    else:
+        raise ValueError(f"unknown index type {kind!r}")
+    index.add(vectors)
+    return index
+
+
+def configure_search(index: faiss.Index, spec: dict) -> faiss.Index:
+    """Apply the search-time parameters recorded in the manifest (they are not all persisted)."""
+    if spec["type"] == "hnsw":
+        faiss.downcast_index(index).hnsw.efSearch = spec["ef_search"]
+    elif spec["type"] == "ivf":
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = spec["nprobe"]
+        ivf.make_direct_map()  # reconstruct(row) for the mean-history tower
+    return index
+
+
+def write_index(index: faiss.Index, path) -> None:
+    faiss.write_index(index, str(path))
+
+
+def read_index(path, spec: dict) -> faiss.Index:
+    return configure_search(faiss.read_index(str(path)), spec)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [B, k], rows [B, k]); a row of -1 means fewer than k results."""
+    k = max(1, min(k, index.ntotal))
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def item_vectors(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
+    """The stored vectors of ``rows`` (flat, HNSW-flat and IVF-flat keep them exactly)."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.zeros((0, index.d), dtype=np.float32)
+    return index.reconstruct_batch(rows)
+
+
+def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
+    """Mean fraction of the exact top-k found by the approximate search."""
+    hits = [len(set(a[a >= 0]) & set(e[e >= 0])) / max(1, (e >= 0).sum()) for a, e in zip(approx_rows, exact_rows)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+class ScenarioCatalog:
+    """One scenario's searchable catalog: the index, its row → raw item id map, and popularity."""
+
+    def __init__(self, scenario: str, index: faiss.Index, item_ids: np.ndarray, popular: np.ndarray, spec: dict):
+        self.scenario = scenario
+        self.index = index
+        self.item_ids = np.ascontiguousarray(item_ids, dtype=np.int64)
+        self.popular = np.ascontiguousarray(popular, dtype=np.int64)
+        self.spec = spec
+        # raw id -> row by binary search: 16 bytes/item, no Python dict of a million entries.
+        self._order = np.argsort(self.item_ids, kind="stable")
+        self._sorted_ids = self.item_ids[self._order]
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def rows_of(self, raw_ids) -> np.ndarray:
+        """Rows of the raw ids that are in this catalog (unknown ids are dropped)."""
+        raw = np.asarray(raw_ids, dtype=np.int64).reshape(-1)
+        if raw.size == 0 or self._sorted_ids.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, raw), self._sorted_ids.size - 1)
+        found = self._sorted_ids[pos] == raw
+        return self._order[pos[found]]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [B, k'], raw item ids [B, k']) with -1 ids where the index ran out."""
+        scores, rows = search(self.index, queries, k)
+        ids = np.where(rows >= 0, self.item_ids[np.maximum(rows, 0)], -1)
+        return scores, ids

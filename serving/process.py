@@ -1,0 +1,106 @@
+"""Run the HTTP service in a child process (tests and benchmarks).
+
+The child is started with ``subprocess`` (fork + immediate exec), never by
+forking a Python process in which FAISS or torch thread pools already run,
+and gets ``OMP_NUM_THREADS`` in its environment so OpenMP sizes itself before
+the first import.  The child's settings are this process's settings, passed
+as ``SASSFLOW_*`` environment variables.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel, SecretStr
+
+from sassflow.settings import PROJECT_ROOT, Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``SASSFLOW_...`` variables that rebuild ``settings`` in a child process (secrets included)."""
+    env: dict[str, str] = {}
+
+    def put(prefix: str, model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            key = f"{prefix}{name.upper()}"
+            if isinstance(value, BaseModel):
+                put(key + "__", value)
+            elif value is None:
+                continue
+            elif isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            elif isinstance(value, (list, dict)):
+                env[key] = json.dumps(value)
+            else:
+                env[key] = str(value)
+
+    put("SASSFLOW_", settings)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``sassflow serve`` in a child process on a free loopback port."""
+
+    def __init__(self, settings: Settings, static_features: Path | None = None, log_path: Path | None = None):
+        self.port = free_port()
+        self.settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"port": self.port})})
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SASSFLOW_")}
+        env.update(settings_env(self.settings))
+        env["SASSFLOW_CONFIG"] = os.devnull  # the child's settings come only from the variables above
+        env["OMP_NUM_THREADS"] = str(settings.serving.omp_threads)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        cmd = [sys.executable, "-m", "sassflow.cli", "serve"]
+        if static_features:
+            cmd += ["--static-features", str(static_features)]
+        self.log_path = log_path
+        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=self._log, stderr=self._log)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                r = httpx.get(self.url + "/readyz", timeout=2.0)
+                if r.status_code == 200:
+                    return r.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout}s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

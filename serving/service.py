@@ -1,0 +1,193 @@
+"""The recommendation service: one reference to the bundle being served, and what to do with it.
+
+Requests read ``self.bundle`` once and use that object to the end, so a swap
+(which only replaces the reference) never changes a request half-way; the old
+bundle is freed by reference counting when its last request finishes.  Loading,
+validating and warming a new bundle happens on the caller's thread (the
+watcher, an admin request in the thread pool), never on the request path, and
+swaps are serialised by a lock.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sassflow.settings import Settings
+from serving.bundle import BundleError, LoadedBundle, current_bundle_id, load_bundle, rollback_bundle
+from serving.feature_reader import FeatureReader
+from serving.metrics import ServingMetrics
+
+log = logging.getLogger("sassflow.serving")
+
+
+def configure_threads(settings: Settings) -> None:
+    """Pin FAISS/OpenMP and torch thread pools to the configured sizes.
+
+    Request concurrency comes from serving many requests, not from parallelising
+    one search; oversubscribed OpenMP pools on 2 cores wreck tail latency.  The
+    environment variable only helps before the first import, so callers that
+    start processes set ``OMP_NUM_THREADS`` in the child's environment too."""
+    import faiss
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(settings.serving.omp_threads))
+    faiss.omp_set_num_threads(settings.serving.omp_threads)
+    if "torch" in sys.modules:  # only a training tower brings torch in; do not import it for nothing
+        torch = sys.modules["torch"]
+        if torch.get_num_threads() != settings.serving.torch_threads:
+            torch.set_num_threads(settings.serving.torch_threads)
+
+
+class NotReady(Exception):
+    """No bundle is loaded yet."""
+
+
+@dataclass
+class Recommendation:
+    user_id: int
+    scenario: str
+    items: list[int]
+    scores: list[float]
+    fallback: bool
+    model_version: str
+    bundle_id: str
+
+
+class RecommendationService:
+    def __init__(self, settings: Settings, feature_reader: FeatureReader, metrics: ServingMetrics | None = None):
+        self.settings = settings
+        self.features = feature_reader
+        self.metrics = metrics or ServingMetrics()
+        self.bundle: LoadedBundle | None = None
+        self.previous_bundle_id: str | None = None
+        self.refused: dict[str, str] = {}  # bundle id -> reason; not retried until republished
+        self._swap_lock = threading.Lock()
+        configure_threads(settings)
+
+    # ------------------------------------------------------------ requests
+
+    def recommend_many(self, requests: list[tuple[int, str, int]]) -> list[Recommendation]:
+        """Answer ``(user_id, scenario, k)`` requests with one feature read and one search per scenario."""
+        bundle = self.bundle  # this request's bundle, whatever swaps happen meanwhile
+        if bundle is None:
+            raise NotReady("no bundle loaded yet")
+        start = time.perf_counter()
+        rows = self.features.read([(u, s) for u, s, _ in requests])
+        out: list[Recommendation | None] = [None] * len(requests)
+        by_scenario: dict[str, list[int]] = {}
+        for i, (_, s, _) in enumerate(requests):
+            by_scenario.setdefault(s, []).append(i)
+        for scenario, idx in by_scenario.items():
+            catalog = bundle.catalogs[scenario]
+            personal = [i for i in idx if rows[i].get("recent_clicks")]
+            vectors = bundle.tower.encode([rows[i] for i in personal], scenario) if personal else None
+            placed = [j for j in range(len(personal)) if np.any(vectors[j])]
+            searched = [personal[j] for j in placed]
+            if searched:
+                queries = vectors[placed]
+                k_search = max(requests[i][2] for i in searched) + self._max_clicked(rows, searched)
+                scores, ids = catalog.search(queries, k_search)
+                for j, i in enumerate(searched):
+                    out[i] = self._personal(bundle, requests[i], rows[i], scores[j], ids[j])
+            for i in idx:
+                if out[i] is None:  # unknown user, empty history, or no clicked item in this catalog
+                    out[i] = self._popular(bundle, requests[i], rows[i])
+        self.metrics.observe(out, time.perf_counter() - start)
+        return out
+
+    def recommend(self, user_id: int, scenario: str, k: int) -> Recommendation:
+        return self.recommend_many([(user_id, scenario, k)])[0]
+
+    @staticmethod
+    def _clicked(row: dict) -> set[int]:
+        return set(row.get("recent_clicks") or ()) | set(row.get("recent_clicks_all") or ())
+
+    def _max_clicked(self, rows, idx) -> int:
+        return max(len(self._clicked(rows[i])) for i in idx)
+
+    def _personal(self, bundle, request, row, scores, ids) -> Recommendation:
+        user_id, scenario, k = request
+        clicked = self._clicked(row)
+        items, kept = [], []
+        for item, score in zip(ids.tolist(), scores.tolist()):
+            if item >= 0 and item not in clicked:
+                items.append(item)
+                kept.append(score)
+                if len(items) == k:
+                    break
+        return Recommendation(user_id, scenario, items, kept, False, str(bundle.model_version), bundle.bundle_id)
+
+    def _popular(self, bundle, request, row) -> Recommendation:
+        user_id, scenario, k = request
+        popular = bundle.catalogs[scenario].popular
+        clicked = self._clicked(row)
+        items = [i for i in popular[: k + len(clicked)].tolist() if i not in clicked][:k]
+        # Popularity rank as a score in (0, 1]: comparable within one answer only.
+        scores = [1.0 - r / len(popular) for r in range(len(items))]
+        return Recommendation(user_id, scenario, items, scores, True, str(bundle.model_version), bundle.bundle_id)
+
+    # ------------------------------------------------------------ bundles
+
+    def bundle_path(self, bundle_id: str) -> Path:
+        return Path(self.settings.serving.bundle_dir) / bundle_id
+
+    def swap_to(self, bundle_id: str) -> dict:
+        """Load, validate and warm ``bundle_id``, then make it the served bundle.
+
+        Refused bundles leave the current one serving and are remembered so the
+        watcher does not retry them every tick."""
+        with self._swap_lock:
+            old = self.bundle
+            if old is not None and old.bundle_id == bundle_id:
+                return {"status": "unchanged", "bundle_id": bundle_id}
+            start = time.perf_counter()
+            try:
+                new = load_bundle(self.bundle_path(bundle_id), self.settings)
+            except BundleError as exc:
+                self.refused[bundle_id] = str(exc)
+                self.metrics.refused.inc()
+                log.error("refused bundle %s, still serving %s: %s", bundle_id, old and old.bundle_id, exc)
+                return {"status": "refused", "bundle_id": bundle_id, "reason": str(exc),
+                        "serving": old and old.bundle_id}
+            configure_threads(self.settings)  # a training tower may have just imported torch
+            load_s = time.perf_counter() - start
+            self.bundle = new  # the one atomic step
+            self.refused.pop(bundle_id, None)
+            if old is not None:
+                self.previous_bundle_id = old.bundle_id
+                weakref.finalize(old, log.info, "released bundle %s", old.bundle_id)
+            del old  # in-flight requests keep it alive until they finish
+            self.metrics.swaps.inc()
+            self.metrics.swap_seconds.observe(load_s)
+            self.metrics.set_bundle(new.bundle_id, new.model_version)
+            log.info("serving bundle %s (model %s), loaded in %.2fs", new.bundle_id, new.model_version, load_s)
+            return {"status": "swapped", "bundle_id": bundle_id, "load_s": round(load_s, 3),
+                    "previous": self.previous_bundle_id}
+
+    def reload(self) -> dict:
+        """Swap to whatever ``CURRENT`` points to (admin reload; also the watcher's tick)."""
+        target = current_bundle_id(self.settings)
+        if target is None:
+            return {"status": "no_bundle_published"}
+        return self.swap_to(target)
+
+    def check_pointer(self) -> dict | None:
+        """The watcher's tick: swap if a bundle we have not refused was published."""
+        target = current_bundle_id(self.settings)
+        if target is None or target in self.refused or (self.bundle and self.bundle.bundle_id == target):
+            return None
+        return self.swap_to(target)
+
+    def rollback(self) -> dict:
+        """Point ``CURRENT`` at the previous good bundle and serve it."""
+        self.metrics.rollbacks.inc()
+        target = rollback_bundle(self.settings)
+        result = self.swap_to(target)
+        return result

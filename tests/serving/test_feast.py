@@ -1,0 +1,40 @@
+"""The service against a real Feast online store (the one the streaming job writes)."""
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from serving.bundle import build_synthetic_bundle, publish_bundle
+from serving.process import ServerProcess
+from tests.serving.conftest import DIM, N_ITEMS, serving_settings
+
+
+def test_recommend_reads_online_features_from_feast(tmp_path, users):
+    store_mod = pytest.importorskip("features.store", reason="features/ (the Feast repo) is not written yet")
+    settings = serving_settings(tmp_path)
+    store = store_mod.apply_definitions(settings)
+    writer = store_mod.OnlineWriter(store)
+    now_ms = int(time.time() * 1000)
+    drama = users[(4, "drama")]
+    other = users[(4, "comedy")]
+    writer.write("user_scenario_stats", [
+        ({"user_id": 4, "scenario": "drama"},
+         {"imp_1h": 3, "imp_24h": 9, "imp_7d": 30, "clk_1h": 1, "clk_24h": 2, "clk_7d": len(drama),
+          "ctr_24h": 0.2, "ctr_7d": 0.1, "recent_clicks": drama, "last_click_ms": now_ms}, now_ms),
+        ({"user_id": 5, "scenario": "drama"}, {"imp_1h": 4, "recent_clicks": []}, now_ms),  # seen, never clicked
+    ])
+    writer.write("user_profile", [
+        ({"user_id": 4}, {"total_imp_7d": 40, "total_clk_7d": 12, "scenario_click_share": [0.0, 0.0, 0.0, 0.5, 0.5],
+                          "recent_clicks_all": drama[:3] + other}, now_ms),
+    ])
+    publish_bundle(settings, build_synthetic_bundle(settings, N_ITEMS, DIM, seed=1).name)
+    with ServerProcess(settings, log_path=tmp_path / "server.log") as srv:  # no static table: Feast
+        srv.wait_ready()
+        r = httpx.get(srv.url + "/recommend", params={"user_id": 4, "scenario": "drama", "k": 25}).json()
+        assert r["fallback"] is False and len(r["items"]) == 25
+        assert not set(r["items"]) & set(drama + other)
+        for user in (5, 999):  # empty history, unknown user: cold start
+            cold = httpx.get(srv.url + "/recommend", params={"user_id": user, "scenario": "drama", "k": 5}).json()
+            assert cold["fallback"] is True and len(cold["items"]) == 5
