@@ -1,0 +1,72 @@
+"""Run a DAG once with Airflow's ``dag.test()``, in a child process.
+
+Airflow reads its configuration (AIRFLOW_HOME, dags folder, metadata DB) once per process at import, so
+the caller never imports Airflow itself: the child gets ``LocalAirflow(settings).env()``.  Used by the demo
+(the retrain step runs through the real DAG) and by the DAG tests.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DAG_TEST = """
+import json, sys
+from datetime import datetime
+from pathlib import Path
+from airflow.dag_processing.dagbag import BundleDagBag
+
+dags = Path({dags!r})
+dag = BundleDagBag(dag_folder=dags / {file!r}, bundle_path=dags).get_dag({dag_id!r})
+logical = {logical!r}
+dr = dag.test(logical_date=datetime.fromisoformat(logical) if logical else None, run_conf={conf!r})
+from airflow.models.taskinstance import TaskInstance
+from airflow.utils.session import create_session
+with create_session() as session:
+    tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
+    states = {{ti.task_id: getattr(ti.state, "value", ti.state) for ti in tis}}
+print(json.dumps({{"state": str(getattr(dr.state, "value", dr.state)), "run_id": dr.run_id, "tasks": states}}))
+"""
+
+
+def run_airflow_python(settings, code: str, timeout: float = 600, log_name: str = "airflow-python") -> dict:
+    """Run ``code`` with the Airflow environment of ``settings``; it prints one JSON object last.
+    Its output is kept in ``<state_dir>/<log_name>.log``."""
+    from sassflow.airflow_cli import LocalAirflow
+
+    local = LocalAirflow(settings, postgres=False)
+    r = subprocess.run([sys.executable, "-c", code], env=local.env(), capture_output=True, text=True,
+                       timeout=timeout, cwd=local.home)
+    log = Path(settings.state_dir) / f"{log_name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(r.stdout + r.stderr)
+    if r.returncode != 0:
+        raise RuntimeError(f"airflow subprocess failed ({r.returncode}), log {log}:\n{r.stderr[-4000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def ensure_migrated(settings) -> None:
+    """``airflow db migrate`` once per AIRFLOW_HOME (dag.test() needs the metadata tables)."""
+    from sassflow.airflow_cli import LocalAirflow
+
+    local = LocalAirflow(settings, postgres=False)
+    marker = Path(local.home) / ".sassflow-migrated"
+    if not marker.exists():
+        Path(local.home).mkdir(parents=True, exist_ok=True)
+        r = local.airflow("db", "migrate")
+        if r.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+        marker.write_text("ok")
+
+
+def dag_test(settings, dag_id: str, conf: dict | None = None, logical_date: str | None = None,
+             timeout: float = 900) -> dict:
+    """``dag.test()`` of one DAG in a subprocess: {"state", "run_id", "tasks": {task_id: state}}."""
+    from sassflow.airflow_cli import DAGS_FOLDER
+
+    ensure_migrated(settings)
+    code = DAG_TEST.format(dags=str(DAGS_FOLDER), file=f"{dag_id}.py", dag_id=dag_id, logical=logical_date,
+                           conf=conf or {})
+    return run_airflow_python(settings, code, timeout=timeout, log_name=f"dag_test-{dag_id}")
