@@ -1,0 +1,1 @@
+"""The Feast feature repo of sassflow: definitions, store configuration, CLI."""

@@ -1,0 +1,236 @@
+"""`sassflow bench ingest` (see /work/shared/BENCHMARKS.md).
+
+Phases, all in one run against a local broker it starts (and stops if it started it):
+1. produce N synthetic events to a fresh topic;
+2. ``raw_consume_eps``: a plain kafka-python consumer reads the topic and does nothing else;
+3. ``ingest_eps``: C user-stage processes + the item stage(s) run the whole pipeline over the same
+   topic; N / (last batch written - first record polled), across all processes;
+4. exactness: the online store against the batch recomputation of the same events
+   (``lost_events``/``double_counted_events`` summed over the 7-day impression+click counters of
+   every user and item key, plus history rows missing/duplicated);
+5. freshness: fresh consumers on a second topic, events produced at ``rate`` events/s with
+   event_time = now; every 10th event is a probe for a user id never seen before, and a reader
+   polls the online store until the probe's row appears (produce call -> readable).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+
+def _log(msg: str) -> None:
+    print(f"[bench ingest] {msg}", file=sys.stderr, flush=True)
+
+
+def _spawn_pipeline(settings, consumers: int, until_idle: float | None, results):
+    from streaming.ingest_cli import _stage_main
+
+    ctx = mp.get_context("spawn")
+    shards = settings.streaming.item_shards
+    procs = [ctx.Process(target=_stage_main, args=(settings, "user", 0, 1, i, None, until_idle, results))
+             for i in range(consumers)]
+    procs += [ctx.Process(target=_stage_main, args=(settings, "item", k, shards, consumers + k, None, until_idle, results))
+              for k in range(shards)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def raw_consume(settings, topic: str, n: int) -> float:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(**settings.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
+                      max_poll_records=settings.streaming.batch_max_events,
+                      fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))]
+    c.assign(tps)
+    c.end_offsets(tps)  # connections and metadata up before the clock starts
+    c.seek_to_beginning(*tps)
+    got, t0 = 0, time.perf_counter()
+    while got < n:
+        got += sum(len(r) for r in c.poll(timeout_ms=1000).values())
+    dt = time.perf_counter() - t0
+    c.close()
+    return got / dt
+
+
+def _exactness(settings, events) -> dict:
+    import pyarrow.dataset as ds
+
+    from features.store import OnlineWriter, build_store
+    from streaming.history import events_dir
+    from streaming.replay import recompute
+    from streaming.sources import events_frame
+
+    expected = recompute(events_frame(events), settings.scenarios)
+    writer = OnlineWriter(build_store(settings))
+    lost = double = mismatched = 0
+    for view, rows, entity in (
+        ("user_scenario_stats", expected.user_scenario, lambda k: {"user_id": k[0], "scenario": k[1]}),
+        ("item_scenario_stats", expected.item_scenario, lambda k: {"item_id": k[0], "scenario": k[1]}),
+    ):
+        keys = list(rows)
+        for i in range(0, len(keys), 2000):
+            chunk = keys[i:i + 2000]
+            for k, (_, got) in zip(chunk, writer.read(view, [entity(k) for k in chunk])):
+                want = rows[k][0]["imp_7d"] + rows[k][0]["clk_7d"]
+                have = 0 if got is None else got["imp_7d"] + got["clk_7d"]
+                lost += max(0, want - have)
+                double += max(0, have - want)
+                mismatched += int(got is None or any(got[f] != v for f, v in rows[k][0].items() if isinstance(v, int)))
+    hist = ds.dataset(str(events_dir(settings.streaming.offline_dir)), format="parquet").to_table(
+        columns=["event_id"]).to_pandas()
+    lost_hist = len({e.event_id for e in events} - set(hist["event_id"]))
+    dup_hist = int(hist["event_id"].duplicated().sum())
+    return {"lost_events": lost + lost_hist, "double_counted_events": double + dup_hist,
+            "mismatched_keys": mismatched, "history_rows": len(hist)}
+
+
+def _freshness(settings, consumers: int, rate: float, seconds: float) -> dict:
+    import numpy as np
+
+    from features.store import OnlineWriter, build_store
+    from streaming.broker import ensure_topics
+    from streaming.produce import make_producer
+    from streaming.sources import SyntheticSource
+
+    ensure_topics(settings)
+    procs = _spawn_pipeline(settings, consumers, None, None)
+    from streaming.state import checkpoint_root
+
+    topic = settings.kafka.events_topic
+    user_ckpt = checkpoint_root(settings, settings.kafka.consumer_group, topic)
+    deadline = time.monotonic() + 120  # consumers up and assigned: they have checkpointed this topic
+    while not (user_ckpt.exists() and any(user_ckpt.glob("p*.json"))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    writer = OnlineWriter(build_store(settings))
+    n = int(rate * seconds)
+    base = list(SyntheticSource(n_users=2000, n_items=5000, n_events=n, scenarios=settings.scenarios, seed=7).events())
+    pending: dict = {}  # (user, scenario) -> produce time
+    lat: list[float] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def probe():
+        while not (done.is_set() and not pending):
+            with lock:
+                keys = list(pending.items())[:500]
+            if keys:
+                got = writer.read("user_scenario_stats", [{"user_id": u, "scenario": s} for (u, s), _ in keys])
+                now = time.time()
+                with lock:
+                    for ((k, t), (_, row)) in zip(keys, got):
+                        if row is not None:
+                            lat.append((now - t) * 1000)
+                            pending.pop(k, None)
+            time.sleep(0.005)
+            if done.is_set() and time.monotonic() > give_up:
+                break
+
+    give_up = time.monotonic() + seconds + 60
+    reader = threading.Thread(target=probe, daemon=True)
+    reader.start()
+    producer = make_producer(settings, linger_ms=2)
+    t0 = time.monotonic()
+    for i, e in enumerate(base):
+        now_ms = int(time.time() * 1000)
+        probe_event = i % 10 == 0
+        e = e.model_copy(update={"event_time": now_ms, "event_id": f"fresh-{i}",
+                                 **({"user_id": 50_000_000 + i} if probe_event else {})})
+        sent_at = time.time()
+        producer.send(topic, key=e.key(), value=e.to_bytes())
+        if probe_event:
+            with lock:
+                pending[(e.user_id, e.scenario)] = sent_at
+        delay = t0 + (i + 1) / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    producer.flush()
+    achieved = n / (time.monotonic() - t0)
+    done.set()
+    reader.join(seconds + 70)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(60)
+    lat_a = np.array(lat) if lat else np.array([float("nan")])
+    return {"freshness_p50_ms": float(np.percentile(lat_a, 50)), "freshness_p99_ms": float(np.percentile(lat_a, 99)),
+            "freshness_samples": len(lat), "freshness_unseen": len(pending), "freshness_rate_eps": achieved}
+
+
+def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_store: str = "redis",
+                 rate: float = 2000.0, freshness_seconds: float = 15.0) -> dict:
+    from pydantic import SecretStr
+
+    from features.redis_local import LocalRedis, free_port
+    from features.store import apply_definitions
+    from streaming.broker import LocalKafka, ensure_topics
+    from streaming.produce import produce_events
+    from streaming.sources import SyntheticSource
+
+    s = settings.model_copy(deep=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=Path(settings.state_dir)))
+    s.streaming.checkpoint_dir, s.streaming.offline_dir = work / "checkpoints", work / "offline"
+    s.streaming.metrics_port = 0
+    s.feast.data_dir, s.feast.online_store = work / "feast", online_store
+    s.feast.registry_url = None
+    broker = LocalKafka(s)
+    started_broker = not broker.status().running
+    _log(f"broker {'starting' if started_broker else 'already running'} on {broker.bootstrap}")
+    broker.start()
+    redis = None
+    if online_store == "redis":
+        redis = LocalRedis(free_port(), work / "redis").start()
+        s.feast.redis_connection_string = SecretStr(redis.connection_string)
+    try:
+        run = uuid.uuid4().hex[:8]
+        s.kafka.events_topic, s.kafka.dlq_topic = f"bench-{run}", f"bench-{run}.dlq"
+        s.kafka.consumer_group = f"bench-{run}"
+        ensure_topics(s)
+        apply_definitions(s)
+        events = list(SyntheticSource(n_users=max(1000, n_events // 50), n_items=max(2000, n_events // 20),
+                                      n_events=n_events, scenarios=s.scenarios, seed=0).events())
+        _log(f"producing {len(events)} events to {s.kafka.events_topic}")
+        produce_events(s, events, show_progress=False)
+
+        _log("raw consume")
+        raw_eps = raw_consume(s, s.kafka.events_topic, len(events))
+        _log(f"raw_consume_eps={raw_eps:.0f}; running the pipeline with {consumers} consumer(s)")
+
+        results = mp.get_context("spawn").Queue()
+        procs = _spawn_pipeline(s, consumers, 3.0, results)
+        outs = [results.get(timeout=3600) for _ in procs]
+        for p in procs:
+            p.join(60)
+        first = min(r.first_record_at for _, _, r in outs if r.first_record_at)
+        last = max(r.last_flush_at for _, _, r in outs if r.last_flush_at)
+        ingest_eps = len(events) / (last - first)
+        user_eps = len(events) / (max(r.last_flush_at for st, _, r in outs if st == "user" and r.last_flush_at) -
+                                  min(r.first_record_at for st, _, r in outs if st == "user" and r.first_record_at))
+        _log(f"ingest_eps={ingest_eps:.0f} (user stage alone {user_eps:.0f}); checking exactness")
+        exact = _exactness(s, events)
+        _log(str(exact))
+
+        s.kafka.events_topic, s.kafka.dlq_topic = f"fresh-{run}", f"fresh-{run}.dlq"
+        s.kafka.consumer_group = f"fresh-{run}"
+        _log(f"freshness at {rate:.0f} events/s for {freshness_seconds:.0f}s")
+        fresh = _freshness(s, consumers, rate, freshness_seconds)
+        return {"events": len(events), "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "consumers": consumers, "online_store": online_store,
+                "partitions": s.kafka.partitions, "raw_consume_eps": round(raw_eps, 1),
+                "ingest_eps": round(ingest_eps, 1), "ratio": round(ingest_eps / raw_eps, 3),
+                "user_stage_eps": round(user_eps, 1), **exact,
+                **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in fresh.items()}}
+    finally:
+        if redis is not None:
+            redis.stop()
+        if started_broker:
+            broker.stop()
+        shutil.rmtree(work, ignore_errors=True)  # checkpoints, history and Redis files of this run only

@@ -1,0 +1,23 @@
+"""Prometheus metrics of the ingest consumers (``prometheus_client`` on
+``settings.streaming.metrics_port``; process i of an ingest run serves on port + i, 0 = off)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_IN = Counter("sassflow_ingest_events_in_total", "records read from Kafka", ["stage"])
+APPLIED = Counter("sassflow_ingest_events_applied_total", "valid events applied to features", ["stage"])
+DEAD_LETTERED = Counter("sassflow_ingest_dead_lettered_total", "malformed events sent to the DLQ", ["reason"])
+LATE = Counter("sassflow_ingest_late_events_total",
+               "events older than the partition's newest event time minus allowed lateness")
+LAG = Gauge("sassflow_ingest_consumer_lag", "high water mark minus position", ["stage", "partition"])
+BATCH_SECONDS = Histogram("sassflow_ingest_batch_seconds", "micro-batch processing time", ["stage"],
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+FRESHNESS_SECONDS = Histogram("sassflow_ingest_freshness_seconds",
+                              "record timestamp (produce time) to online-store write", ["stage"],
+                              buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+RETRIES = Counter("sassflow_ingest_retries_total", "store/broker operations retried", ["operation"])
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port, addr="127.0.0.1")
