@@ -1,0 +1,43 @@
+"""`sassflow train --data` and `sassflow registry` through the real argument parser."""
+import json
+
+import numpy as np
+import pandas as pd
+
+from sassflow.cli import build_parser
+
+
+def _tiny_movielens(folder, scenarios_src):
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    genres = ["Animation", "Horror", "Western", "Comedy", "Drama"]
+    pd.DataFrame({"item_id": np.arange(1, 101), "title": "m", "year": 1995,
+                  "genres": [genres[i % 5] for i in range(100)]}).to_csv(folder / "movies.csv", index=False)
+    n = 4000
+    r = pd.DataFrame({"user_id": rng.integers(1, 81, n), "item_id": rng.integers(1, 101, n),
+                      "rating": rng.integers(1, 6, n), "timestamp": 978300000 + np.sort(rng.integers(0, 10**6, n))})
+    r.drop_duplicates(["user_id", "item_id"]).to_csv(folder / "ratings.csv.gz", index=False)
+    pd.DataFrame({"user_id": np.arange(1, 81), "gender": "F", "age": 1, "occupation": 1, "zip": "0"}).to_csv(
+        folder / "users.csv", index=False)
+    (folder.parent / "scenarios.json").write_text(scenarios_src.read_text())
+
+
+def test_train_then_registry_commands(tmp_path, settings, capsys):
+    from tests.training.test_data import _scenarios
+
+    src = _scenarios(tmp_path)
+    data = tmp_path / "ml" / "tiny"
+    data.parent.mkdir()
+    _tiny_movielens(data, src)
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", str(data), "--baselines", "pop,dssm_m"])
+    assert args.func(args, settings) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["registry"]["promoted"] and 0 < out["val_recall@50"] <= 1
+    args = parser.parse_args(["registry", "list"])
+    assert args.func(args, settings) == 0
+    assert "promoted" in capsys.readouterr().out
+    args = parser.parse_args(["registry", "show"])
+    assert args.func(args, settings) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["artifact_ok"] and shown["status"] == "promoted"

@@ -1,0 +1,102 @@
+"""`sassflow bench train` and `sassflow bench quality` (keys: ../shared/BENCHMARKS.md)."""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _data(settings, data_dir, scenarios_file=None):
+    from training.data import load_dataset_events, prepare
+
+    data_dir = Path(data_dir)
+    sf = Path(scenarios_file) if scenarios_file else settings.data.find_scenarios_file(data_dir)
+    t0 = time.perf_counter()
+    ev = load_dataset_events(data_dir, sf, settings.scenarios)
+    data = prepare(ev, settings.scenarios)
+    _log(f"loaded {len(ev)} events from {data_dir} and built features in {time.perf_counter() - t0:.1f}s")
+    return data
+
+
+def _cfg(settings, seed: int, epochs: int | None, progress: bool):
+    from training.trainer import TrainConfig
+
+    over = {"seed": seed, "progress": progress}
+    if epochs:
+        over["finetune_epochs"] = epochs
+    return TrainConfig.from_settings(settings.training, **over)
+
+
+def bench_train(settings, data_dir, epochs: int | None = None, progress: bool = True) -> dict:
+    """Wall time of SASS's two stages against a plain two-tower on the same data and epochs."""
+    from training.baselines import fit
+    from training.pipeline import set_threads
+
+    set_threads(settings)
+    data = _data(settings, data_dir)
+    cfg = _cfg(settings, settings.training.seed, epochs, progress)
+    _log("plain two-tower (dssm_m) ...")
+    base = fit("dssm_m", data, settings.training, cfg)
+    _log("sass: pre-training + fine-tuning ...")
+    sass = fit("sass", data, settings.training, cfg)
+    pre, fine = sass.history.seconds.get("pretrain", 0.0), sass.history.seconds["finetune"]
+    base_s = base.history.seconds["finetune"]
+    return {"data": str(data_dir), "pretrain_s": pre, "finetune_s": fine,
+            "samples_per_s": sass.history.samples["finetune"] / fine,
+            "pretrain_samples": sass.history.samples.get("pretrain", 0),
+            "finetune_samples": sass.history.samples["finetune"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "baseline_two_tower_s": base_s, "ratio": (pre + fine) / base_s,
+            # the same comparison in CPU seconds of this (single-threaded) process: other load
+            # on the machine inflates wall time unevenly between the two runs, not CPU time
+            "cpu_ratio": (sass.history.cpu_seconds.get("pretrain", 0.0) + sass.history.cpu_seconds["finetune"])
+            / base.history.cpu_seconds["finetune"],
+            "epochs": {"pretrain": cfg.pretrain_epochs, "finetune": cfg.finetune_epochs}}
+
+
+def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, models=None,
+                  epochs: int | None = None, progress: bool = True) -> dict:
+    """Every model x seed, the BENCHMARKS.md protocol on the test split, averaged over seeds."""
+    from training.baselines import MODELS, fit
+    from training.evaluate import evaluate
+    from training.pipeline import set_threads
+
+    set_threads(settings)
+    models = list(models or MODELS)
+    data = _data(settings, data_dir, scenarios_file)
+    runs: dict[str, list[dict]] = {m: [] for m in models}
+    val: dict[str, list[dict]] = {m: [] for m in models}
+    seconds: dict[str, float] = {m: 0.0 for m in models}
+    losses = {}
+    for seed in range(seeds):
+        for m in models:
+            t0 = time.perf_counter()
+            f = fit(m, data, settings.training, _cfg(settings, seed, epochs, progress))
+            seconds[m] += time.perf_counter() - t0
+            runs[m].append(evaluate(f.scorer, data, "test"))
+            val[m].append(evaluate(f.scorer, data, "val"))
+            losses.setdefault(m, f.history.losses)
+            _log(f"seed {seed} {m}: test recall@50 mean {runs[m][-1]['recall@50']['mean']:.4f} "
+                 f"({time.perf_counter() - t0:.0f}s)")
+
+    def avg(rs):
+        return {metric: {k: float(np.mean([r[metric][k] for r in rs])) for k in rs[0][metric]}
+                for metric in rs[0]}
+
+    result = {"dataset": str(data_dir), "seeds": seeds, "models": {m: avg(runs[m]) for m in models},
+              "val": {m: avg(val[m]) for m in models},
+              "std_recall@50_mean": {m: float(np.std([r["recall@50"]["mean"] for r in runs[m]])) for m in models},
+              "train_s": seconds}
+    from training.report import write_report
+
+    rdir = Path(settings.training.report_dir) / time.strftime("bench-quality-%Y%m%dT%H%M%S")
+    result["report"] = write_report(rdir, losses, result["models"], data.scenarios,
+                                    title=f"bench quality on {Path(data_dir).name}, {seeds} seeds")["dir"]
+    return result

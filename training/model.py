@@ -1,0 +1,254 @@
+"""SASS: Scenario-Adaptive and Self-Supervised model for multi-scenario recall
+(Zhang et al., CIKM 2022, arXiv 2208.11457), plus the plain two-tower it is compared with.
+
+Parts, named as in the paper:
+
+- ``SharedEmbedding``: one embedding layer for every feature, both towers, both stages.
+- ``ScenarioAdaptiveGate``: moves information from the global network's layer into the
+  scenario network's layer (adaptive gate = how much flows, update gate = how it fuses).
+- ``MLSAT``: the multi-layer scenario-adaptive transfer module: the global shared network,
+  one network per scenario, a gate between them at every layer.
+- ``ScenarioBias``: the scenario-bias (auxiliary) network on scenario-specific features.
+- ``Tower``: features -> (scenario vector, global vector); user and item towers are symmetric.
+- ``SASS``: the two towers; ``TwoTower`` (kind="two_tower") is the plain DSSM baseline that
+  shares the embedding layer and the input features but has one MLP and the scenario id as an
+  ordinary feature.
+- ``scenario_contrastive_loss`` (stage 1) and ``sampled_softmax_loss`` (stage 2).
+
+Details the paper leaves open, and what this code chooses:
+
+1. Gate equations (the public text describes them only in words): with g_l the global layer,
+   s_l the scenario layer and b the scenario-bias vector,
+   ``a = sigmoid(W_a [s_l; g_l; b])``, ``t = a * g_l``, ``z = sigmoid(W_z [s_l; t])``,
+   ``h_l = z * s_l + (1 - z) * t``. Gates are element-wise (one value per unit), not scalars.
+2. Layer inputs: global layer l reads g_{l-1}, scenario layer l reads the gate output h_{l-1};
+   layer 0 of both reads the shared input x. Layers are Linear + ReLU (hidden_dims).
+3. Global dropout (the later revision's "random dropout of the global input"): during
+   training each sample's transferred global vector is zeroed with probability
+   ``global_dropout`` (no rescaling: the update gate already normalises the mix), so the
+   scenario path must stay useful on its own. The reverse "random operation" of the revision
+   is not implemented.
+4. Fusion at the top: ``e = W_o [h_L; b]`` (linear), then L2 normalisation; scores are cosine
+   similarities divided by a temperature in the losses. The global network's last layer
+   gets its own linear head + L2 norm for the auxiliary loss; it is not used at serving.
+5. Scenario-specific features: the scenario id embedding, plus, on the user side, the user's
+   click share in that scenario and whether the user has clicks there at all.
+6. Ordinary user features: user id, mean-pooled embeddings of ``recent_clicks`` (this
+   scenario) and ``recent_clicks_all``, and the ``scenario_click_share`` vector; item tower:
+   item id (the item embedding table is shared with the pooled click histories).
+7. Mixed-scenario batches run each scenario's network on its own rows (a loop over at most
+   n_scenarios groups); stage-2 batches are single-scenario so it is one group.
+8. Stage 1 views: a user's view of scenario k = profile (user id, recent_clicks_all,
+   scenario_click_share) + recent_clicks in k + scenario k's features, as of the end of the
+   training window; all pairs of the scenarios the user had impressions in are positives, and
+   rows of the same user are masked out of the negatives. Items: all pairs of scenarios an item
+   was shown in. On MovieLens every movie lives in one scenario, so there the item side of
+   stage 1 has no pairs and only the user side trains.
+9. Stage 2 negatives: the other clicks of a single-scenario batch (in-batch softmax), with
+   log-q correction by the item's train click frequency in that scenario and accidental hits
+   masked; the global auxiliary loss is the same loss on the global vectors, estimated on a
+   quarter of the batch's rows (queries; the rows are in random order) against all of the
+   batch's items: the same expectation at a quarter of the cost of the B x B logits, which
+   dominate a step.
+10. Out-of-vocabulary ids map to index 0; ``user_id_dropout`` trains that slot (and regularises)
+   by replacing a random share of the user ids with 0 during training.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+KINDS = ("sass", "two_tower")
+
+
+@dataclass
+class ModelConfig:
+    n_users: int
+    n_items: int
+    n_scenarios: int
+    kind: str = "sass"
+    dim: int = 64
+    hidden_dims: list[int] = field(default_factory=lambda: [128, 64])
+    bias_dim: int = 16
+    global_dropout: float = 0.1
+    user_id_dropout: float = 0.05
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class SharedEmbedding(nn.Module):
+    """One embedding layer for every id feature of both towers."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.user = nn.Embedding(cfg.n_users + 1, cfg.dim)
+        self.item = nn.Embedding(cfg.n_items + 1, cfg.dim)
+        self.scenario = nn.Embedding(cfg.n_scenarios, cfg.dim)
+        for e in (self.user, self.item, self.scenario):
+            nn.init.normal_(e.weight, std=0.05)
+
+    def pool(self, seq: torch.Tensor) -> torch.Tensor:
+        """Mean of the item embeddings of a click sequence [B, L]; 0 is padding (an empty
+        sequence pools to zeros)."""
+        return F.embedding_bag(seq, self.item.weight, mode="mean", padding_idx=0)
+
+
+class ScenarioAdaptiveGate(nn.Module):
+    """Transfer from global layer output g to scenario layer output s (choice 1 above)."""
+
+    def __init__(self, width: int, bias_dim: int, global_dropout: float = 0.0):
+        super().__init__()
+        self.adaptive = nn.Linear(2 * width + bias_dim, width)
+        self.update = nn.Linear(2 * width, width)
+        self.global_dropout = global_dropout
+
+    def forward(self, s: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a = torch.sigmoid(self.adaptive(torch.cat([s, g, b], -1)))  # how much global info flows
+        t = a * g
+        if self.training and self.global_dropout > 0:
+            keep = (torch.rand(t.shape[0], 1, device=t.device) >= self.global_dropout).float()
+            t = t * keep
+        z = torch.sigmoid(self.update(torch.cat([s, t], -1)))  # how it fuses with the scenario's own
+        return z * s + (1 - z) * t
+
+
+class MLSAT(nn.Module):
+    """Global shared network + per-scenario networks + stacked scenario-adaptive gates."""
+
+    def __init__(self, in_dim: int, hidden_dims: list[int], n_scenarios: int, bias_dim: int,
+                 global_dropout: float):
+        super().__init__()
+        dims = [in_dim] + list(hidden_dims)
+        self.global_layers = nn.ModuleList(mlp(dims[l:l + 2]) for l in range(len(hidden_dims)))
+        self.scenario_layers = nn.ModuleList(
+            nn.ModuleList(mlp(dims[l:l + 2]) for l in range(len(hidden_dims))) for _ in range(n_scenarios))
+        self.gates = nn.ModuleList(
+            nn.ModuleList(ScenarioAdaptiveGate(w, bias_dim, global_dropout) for w in hidden_dims)
+            for _ in range(n_scenarios))
+
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor, b: torch.Tensor):
+        gs, g = [], x
+        for layer in self.global_layers:
+            g = layer(g)
+            gs.append(g)
+        out = x.new_empty(x.shape[0], gs[-1].shape[1])
+        for k in torch.unique(scenario).tolist():
+            rows = (scenario == k).nonzero(as_tuple=True)[0]
+            whole = len(rows) == x.shape[0]  # the single-scenario batch: skip the gathers
+            h, bk = (x, b) if whole else (x[rows], b[rows])
+            for l, (layer, gate) in enumerate(zip(self.scenario_layers[k], self.gates[k])):
+                h = gate(layer(h), gs[l] if whole else gs[l][rows], bk)
+            if whole:
+                return h, gs[-1]
+            out[rows] = h
+        return out, gs[-1]
+
+
+class ScenarioBias(nn.Module):
+    """The scenario-bias network over scenario-specific features."""
+
+    def __init__(self, in_dim: int, bias_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, bias_dim), nn.ReLU())
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)
+
+
+class Tower(nn.Module):
+    """Input vector + scenario features -> (L2-normalised scenario vector, global vector)."""
+
+    def __init__(self, cfg: ModelConfig, in_dim: int, scen_dim: int):
+        super().__init__()
+        self.kind = cfg.kind
+        top = cfg.hidden_dims[-1]
+        if cfg.kind == "sass":
+            self.bias = ScenarioBias(scen_dim, cfg.bias_dim)
+            self.mlsat = MLSAT(in_dim, cfg.hidden_dims, cfg.n_scenarios, cfg.bias_dim, cfg.global_dropout)
+            self.out = nn.Linear(top + cfg.bias_dim, cfg.dim)
+            self.global_head = nn.Linear(top, cfg.dim)
+        elif cfg.kind == "two_tower":
+            self.net = mlp([in_dim + scen_dim] + list(cfg.hidden_dims))
+            self.out = nn.Linear(top, cfg.dim)
+        else:
+            raise ValueError(f"unknown model kind {cfg.kind!r}; expected one of {KINDS}")
+
+    def forward(self, x, scen_feats, scenario):
+        if self.kind == "two_tower":
+            return F.normalize(self.out(self.net(torch.cat([x, scen_feats], -1))), dim=-1), None
+        b = self.bias(scen_feats)
+        h, g = self.mlsat(x, scenario, b)
+        e = F.normalize(self.out(torch.cat([h, b], -1)), dim=-1)
+        return e, F.normalize(self.global_head(g), dim=-1)
+
+
+class SASS(nn.Module):
+    """Symmetric user and item towers over one shared embedding layer; each item has one
+    vector per scenario. ``kind="two_tower"`` gives the plain DSSM in the same framework."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        S, d = cfg.n_scenarios, cfg.dim
+        self.emb = SharedEmbedding(cfg)
+        self.user_tower = Tower(cfg, in_dim=3 * d + S, scen_dim=d + 2)
+        self.item_tower = Tower(cfg, in_dim=d, scen_dim=d)
+
+    def encode_user(self, f: dict[str, torch.Tensor]):
+        """f: user (idx) [B], scenario [B], recent_clicks [B,L], recent_clicks_all [B,L],
+        scenario_click_share [B,S] -> (scenario vector [B,d], global vector [B,d] or None)."""
+        user, scen = f["user"], f["scenario"]
+        if self.training and self.cfg.user_id_dropout > 0:
+            user = user.masked_fill(torch.rand(user.shape, device=user.device) < self.cfg.user_id_dropout, 0)
+        share = f["scenario_click_share"]
+        x = torch.cat([self.emb.user(user), self.emb.pool(f["recent_clicks"]),
+                       self.emb.pool(f["recent_clicks_all"]), share], -1)
+        own = share.gather(1, scen[:, None])
+        scen_feats = torch.cat([self.emb.scenario(scen), own, (own > 0).float()], -1)
+        return self.user_tower(x, scen_feats, scen)
+
+    def encode_item(self, item: torch.Tensor, scen: torch.Tensor):
+        return self.item_tower(self.emb.item(item), self.emb.scenario(scen), scen)
+
+
+# --------------------------------------------------------------------------- losses
+
+def scenario_contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float,
+                              ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage 1 InfoNCE: row i of ``a`` and ``b`` are one entity seen in two scenarios
+    (positives); every other row of the batch is a negative, except rows of the same entity
+    (``ids``), which are masked out. Symmetric in a and b."""
+    logits = a @ b.T / temperature
+    if ids is not None:
+        same = (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
+        logits = logits.masked_fill(same, float("-inf"))
+    labels = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def sampled_softmax_loss(u: torch.Tensor, v: torch.Tensor, items: torch.Tensor, temperature: float,
+                         log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage 2: in-batch softmax over the batch's clicked items with log-q correction
+    (Yi et al. 2019: subtract log of each item's sampling probability) and accidental hits
+    (the same item clicked by another row) masked out. ``u`` may hold only the first m rows
+    of the batch (an unbiased, cheaper estimate): row i's positive is ``v[i]``."""
+    m = len(u)
+    logits = u @ v.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    rows = torch.arange(m, device=u.device)
+    dup = items[:m, None] == items[None, :]
+    dup[rows, rows] = False
+    logits = logits.masked_fill(dup, float("-inf"))
+    return F.cross_entropy(logits, rows)

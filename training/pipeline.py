@@ -1,0 +1,179 @@
+"""Plain functions the DAG tasks and the CLI call: settings + plain arguments in,
+JSON-able dicts out, every intermediate result in a folder so each step can run alone.
+
+    build_training_set -> <dir>/events.parquet          (offline history, a time window)
+    pretrain           -> <dir>/pretrained.pt + history (stage 1)
+    finetune           -> <dir>/ serving artifacts      (stage 2, export.py layout)
+    evaluate           -> <dir>/metrics.json            (BENCHMARKS.md protocol, val + test)
+    register_and_gate  -> registry row + gate decision
+    train_pipeline     -> all of it in memory (the demo and `sassflow train`)
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FEATURES = ["user_id", "scenario", "recent_clicks", "recent_clicks_all", "scenario_click_share"]
+
+
+def set_threads(settings) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, settings.training.torch_threads))
+
+
+def load_events(settings, dataset_dir) -> pd.DataFrame:
+    """A ``build_training_set`` folder (events.parquet) or a MovieLens-format dataset folder."""
+    from training.data import load_dataset_events
+
+    d = Path(dataset_dir)
+    if (d / "events.parquet").exists():
+        return pd.read_parquet(d / "events.parquet")
+    return load_dataset_events(d, settings.data.find_scenarios_file(d), settings.scenarios)
+
+
+def prepare_data(settings, events: pd.DataFrame):
+    from training.data import prepare
+
+    return prepare(events, settings.scenarios)
+
+
+def feature_spec(settings, data) -> dict:
+    return {"user": FEATURES, "item": ["item_id", "scenario"], "seq_len": data.seq_len,
+            "scenarios": list(settings.scenarios), "point_in_time": "strictly before"}
+
+
+def build_training_set(settings, start_ms: int | None, end_ms: int | None, out_dir) -> dict:
+    """Snapshot the offline history of [start_ms, end_ms) into ``out_dir/events.parquet``."""
+    from training.data import load_history_events
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ev = load_history_events(settings.streaming.offline_dir, start_ms, end_ms, settings.scenarios)
+    ev.to_parquet(out / "events.parquet", index=False)
+    info = {"path": str(out), "events": len(ev), "start_ms": start_ms, "end_ms": end_ms,
+            "clicks": int((ev["event_type"] == "click").sum()) if len(ev) else 0}
+    (out / "meta.json").write_text(json.dumps(info))
+    return info
+
+
+def pretrain(settings, dataset_dir, out_dir) -> dict:
+    """Stage 1 on a dataset folder; writes ``pretrained.pt`` (state_dict) + ``history.json``."""
+    import torch
+
+    from training.baselines import model_config
+    from training.model import SASS
+    from training.trainer import TrainConfig, pretrain as stage1
+
+    set_threads(settings)
+    data = prepare_data(settings, load_events(settings, dataset_dir))
+    cfg = TrainConfig.from_settings(settings.training)
+    torch.manual_seed(cfg.seed)
+    model = SASS(model_config(data, settings.training))
+    hist = stage1(model, data, cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "pretrained.pt")
+    (out / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": hist.seconds}))
+    return {"path": str(out / "pretrained.pt"), "seconds": hist.seconds.get("pretrain", 0.0),
+            "steps": len(hist.losses.get("pretrain", []))}
+
+
+def finetune(settings, dataset_dir, pretrained_dir, out_dir) -> dict:
+    """Stage 2 from the stage-1 weights (or from scratch when ``pretrained_dir`` is None);
+    exports the serving artifacts to ``out_dir``."""
+    import torch
+
+    from training.baselines import model_config
+    from training.export import export_artifacts
+    from training.model import SASS
+    from training.trainer import TrainConfig, finetune as stage2
+
+    set_threads(settings)
+    data = prepare_data(settings, load_events(settings, dataset_dir))
+    cfg = TrainConfig.from_settings(settings.training)
+    torch.manual_seed(cfg.seed)
+    model = SASS(model_config(data, settings.training))
+    if pretrained_dir:
+        model.load_state_dict(torch.load(Path(pretrained_dir) / "pretrained.pt", weights_only=True))
+    hist = stage2(model, data, cfg)
+    shas = export_artifacts(model, out_dir, data, extra={"feature_spec": feature_spec(settings, data),
+                                                         "window": list(data.window)})
+    (Path(out_dir) / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": hist.seconds}))
+    return {"path": str(out_dir), "seconds": hist.seconds.get("finetune", 0.0), "files": len(shas),
+            "window": list(data.window)}
+
+
+def evaluate(settings, dataset_dir, model_dir) -> dict:
+    """Validation and test metrics of an exported model; also writes ``metrics.json``."""
+    from training.evaluate import evaluate as run_eval, model_scorer
+    from training.export import load_model
+
+    set_threads(settings)
+    data = prepare_data(settings, load_events(settings, dataset_dir))
+    model, _ = load_model(model_dir)
+    metrics = {split: run_eval(model_scorer(model), data, split) for split in ("val", "test")}
+    (Path(model_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def register_and_gate(settings, model_dir, metrics: dict | None = None, name: str = "sass") -> dict:
+    """Register an exported model as a candidate and run the quality gate on it."""
+    from training.registry import ModelRegistry, quality_gate
+
+    d = Path(model_dir)
+    if metrics is None:
+        metrics = json.loads((d / "metrics.json").read_text())
+    cfg = json.loads((d / "config.json").read_text())
+    reg = ModelRegistry(settings.training.registry_url.get_secret_value())
+    window = cfg.get("window") or [None, None]
+    from training.registry import feature_hash
+
+    v = reg.register(d, name=name, metrics=metrics, data_start_ms=window[0], data_end_ms=window[1],
+                     config=cfg, feature_hash=feature_hash(cfg.get("feature_spec", {})))
+    promoted, reason = quality_gate(reg, v, settings.training.quality_tolerance)
+    return {"version": v.id, "promoted": promoted, "reason": reason, "artifact_path": v.artifact_path,
+            "artifact_sha256": v.artifact_sha256}
+
+
+def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("pop",),
+                   register: bool = True, report: bool = True, progress: bool = True) -> dict:
+    """Prepare, pre-train, fine-tune, evaluate (with baselines), export, register, gate and
+    write the run report, all from one events frame."""
+    from training.baselines import fit
+    from training.evaluate import evaluate as run_eval
+    from training.export import export_artifacts
+    from training.trainer import TrainConfig
+
+    set_threads(settings)
+    t0 = time.perf_counter()
+    data = prepare_data(settings, events_df)
+    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{np.random.default_rng().integers(1 << 16):04x}"
+    out = Path(out_dir) if out_dir else Path(settings.training.artifact_dir) / run_id
+    cfg = TrainConfig.from_settings(settings.training, progress=progress)
+    fitted = {name: fit(name, data, settings.training, cfg) for name in ("sass", *baselines)}
+    metrics = {name: {split: run_eval(f.scorer, data, split) for split in ("val", "test")}
+               for name, f in fitted.items()}
+    sass = fitted["sass"]
+    export_artifacts(sass.model, out, data, extra={"feature_spec": feature_spec(settings, data),
+                                                   "window": list(data.window), "run_id": run_id,
+                                                   "train_config": cfg.__dict__})
+    (out / "metrics.json").write_text(json.dumps(metrics["sass"], indent=2))
+    result = {"run_id": run_id, "artifact_dir": str(out), "metrics": metrics["sass"],
+              "baselines": {k: v for k, v in metrics.items() if k != "sass"},
+              "seconds": sass.history.seconds, "events": data.n_events, "window": list(data.window)}
+    if register:
+        result["registry"] = register_and_gate(settings, out, metrics["sass"])
+    if report:
+        from training.report import write_report
+
+        rdir = Path(settings.training.report_dir) / run_id
+        result["report"] = write_report(rdir, {k: f.history.losses for k, f in fitted.items()},
+                                        {k: m["test"] for k, m in metrics.items()}, data.scenarios,
+                                        title=f"sassflow training run {run_id}")
+    result["total_s"] = time.perf_counter() - t0
+    return result

@@ -1,0 +1,197 @@
+"""Model registry on SQLAlchemy 2 (SQLite by default, a Postgres URL in production).
+
+A version records what it was trained on (data window, config, feature hash), how good it
+is (metrics JSON), where its artifact lives (path + sha256) and its status:
+candidate -> promoted | rejected; a promoted version becomes retired when another is promoted;
+``rollback`` re-promotes the previous one. ``quality_gate`` promotes a candidate only if its
+validation recall is not worse than the promoted model's by more than ``tolerance``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+STATUSES = ("candidate", "promoted", "rejected", "retired", "failed")
+GATE_METRIC = "recall@50"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), default="sass", index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    data_start_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    data_end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    feature_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    artifact_path: Mapped[str] = mapped_column(Text)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    bundle_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    def to_dict(self) -> dict:
+        return {c.name: (getattr(self, c.name).isoformat() if isinstance(getattr(self, c.name), dt.datetime)
+                         else getattr(self, c.name)) for c in self.__table__.columns}
+
+
+def artifact_digest(path) -> str:
+    """sha256 of an artifact: of the file, or of a folder's files (names + contents, sorted)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    if not files:
+        raise FileNotFoundError(f"no artifact at {p}")
+    for f in files:
+        h.update(str(f.relative_to(p) if f != p else f.name).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def feature_hash(spec: dict) -> str:
+    """A stable hash of the feature definition a model was trained with."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ModelRegistry:
+    def __init__(self, url: str):
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url, future=True)
+        Base.metadata.create_all(self.engine)
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def register(self, artifact_path, *, name: str = "sass", metrics: dict | None = None,
+                 data_start_ms: int | None = None, data_end_ms: int | None = None,
+                 config: dict | None = None, feature_hash: str | None = None,
+                 status: str = "candidate") -> ModelVersion:
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} not in {STATUSES}")
+        v = ModelVersion(name=name, created_at=dt.datetime.now(dt.timezone.utc), status=status,
+                         metrics=metrics or {}, data_start_ms=data_start_ms, data_end_ms=data_end_ms,
+                         config=config or {}, feature_hash=feature_hash,
+                         artifact_path=str(Path(artifact_path).absolute()),
+                         artifact_sha256=artifact_digest(artifact_path))
+        with self._session() as s, s.begin():
+            s.add(v)
+        return v
+
+    def get(self, version: int) -> ModelVersion:
+        with self._session() as s:
+            v = s.get(ModelVersion, int(version))
+        if v is None:
+            raise KeyError(f"no model version {version}")
+        return v
+
+    def list(self, name: str | None = None) -> list[ModelVersion]:
+        q = select(ModelVersion).order_by(ModelVersion.id)
+        if name:
+            q = q.where(ModelVersion.name == name)
+        with self._session() as s:
+            return list(s.scalars(q))
+
+    def latest(self, status: str | None = None, name: str | None = None) -> ModelVersion | None:
+        q = select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1)
+        if status:
+            q = q.where(ModelVersion.status == status)
+        if name:
+            q = q.where(ModelVersion.name == name)
+        with self._session() as s:
+            return s.scalars(q).first()
+
+    def promoted(self, name: str | None = None) -> ModelVersion | None:
+        return self.latest("promoted", name)
+
+    def set_status(self, version: int, status: str, reason: str | None = None) -> ModelVersion:
+        """Promoting retires the currently promoted version of the same name (one at a time)."""
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} not in {STATUSES}")
+        with self._session() as s, s.begin():
+            v = s.get(ModelVersion, int(version))
+            if v is None:
+                raise KeyError(f"no model version {version}")
+            if status == "promoted":
+                for old in s.scalars(select(ModelVersion).where(ModelVersion.status == "promoted",
+                                                                ModelVersion.name == v.name,
+                                                                ModelVersion.id != v.id)):
+                    old.status, old.status_reason = "retired", f"superseded by version {v.id}"
+            v.status, v.status_reason = status, reason
+        return v
+
+    def mark_published(self, version: int, bundle_id: str) -> ModelVersion:
+        with self._session() as s, s.begin():
+            v = s.get(ModelVersion, int(version))
+            if v is None:
+                raise KeyError(f"no model version {version}")
+            v.bundle_id, v.published = bundle_id, True
+        return v
+
+    def verify_artifact(self, version: int) -> bool:
+        """True when the artifact on disk still has the registered sha256."""
+        v = self.get(version)
+        try:
+            return artifact_digest(v.artifact_path) == v.artifact_sha256
+        except OSError:
+            return False
+
+    def rollback(self, name: str = "sass", reason: str = "rollback") -> ModelVersion:
+        """Retire the promoted version and re-promote the newest retired one before it."""
+        cur = self.promoted(name)
+        if cur is None:
+            raise LookupError("nothing is promoted")
+        prev = [v for v in self.list(name) if v.status == "retired" and v.id < cur.id]
+        if not prev:
+            raise LookupError(f"no earlier version of {name!r} to roll back to")
+        self.set_status(cur.id, "retired", reason)
+        return self.set_status(prev[-1].id, "promoted", f"{reason} from version {cur.id}")
+
+
+def quality_gate(registry: ModelRegistry, candidate, tolerance: float,
+                 metric: str = GATE_METRIC) -> tuple[bool, str]:
+    """Promote ``candidate`` (version or id) if its artifact is intact and its validation
+    ``metric`` (mean) is >= promoted - tolerance; otherwise mark it rejected."""
+    cand = registry.get(candidate if isinstance(candidate, int) else candidate.id)
+    if not registry.verify_artifact(cand.id):
+        reason = f"artifact checksum mismatch at {cand.artifact_path}"
+        registry.set_status(cand.id, "rejected", reason)
+        return False, reason
+    value = _val_metric(cand.metrics, metric)
+    if value is None:
+        reason = f"candidate has no validation {metric}"
+        registry.set_status(cand.id, "rejected", reason)
+        return False, reason
+    cur = registry.promoted(cand.name)
+    if cur is None or cur.id == cand.id:
+        reason = f"first promoted model (val {metric} {value:.4f})"
+    else:
+        base = _val_metric(cur.metrics, metric) or 0.0
+        if value < base - tolerance:
+            reason = (f"val {metric} {value:.4f} < promoted v{cur.id} {base:.4f} - tolerance {tolerance}")
+            registry.set_status(cand.id, "rejected", reason)
+            return False, reason
+        reason = f"val {metric} {value:.4f} >= promoted v{cur.id} {base:.4f} - tolerance {tolerance}"
+    registry.set_status(cand.id, "promoted", reason)
+    return True, reason
+
+
+def _val_metric(metrics: dict, metric: str) -> float | None:
+    try:
+        return float(metrics["val"][metric]["mean"])
+    except (KeyError, TypeError, ValueError):
+        return None
