@@ -75,19 +75,19 @@ def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie.  The state is the field after the *last* ')' of /proc/<pid>/stat:
+    some programs rename their processes (Airflow: "airflow api_server -- …"), so names have spaces."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # a zombie child still "exists"; treat it as dead
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return True
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def ensure_jars(cfg: LocalKafkaSettings) -> Path:
@@ -188,7 +188,7 @@ class LocalKafka:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def status(self) -> BrokerStatus:
         pid = self.pid()
@@ -257,7 +257,7 @@ class LocalKafka:
                 os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
             except ChildProcessError:
                 pass
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 break
             time.sleep(0.2)
         else:

@@ -1,0 +1,145 @@
+"""The retrain pipeline as Airflow tasks, shared by ``sass_retrain`` (scheduled) and ``sass_backfill``
+(a hand-picked window): snapshot of the window (the training set) → stage-1 pre-train → stage-2 fine-tune → evaluate →
+quality gate + register → bundle → publish.
+
+Each task is a thin wrapper: it calls one plain function of ``streaming``/``training``/``serving``
+(imported inside the task, so parsing stays fast), writes under its run folder and is idempotent for
+its logical run (``_common.run_once``).  A rejected candidate skips the bundle tasks with the gate's
+reason, so the served bundle stays as it was.
+"""
+from __future__ import annotations
+
+from airflow.sdk import get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from _common import BUNDLE_ASSET, run_once, settings
+
+
+@task
+def build_training_set(window: dict) -> dict:
+    """Snapshot the window of the offline history into this run's folder (``training.pipeline``): the
+    later tasks, and their retries, see exactly these events even while late events keep arriving.
+    Point-in-time features are computed from this snapshot (strictly before each example)."""
+    def work(out):
+        from training.pipeline import build_training_set as snapshot
+
+        info = snapshot(settings(), window["start_ms"], window["end_ms"], str(out))
+        if not info["events"]:
+            raise AirflowFailException(
+                f"no events in the offline history for [{window['start_ms']}, {window['end_ms']}): "
+                f"nothing to train on, the served bundle is unchanged")
+        return {**info, "dataset_dir": str(out)}
+
+    return run_once(get_current_context(), work)
+
+
+@task
+def pretrain(dataset: dict) -> dict:
+    """Stage 1: scenario-contrastive pre-training."""
+    def work(out):
+        from training.pipeline import pretrain as stage1
+
+        return {**stage1(settings(), dataset["dataset_dir"], str(out)), "model_dir": str(out)}
+
+    return run_once(get_current_context(), work)
+
+
+@task
+def finetune(dataset: dict, pretrained: dict) -> dict:
+    """Stage 2: scenario-specific fine-tuning from the pre-trained weights."""
+    def work(out):
+        from training.pipeline import finetune as stage2
+
+        return {**stage2(settings(), dataset["dataset_dir"], pretrained["model_dir"], str(out)),
+                "model_dir": str(out)}
+
+    return run_once(get_current_context(), work)
+
+
+@task
+def evaluate(dataset: dict, model: dict) -> dict:
+    """The candidate's validation/test recall, next to the popularity baseline on the same split
+    (the gate then compares the candidate with the promoted model's recorded validation recall)."""
+    def work(out):
+        from training.baselines import fit
+        from training.evaluate import evaluate as recall
+        from training.pipeline import evaluate as evaluate_candidate, load_events, prepare_data
+
+        s = settings()
+        candidate = evaluate_candidate(s, dataset["dataset_dir"], model["model_dir"])
+        data = prepare_data(s, load_events(s, dataset["dataset_dir"]))
+        pop = fit("pop", data, s.training, None)
+        baselines = {"pop": {split: recall(pop.scorer, data, split) for split in ("val", "test")}}
+        _log_comparison(candidate, baselines)
+        return {"candidate": candidate, "baselines": baselines}
+
+    return run_once(get_current_context(), work)
+
+
+def _log_comparison(candidate: dict, baselines: dict) -> None:
+    for split in ("val", "test"):
+        for metric, value in candidate[split].items():
+            if isinstance(value, dict) and "mean" in value:
+                others = ", ".join(f"{name} {m[split][metric]['mean']:.4f}" for name, m in baselines.items()
+                                   if isinstance(m[split].get(metric), dict))
+                print(f"{split} {metric}: candidate {value['mean']:.4f}; {others}")
+
+
+@task
+def quality_gate(model: dict, metrics: dict) -> dict:
+    """Register the candidate and promote it only if it passes the gate (``training.registry``); a
+    rejection, recorded in the registry with its reason, skips the bundle tasks."""
+    def work(out):
+        from training.pipeline import register_and_gate
+
+        return register_and_gate(settings(), model["model_dir"], metrics["candidate"])
+
+    result = run_once(get_current_context(), work)
+    if not result["promoted"]:
+        raise AirflowSkipException(f"candidate {result.get('version')} rejected: {result['reason']}; "
+                                   f"the served bundle is unchanged")
+    print(f"candidate {result.get('version')} promoted: {result['reason']}")
+    return result
+
+
+@task
+def build_bundle(model: dict, gate: dict) -> dict:
+    """Per-scenario FAISS indexes + the user tower, written as an immutable bundle (not yet served)."""
+    def work(out):
+        from serving.bundle import build_bundle as build
+
+        path = build(settings(), model["model_dir"], gate["version"], publish=False)
+        return {"bundle_id": path.name, "path": str(path), "model_version": gate["version"]}
+
+    return run_once(get_current_context(), work)
+
+
+@task(outlets=[BUNDLE_ASSET])
+def publish(bundle: dict) -> dict:
+    """Point the bundle folder at the new bundle; the running service hot-swaps to it."""
+    context = get_current_context()
+
+    def work(out):
+        from serving.bundle import current_bundle_id, publish_bundle
+        from training.registry import ModelRegistry
+
+        s = settings()
+        before = current_bundle_id(s)
+        publish_bundle(s, bundle["bundle_id"], registry=ModelRegistry(s.training.registry_url.get_secret_value()))
+        return {**bundle, "previous_bundle_id": before}
+
+    result = run_once(context, work)
+    context["outlet_events"][BUNDLE_ASSET].extra = {"bundle_id": result["bundle_id"],
+                                                    "model_version": str(result["model_version"])}
+    return result
+
+
+@task_group(group_id="retrain")
+def retrain(window):
+    """The whole retrain chain for ``window`` ({start_ms, end_ms}); it trains on every scenario."""
+    dataset = build_training_set(window)
+    stage1 = pretrain(dataset)
+    stage2 = finetune(dataset, stage1)
+    metrics = evaluate(dataset, stage2)
+    gate = quality_gate(stage2, metrics)
+    publish(build_bundle(stage2, gate))  # no return: callers then get the group itself, for `>>`
