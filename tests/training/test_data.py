@@ -82,19 +82,11 @@ def test_movielens_loader_and_protocol(tmp_path):
 
 
 def _scenarios(tmp_path):
-    import json
     import shutil
 
-    from sassflow.settings import PROJECT_ROOT
+    from streaming.datasets import SCENARIOS_FILE  # the MovieLens genre groups the project ships
 
-    src = PROJECT_ROOT.parent / "shared" / "datasets" / "scenarios.json"
-    if src.exists():
-        shutil.copy(src, tmp_path / "scenarios.json")
-    else:
-        groups = [("family", ["Children's", "Animation"]), ("thriller", ["Horror", "Thriller"]),
-                  ("action", ["Action", "Western"]), ("comedy", ["Comedy"]), ("drama", ["Drama"])]
-        (tmp_path / "scenarios.json").write_text(json.dumps(
-            {"scenarios": [{"id": k, "name": n, "genres": g} for k, (n, g) in enumerate(groups)]}))
+    shutil.copy(SCENARIOS_FILE, tmp_path / "scenarios.json")
     return tmp_path / "scenarios.json"
 
 
