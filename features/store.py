@@ -111,10 +111,17 @@ class OnlineWriter:
         self.provider = store._get_provider()
         self.views = {fv.name: store.get_feature_view(fv.name) for fv in d.FEATURE_VIEWS}
         self.kinds = {name: {f.name: f.dtype for f in fv.features} for name, fv in self.views.items()}
+        cfg = store.config.online_store
+        redis_py = (getattr(cfg, "type", None) == "redis" and getattr(cfg, "client", "redis") == "redis"
+                    and getattr(cfg, "skip_dedup", False))  # the only Feast path RedisRowWriter mirrors
+        self.redis = RedisRowWriter(store, self.provider, self.views) if redis_py else None
 
     def write(self, view: str, rows: list[tuple[dict, dict, int]]) -> None:
         """rows: [(entity {join_key: value}, features {name: value}, event_ms)]."""
         if not rows:
+            return
+        if self.redis is not None:
+            self.redis.write(view, rows)
             return
         from datetime import datetime, timezone
 
@@ -139,6 +146,48 @@ class OnlineWriter:
                 continue
             out.append((round(ts.timestamp() * 1000), {n: _python(v) for n, v in vals.items()}))
         return out
+
+
+class RedisRowWriter:
+    """Feast's Redis write (``online_write_batch`` with ``skip_dedup``), without its per-row
+    overhead: the same hash per entity, byte for byte (``tests/features`` compares them), built
+    with Feast's own key helpers, but with the field hashes computed once per view instead of once
+    per feature per row, and no datetime round trip.  Feast's own path cost ~100 µs a row, the
+    ingest consumers' biggest cost after Kafka decoding; this one about half.  Reads stay Feast's.
+    """
+
+    def __init__(self, store, provider, views: dict):
+        from feast.infra.online_stores.helpers import _mmh3
+        from feast.infra.online_stores.redis import _versioned_fv_name
+
+        self.config = store.config
+        self.online = provider.online_store
+        self.suffix = self.config.project.encode("utf-8")  # helpers._redis_key: entity key + project
+        self.names = {view: _versioned_fv_name(fv, self.config) for view, fv in views.items()}
+        self.fields = {view: {f.name: _mmh3(f"{name}:{f.name}") for f in views[view].features}
+                       for view, name in self.names.items()}
+
+    def write(self, view: str, rows: list[tuple[dict, dict, int]]) -> None:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        cfg = self.config.online_store
+        version = self.config.entity_key_serialization_version
+        ts_key, fields = f"_ts:{self.names[view]}", self.fields[view]
+        client = self.online._get_client(cfg)
+        with client.pipeline(transaction=False) as pipe:
+            for entity, feats, ts_ms in rows:
+                key = EntityKey(join_keys=list(entity), entity_values=[_value(v) for v in entity.values()])
+                redis_key = serialize_entity_key(key, entity_key_serialization_version=version) + self.suffix
+                ts = Timestamp(seconds=ts_ms // 1000, nanos=ts_ms % 1000 * 1_000_000)
+                mapping = {ts_key: ts.SerializeToString()}
+                for name, v in feats.items():
+                    mapping[fields[name]] = _value(v).SerializeToString()
+                pipe.hset(redis_key, mapping=mapping)
+                if cfg.key_ttl_seconds:
+                    pipe.expire(name=redis_key, time=cfg.key_ttl_seconds)
+            pipe.execute()
 
 
 def _value(v):

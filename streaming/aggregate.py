@@ -55,6 +55,11 @@ def ev_from_event(e) -> Ev:
     return Ev(e.event_id, e.user_id, e.item_id, e.scenario, e.event_type == "click", e.event_time)
 
 
+def ev_from_fields(d: dict) -> Ev:
+    """From ``streaming.events.parse_event_fields`` output (what the consumers parse into)."""
+    return Ev(d["event_id"], d["user_id"], d["item_id"], d["scenario"], d["event_type"] == "click", d["event_time"])
+
+
 @dataclass(slots=True)
 class KeyState:
     """Bucketed impression/click counts of one (entity, scenario) key."""

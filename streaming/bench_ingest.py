@@ -2,7 +2,10 @@
 
 Phases, all in one run against a local broker it starts (and stops if it started it):
 1. produce N synthetic events to a fresh topic;
-2. ``raw_consume_eps``: a plain kafka-python consumer reads the topic and does nothing else;
+2. ``raw_consume_eps``: a plain kafka-python consumer reads the topic and does nothing else, with
+   kafka-python's defaults (so CRCs checked; ``ratio`` is against this one, as specified), and
+   ``raw_consume_nocrc_eps`` the same with ``check_crcs=False``, the pipeline's default (see
+   settings.streaming.check_crcs): ``ratio_same_client_settings`` compares like with like;
 3. ``ingest_eps``: C user-stage processes + the item stage(s) run the whole pipeline over the same
    topic; N / (last batch written - first record polled), across all processes;
 4. exactness: the online store against the batch recomputation of the same events
@@ -43,11 +46,11 @@ def _spawn_pipeline(settings, consumers: int, until_idle: float | None, results)
     return procs
 
 
-def raw_consume(settings, topic: str, n: int) -> float:
+def raw_consume(settings, topic: str, n: int, check_crcs: bool = True) -> float:
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(**settings.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
-                      max_poll_records=settings.streaming.batch_max_events,
+                      max_poll_records=settings.streaming.batch_max_events, check_crcs=check_crcs,
                       fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
     tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))]
     c.assign(tps)
@@ -203,7 +206,9 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
 
         _log("raw consume")
         raw_eps = raw_consume(s, s.kafka.events_topic, len(events))
-        _log(f"raw_consume_eps={raw_eps:.0f}; running the pipeline with {consumers} consumer(s)")
+        raw_nocrc_eps = raw_consume(s, s.kafka.events_topic, len(events), check_crcs=False)
+        _log(f"raw_consume_eps={raw_eps:.0f} (no CRC check: {raw_nocrc_eps:.0f}); "
+             f"running the pipeline with {consumers} consumer(s)")
 
         results = mp.get_context("spawn").Queue()
         procs = _spawn_pipeline(s, consumers, 3.0, results)
@@ -226,6 +231,8 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
         return {"events": len(events), "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "consumers": consumers, "online_store": online_store,
                 "partitions": s.kafka.partitions, "raw_consume_eps": round(raw_eps, 1),
                 "ingest_eps": round(ingest_eps, 1), "ratio": round(ingest_eps / raw_eps, 3),
+                "raw_consume_nocrc_eps": round(raw_nocrc_eps, 1), "pipeline_check_crcs": s.streaming.check_crcs,
+                "ratio_same_client_settings": round(ingest_eps / (raw_eps if s.streaming.check_crcs else raw_nocrc_eps), 3),
                 "user_stage_eps": round(user_eps, 1), **exact,
                 **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in fresh.items()}}
     finally:

@@ -91,8 +91,8 @@ def _describe(exc: ValidationError) -> EventError:
     return EventError(reason, "; ".join(parts))
 
 
-def parse_event(raw: bytes | None, scenarios: list[str] | set[str], max_bytes: int = 4096) -> Event:
-    """Validate one wire message. Raises ``EventError`` with a precise message."""
+def _decode(raw: bytes | None, max_bytes: int) -> dict:
+    """The byte-level checks: size, UTF-8, JSON, an object."""
     if raw is None:
         raise EventError("not_json", "empty message (null value)")
     if len(raw) > max_bytes:
@@ -107,6 +107,11 @@ def parse_event(raw: bytes | None, scenarios: list[str] | set[str], max_bytes: i
         raise EventError("not_json", f"not JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(obj, dict):
         raise EventError("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _validate(obj: dict, scenarios) -> Event:
+    """The full (pydantic) validation: the reference, and the source of every precise error."""
     try:
         event = Event.model_validate(obj)
     except ValidationError as exc:
@@ -117,3 +122,58 @@ def parse_event(raw: bytes | None, scenarios: list[str] | set[str], max_bytes: i
             f"scenario {event.scenario!r} is not one of {sorted(scenarios)}",
         )
     return event
+
+
+_REQUIRED = frozenset(("event_id", "user_id", "item_id", "scenario", "event_type", "event_time"))
+_ALLOWED = _REQUIRED | {"dwell_ms", "context"}
+_CONTEXT_TYPES = (str, int, float, bool)
+
+
+def _plainly_valid(obj: dict, scenarios) -> bool:
+    """True only when ``Event.model_validate(obj)`` would accept ``obj`` unchanged (same values,
+    same types) and its scenario is known.
+
+    The ingest consumers parse every record; pydantic costs more than everything else they do
+    per event, and nearly every record is valid.  So the common case is checked here with exact
+    types (``type(x) is int`` excludes bool, as strict mode does); anything unusual -- including
+    every invalid event -- returns False and takes the pydantic path, which alone builds errors.
+    Keep in step with ``Event``'s fields.
+    """
+    if not (obj.keys() >= _REQUIRED and obj.keys() <= _ALLOWED):
+        return False
+    eid, uid, iid, scen = obj["event_id"], obj["user_id"], obj["item_id"], obj["scenario"]
+    t = obj["event_time"]
+    if not (type(eid) is str and 1 <= len(eid) <= 128
+            and type(uid) is int and 0 <= uid <= MAX_ID
+            and type(iid) is int and 0 <= iid <= MAX_ID
+            and type(scen) is str and 1 <= len(scen) <= 64 and scen in scenarios
+            and type(obj["event_type"]) is str and obj["event_type"] in ("impression", "click")
+            and type(t) is int and MIN_EVENT_TIME_MS <= t <= MAX_EVENT_TIME_MS):
+        return False
+    dwell = obj.get("dwell_ms")
+    if dwell is not None and not (type(dwell) is int and 0 <= dwell <= 86_400_000):
+        return False
+    ctx = obj.get("context")
+    if ctx is not None and not (type(ctx) is dict and len(ctx) <= MAX_CONTEXT_KEYS
+                                and all(type(v) in _CONTEXT_TYPES for v in ctx.values())):
+        return False
+    return True
+
+
+def parse_event(raw: bytes | None, scenarios: list[str] | set[str], max_bytes: int = 4096) -> Event:
+    """Validate one wire message. Raises ``EventError`` with a precise message."""
+    obj = _decode(raw, max_bytes)
+    if _plainly_valid(obj, scenarios):
+        # what model_validate would build (same values, same fields_set), without re-checking
+        return Event.model_construct(**obj)
+    return _validate(obj, scenarios)
+
+
+def parse_event_fields(raw: bytes | None, scenarios: list[str] | set[str], max_bytes: int = 4096) -> dict:
+    """``parse_event`` without building an ``Event``: the valid event's fields as a plain dict
+    (optional fields absent when the message omits them).  Same checks, same errors.  For the
+    ingest consumers, which only read a few fields of every record."""
+    obj = _decode(raw, max_bytes)
+    if _plainly_valid(obj, scenarios):
+        return obj
+    return _validate(obj, scenarios).model_dump(exclude_unset=True)

@@ -55,3 +55,39 @@ def test_cli_apply(tmp_path):
     args = build_parser().parse_args(["features", "apply"])
     assert args.func(args, s) == 0
     assert (tmp_path / "feast" / "registry.db").exists()
+
+
+def test_redis_fast_writer_writes_what_feast_writes(tmp_path, redis_server):
+    """OnlineWriter's direct Redis path leaves every hash byte-identical to Feast's own write."""
+    import redis
+
+    s = Settings(state_dir=tmp_path, feast={"online_store": "redis", "project": "fastpath",
+                                            "redis_connection_string": redis_server.connection_string})
+    w = OnlineWriter(apply_definitions(s))
+    assert w.redis is not None
+    rows = {
+        "user_scenario_stats": [({"user_id": 42, "scenario": "drama"}, ROW, 1_700_000_000_500),
+                                ({"user_id": 2**40, "scenario": "family"}, dict(ROW, recent_clicks=[], last_click_ms=None,
+                                                                                 ctr_7d=0.0), 1_700_000_001_999)],
+        "user_profile": [({"user_id": 42}, {"total_imp_7d": 6, "total_clk_7d": 2, "scenario_click_share": [0.0, 0.25, 0.75, 0.0, 0.0],
+                                            "recent_clicks_all": [7, 3]}, 1_700_000_000_001)],
+        "item_scenario_stats": [({"item_id": 9, "scenario": "action"}, {**{k: ROW[k] for k in ROW if k.startswith(("imp", "clk", "ctr"))},
+                                                                       "trending": 1.375}, 1_699_999_999_000)],
+    }
+    host, port = redis_server.connection_string.split(":")
+    r = redis.Redis(host=host, port=int(port))
+
+    def dump():
+        return {k: r.hgetall(k) for k in sorted(r.scan_iter(match=b"*fastpath"))}
+
+    fast = w.redis
+    for view, view_rows in rows.items():
+        w.redis = None
+        w.write(view, view_rows)  # Feast's online_write_batch
+    feast_written = dump()
+    r.delete(*feast_written)
+    w.redis = fast
+    for view, view_rows in rows.items():
+        w.write(view, view_rows)
+    assert dump() == feast_written and len(feast_written) == 4
+    assert w.read("user_scenario_stats", [{"user_id": 42, "scenario": "drama"}])[0][1]["recent_clicks"] == [7, 3]
