@@ -180,6 +180,7 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
     from streaming.sources import SyntheticSource
 
     s = settings.model_copy(deep=True)
+    Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=Path(settings.state_dir)))
     s.streaming.checkpoint_dir, s.streaming.offline_dir = work / "checkpoints", work / "offline"
     s.streaming.metrics_port = 0
