@@ -200,7 +200,7 @@ def cmd_demo(args, settings) -> int:
         rc = run_ingest(settings, processes=1, until_idle=3.0)
         history = read_history(settings.streaming.offline_dir)
         summary["phase1"] = {"produced": p1.to_dict(), "ingest_rc": rc, "history_events": len(history),
-                             "ingest_s": round(time.perf_counter() - t0, 1)}
+                             "ingest_s": round(time.perf_counter() - t0, 1), "consumer_lag": consumer_lag(settings)}
         t_lo, t_hi = int(history["event_time"].min()), int(history["event_time"].max())
 
         _stage("4/7 retrain through the Airflow DAG sass_retrain (dag.test)")
@@ -225,7 +225,8 @@ def cmd_demo(args, settings) -> int:
             rc2 = run_ingest(settings, processes=1, until_idle=3.0)
             history = read_history(settings.streaming.offline_dir)
             summary["phase2"] = {"produced": p2.to_dict(), "ingest_rc": rc2, "history_events": len(history),
-                                 "ingest_s": round(time.perf_counter() - t0, 1)}
+                                 "ingest_s": round(time.perf_counter() - t0, 1),
+                                 "consumer_lag": consumer_lag(settings)}
             r2 = _retrain(settings, summary, "second", int(history["event_time"].min()),
                           int(history["event_time"].max()))
             summary["retrain2"] = _compact(r2)
@@ -263,6 +264,29 @@ def cmd_demo(args, settings) -> int:
     return 0 if summary.get("ok") else 1
 
 
+def consumer_lag(settings) -> dict:
+    """Messages not yet committed by each ingest consumer group (user stage, item shards), summed over
+    partitions: 0 means the consumers have applied and committed everything on the topic."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    topic = settings.kafka.events_topic
+    groups = [settings.kafka.consumer_group] + [
+        f"{settings.kafka.consumer_group}.items.{k}of{settings.streaming.item_shards}"
+        for k in range(settings.streaming.item_shards)]
+    admin = KafkaAdminClient(**settings.kafka.client_kwargs())
+    consumer = KafkaConsumer(**settings.kafka.client_kwargs())
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        end = consumer.end_offsets(tps)
+        committed = admin.list_group_offsets({group: tps for group in groups})
+        return {group: sum(end[tp] - (offsets[tp].offset if tp in offsets and offsets[tp].offset >= 0 else 0)
+                           for tp in tps)
+                for group, offsets in committed.items()}
+    finally:
+        consumer.close()
+        admin.close()
+
+
 def _get_json(url: str) -> dict:
     import httpx
 
@@ -297,6 +321,7 @@ def _print_summary(summary: dict) -> None:
             p = summary[phase]
             t.add_row(f"{phase}: events produced / in history", f"{p['produced']['events']:,} / {p['history_events']:,}")
             t.add_row(f"{phase}: ingest seconds", str(p["ingest_s"]))
+            t.add_row(f"{phase}: consumer lag after ingest", str(p.get("consumer_lag")))
     for r in ("retrain1", "retrain2"):
         if r in summary:
             x = summary[r]

@@ -29,6 +29,8 @@ def test_demo_quick_end_to_end(kafka_broker, tmp_path):
     assert summary["events_total"] == 30_000
     assert summary["phase1"]["produced"]["events"] == summary["phase1"]["history_events"] == 24_000
     assert summary["phase2"]["history_events"] == 30_000  # every event in the history exactly once
+    for phase in ("phase1", "phase2"):  # every consumer group has committed the whole topic
+        assert summary[phase]["consumer_lag"] and set(summary[phase]["consumer_lag"].values()) == {0}
     for r in ("retrain1", "retrain2"):
         assert summary[r]["state"] == "success", summary[r]
         assert set(summary[r]["quality_test"]) >= {"sass", "pop"}
