@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from sassflow.processes import stop_child
+
 
 class LocalRedis:
     def __init__(self, port: int, workdir: Path):
@@ -46,16 +48,5 @@ class LocalRedis:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_child(self.proc, timeout=10)
             self.proc = None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from sassflow.settings import PROJECT_ROOT, Settings
-from streaming.broker import pid_alive
+from sassflow.processes import pid_alive
 
 DAGS_FOLDER = PROJECT_ROOT / "dags"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, SecretStr
 
+from sassflow.processes import free_port, stop_child
 from sassflow.settings import PROJECT_ROOT, Settings
 
 
@@ -43,12 +43,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
     put("SASSFLOW_", settings)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
@@ -89,13 +83,7 @@ class ServerProcess:
         raise TimeoutError(f"server not ready after {timeout}s; log: {self.log_path}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc, timeout=20)
         if self._log is not subprocess.DEVNULL:
             self._log.close()
 

@@ -173,7 +173,8 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
                  rate: float = 2000.0, freshness_seconds: float = 15.0) -> dict:
     from pydantic import SecretStr
 
-    from features.redis_local import LocalRedis, free_port
+    from features.redis_local import LocalRedis
+    from sassflow.processes import free_port
     from features.store import apply_definitions
     from streaming.broker import LocalKafka, ensure_topics
     from streaming.produce import produce_events

@@ -13,13 +13,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sassflow.processes import pid_alive, port_open
 from sassflow.settings import LocalKafkaSettings, Settings
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -65,29 +65,6 @@ class BrokerStatus:
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
-
-
-def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie.  The state is the field after the *last* ')' of /proc/<pid>/stat:
-    some programs rename their processes (Airflow: "airflow api_server -- …"), so names have spaces."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def ensure_jars(cfg: LocalKafkaSettings) -> Path:
@@ -192,7 +169,7 @@ class LocalKafka:
 
     def status(self) -> BrokerStatus:
         pid = self.pid()
-        running = pid is not None and _port_open(self.cfg.host, self.cfg.port)
+        running = pid is not None and port_open(self.cfg.host, self.cfg.port)
         return BrokerStatus(running, pid, self.bootstrap, str(self.data_dir), self.cfg.version)
 
     def start(self, timeout: float | None = None) -> BrokerStatus:
@@ -200,7 +177,7 @@ class LocalKafka:
         if self.pid() is not None:
             self._wait_ready(timeout)
             return self.status()
-        if _port_open(self.cfg.host, self.cfg.port):
+        if port_open(self.cfg.host, self.cfg.port):
             raise BrokerError(f"port {self.cfg.port} is already taken by another process")
         lib = ensure_jars(self.cfg)
         props = self._write_config()
@@ -231,7 +208,7 @@ class LocalKafka:
             if proc is not None and proc.poll() is not None:
                 tail = (self.data_dir / "broker.out").read_text(errors="replace")[-3000:]
                 raise BrokerError(f"broker exited with code {proc.returncode}:\n{tail}")
-            if _port_open(self.cfg.host, self.cfg.port):
+            if port_open(self.cfg.host, self.cfg.port):
                 try:
                     admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
                     try:
@@ -264,7 +241,7 @@ class LocalKafka:
             os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         deadline = time.monotonic() + 15
-        while _port_open(self.cfg.host, self.cfg.port) and time.monotonic() < deadline:
+        while port_open(self.cfg.host, self.cfg.port) and time.monotonic() < deadline:
             time.sleep(0.2)
         return True
 

@@ -15,7 +15,7 @@ import pytest
 
 from sassflow.airflow_cli import DAGS_FOLDER, LocalAirflow
 from sassflow.dagrun import ensure_migrated, run_airflow_python
-from serving.process import free_port
+from sassflow.processes import free_port
 from tests.conftest import make_settings
 
 

@@ -159,7 +159,7 @@ def test_cli_ingest_dead_letters_poison_counts_late_events_and_exports_metrics(k
     import subprocess
     import sys
 
-    from features.redis_local import free_port
+    from sassflow.processes import free_port
 
     s = _tuned(kafka)
     events = _events(1500, seed=11)
