@@ -108,7 +108,7 @@ def _day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date().isoformat()
 
 
-def _retrain(settings, run: dict, phase: str, start_ms: int, end_ms: int) -> dict:
+def _retrain(settings, phase: str, start_ms: int, end_ms: int) -> dict:
     """One ``sass_retrain`` run through Airflow's ``dag.test()`` on the window [start, end]."""
     from sassflow.dagrun import dag_test
 
@@ -138,7 +138,7 @@ def _sample_recommendations(url: str, users: list[int], scenarios: list[str]) ->
                 r = client.get("/recommend", params={"user_id": user, "scenario": scenario, "k": 10})
                 body = r.json()
                 rows.append({"user_id": user, "scenario": scenario, "status": r.status_code,
-                             "fallback": body.get("fallback"), "items": [i for i in body.get("items", [])][:10],
+                             "fallback": body.get("fallback"), "items": body.get("items", [])[:10],
                              "bundle_id": body.get("bundle_id"), "model_version": body.get("model_version")})
     return rows
 
@@ -185,12 +185,9 @@ def cmd_demo(args, settings) -> int:
         ensure_topics(settings)
 
         _stage("2/7 replay the first part of the events through Kafka")
-        source, _ = open_source(args, settings)
+        source = open_source(args, settings)
         summary["source"] = type(source).__name__
-        total = args.limit
-        if total is None:
-            total = len(source.frame()) if hasattr(source, "frame") else source.n_events
-        total = min(total, getattr(source, "n_events", total))
+        total = min(args.limit or source.n_events, source.n_events)
         first = int(total * args.first_part)
         summary["events_total"] = total
         p1 = produce_events(settings, source.events(limit=first), total=first)
@@ -204,7 +201,7 @@ def cmd_demo(args, settings) -> int:
         t_lo, t_hi = int(history["event_time"].min()), int(history["event_time"].max())
 
         _stage("4/7 retrain through the Airflow DAG sass_retrain (dag.test)")
-        r1 = _retrain(settings, summary, "first", t_lo, t_hi)
+        r1 = _retrain(settings, "first", t_lo, t_hi)
         summary["retrain1"] = _compact(r1)
         if r1.get("state") not in ("success", "DagRunState.SUCCESS"):
             raise RuntimeError(f"the first retrain did not succeed: {r1}")
@@ -227,7 +224,7 @@ def cmd_demo(args, settings) -> int:
             summary["phase2"] = {"produced": p2.to_dict(), "ingest_rc": rc2, "history_events": len(history),
                                  "ingest_s": round(time.perf_counter() - t0, 1),
                                  "consumer_lag": consumer_lag(settings)}
-            r2 = _retrain(settings, summary, "second", int(history["event_time"].min()),
+            r2 = _retrain(settings, "second", int(history["event_time"].min()),
                           int(history["event_time"].max()))
             summary["retrain2"] = _compact(r2)
             t_dag_end = time.time()

@@ -66,7 +66,8 @@ def cmd_kafka(args, settings) -> int:
 
 
 def open_source(args, settings):
-    """The event source named on the command line (MovieLens falls back to synthetic if none is found)."""
+    """The event source named on the command line (MovieLens falls back to synthetic if none is found).
+    Both kinds tell their length as ``n_events``."""
     from streaming.sources import MovieLensSource, SyntheticSource
 
     if args.source == "movielens":
@@ -79,19 +80,17 @@ def open_source(args, settings):
             if set(src.scenarios) - set(settings.scenarios):
                 raise SystemExit(f"the dataset's scenarios {src.scenarios} are not all in settings.scenarios "
                                  f"{settings.scenarios}; set SASSFLOW_SCENARIOS")
-            return src, None
-    src = SyntheticSource(n_users=args.users, n_items=args.items, n_events=args.events,
-                          scenarios=settings.scenarios, seed=args.seed)
-    return src, min(args.events, args.limit or args.events)
+            return src
+    return SyntheticSource(n_users=args.users, n_items=args.items, n_events=args.events,
+                           scenarios=settings.scenarios, seed=args.seed)
 
 
 def cmd_produce(args, settings) -> int:
     from streaming.broker import ensure_topics
     from streaming.produce import produce_events
 
-    source, total = open_source(args, settings)
-    if total is None:
-        total = args.limit
+    source = open_source(args, settings)
+    total = min(args.limit or source.n_events, source.n_events)
     if args.topic is None:
         ensure_topics(settings)
     result = produce_events(settings, source.events(limit=args.limit), topic=args.topic, total=total, rate=args.rate)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -27,7 +28,7 @@ def make_producer(settings: Settings, **overrides):
     return KafkaProducer(**settings.kafka.client_kwargs(), **kw)
 
 
-def _progress(total: int | None, label: str) -> Progress:
+def _progress(label: str) -> Progress:
     return Progress(
         TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[eps]:>9.0f} ev/s"), TimeElapsedColumn(),
@@ -63,9 +64,9 @@ def produce_events(settings: Settings, events: Iterable[Event], topic: str | Non
     result = ProduceResult()
     failures: list[BaseException] = []
     t0 = time.perf_counter()
-    progress = _progress(total, f"produce → {topic}")
+    progress = _progress(f"produce → {topic}")
     try:
-        with progress if show_progress else _Null():
+        with progress if show_progress else nullcontext():
             task = progress.add_task("produce", total=total, eps=0.0) if show_progress else None
             for n, event in enumerate(events, 1):
                 if rate:
@@ -87,14 +88,6 @@ def produce_events(settings: Settings, events: Iterable[Event], topic: str | Non
     if failures:
         raise RuntimeError(f"{len(failures)} events were not acknowledged by the broker: {failures[0]!r}")
     return result
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @dataclass
@@ -141,8 +134,8 @@ def read_back(settings: Settings, topic: str | None = None, show_progress: bool 
         begin = consumer.beginning_offsets(tps)
         total = sum(end[tp] - begin[tp] for tp in tps)
         remaining = {tp for tp in tps if end[tp] > begin[tp]}
-        progress = _progress(total, f"read back ← {topic}")
-        with progress if show_progress else _Null():
+        progress = _progress(f"read back ← {topic}")
+        with progress if show_progress else nullcontext():
             task = progress.add_task("read", total=total, eps=0.0) if show_progress else None
             deadline = time.monotonic() + timeout_s
             while remaining:

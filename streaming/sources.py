@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -236,6 +237,12 @@ class MovieLensSource:
         movies = pd.read_csv(self.folder / "movies.csv")
         self.item_scenario = item_scenarios(movies, self.groups)
         self.click_threshold = click_threshold
+
+    @cached_property
+    def n_events(self) -> int:
+        """Events the full replay yields: one impression per rating, plus a click per rating ≥ threshold."""
+        ratings = pd.read_csv(self.folder / "ratings.csv.gz", usecols=["rating"])["rating"]
+        return len(ratings) + int((ratings >= self.click_threshold).sum())
 
     def ratings(self, chunksize: int = 200_000) -> Iterator[pd.DataFrame]:
         with gzip.open(self.folder / "ratings.csv.gz", "rt") as fh:

@@ -82,7 +82,7 @@ def test_movielens_replay_rules(tmp_path):
     n = _tiny_movielens(tmp_path / "ds" / "ml")
     src = MovieLensSource(tmp_path / "ds" / "ml")
     events = list(src.events())
-    assert len(events) == n == 8
+    assert len(events) == n == 8 == src.n_events
     assert [(e.item_id, e.scenario, e.event_type) for e in events[:3]] == [
         (1, "family", "impression"), (1, "family", "click"), (2, "thriller", "impression")]
     assert events[0].event_time == 1_000_000_100_000
