@@ -35,14 +35,10 @@ def cmd_train(args, settings) -> int:
     return 0
 
 
-def _registry(settings):
+def cmd_registry(args, settings) -> int:
     from training.registry import ModelRegistry
 
-    return ModelRegistry(settings.training.registry_url.get_secret_value())
-
-
-def cmd_registry(args, settings) -> int:
-    reg = _registry(settings)
+    reg = ModelRegistry.from_settings(settings)
     if args.action == "list":
         for v in reg.list():
             val = (v.metrics or {}).get("val", {}).get("recall@50", {}).get("mean")

@@ -28,7 +28,6 @@ import pandas as pd
 from streaming.sources import EVENT_COLUMNS
 
 TRAIN, VAL, TEST = 0, 1, 2
-SPLITS = {"train": TRAIN, "val": VAL, "test": TEST}
 NO_TIME = np.iinfo(np.int64).max  # "as of now": every history click counts
 HOUR_MS = 3_600_000
 WINDOW_HOURS = 168  # the 7-day window of the online *_7d features (streaming/aggregate.py)
@@ -41,15 +40,12 @@ def load_dataset_events(folder: Path, scenarios_file: Path | None = None,
     """A MovieLens-format folder as an events frame: every rating is an impression in its
     movie's scenario, a rating >= 4 is also a click (BENCHMARKS.md protocol, step 1).
     Vectorised (the replay source yields one Event at a time: too slow for 1M ratings)."""
+    from sassflow.settings import DataSettings
     from streaming.sources import item_scenarios, load_scenario_groups
 
     folder = Path(folder)
-    scenarios_file = Path(scenarios_file) if scenarios_file else None
-    if scenarios_file is None:
-        for c in (folder / "scenarios.json", folder.parent / "scenarios.json"):
-            if c.exists():
-                scenarios_file = c
-                break
+    # default: the scenarios.json next to the folder or one level up, as settings.data finds it
+    scenarios_file = Path(scenarios_file) if scenarios_file else DataSettings().find_scenarios_file(folder)
     if scenarios_file is None:
         raise FileNotFoundError(f"no scenarios.json next to {folder}; pass --scenarios")
     groups = load_scenario_groups(scenarios_file)
@@ -239,23 +235,20 @@ def prepare(events: pd.DataFrame, scenarios: list[str], seq_len: int = 20,
     split = split_by_user_time(ev, val_frac, test_frac) if with_test else np.zeros(len(ev), np.int8)
     S = len(scenarios)
 
-    def clicks_in(mask):
-        m = click & mask
-        return u[m], s[m], i[m], t[m]
-
-    hist_train = clicks_in(split == TRAIN)
-    ev_train = (u[split == TRAIN], t[split == TRAIN])
-    m = click & (split == TRAIN)
+    tr = split == TRAIN
+    m = click & tr
+    hist_train = (u[m], s[m], i[m], t[m])
+    ev_train = (u[tr], t[tr])
     train = user_features(*hist_train, u[m], s[m], t[m], S, seq_len, *ev_train)
     train["item"] = i[m]
     train["time"] = t[m]
 
     # pre-training views: every (user, scenario) the user visited in train (impressions count)
-    vis = np.unique(np.stack([u[split == TRAIN], s[split == TRAIN]], 1), axis=0)
+    vis = np.unique(np.stack([u[tr], s[tr]], 1), axis=0)
     views = user_features(*hist_train, vis[:, 0], vis[:, 1], np.full(len(vis), NO_TIME), S, seq_len,
                           *ev_train)
 
-    item_views = np.unique(np.stack([i[split == TRAIN], s[split == TRAIN]], 1), axis=0).astype(np.int64)
+    item_views = np.unique(np.stack([i[tr], s[tr]], 1), axis=0).astype(np.int64)
     catalogs = [np.unique(i[s == k]) for k in range(S)]
     item_clicks = np.zeros((S, len(items) + 1), dtype=np.int64)
     np.add.at(item_clicks, (hist_train[1], hist_train[2]), 1)

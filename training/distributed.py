@@ -20,11 +20,9 @@ import torch.distributed as dist
 
 def main(argv: list[str] | None = None) -> int:
     from sassflow.settings import get_settings
-    from training.baselines import model_config
     from training.export import export_artifacts
-    from training.model import SASS
-    from training.pipeline import load_events, prepare_data, set_threads
-    from training.trainer import History, TrainConfig, finetune, pretrain
+    from training.pipeline import load_data, new_model
+    from training.trainer import History, finetune, pretrain
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="dataset folder (MovieLens format or events.parquet)")
@@ -37,13 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     settings = get_settings()
-    set_threads(settings)
     over = {k: v for k, v in (("pretrain_epochs", args.pretrain_epochs), ("finetune_epochs", args.finetune_epochs),
                               ("batch_size", args.batch_size)) if v is not None}
-    cfg = TrainConfig.from_settings(settings.training, **over)
-    data = prepare_data(settings, load_events(settings, args.data))
-    torch.manual_seed(cfg.seed)
-    model = SASS(model_config(data, settings.training))
+    data = load_data(settings, args.data)
+    model, cfg = new_model(settings, data, **over)
     hist = History()
     pretrain(model, data, cfg, hist)
     finetune(model, data, cfg, hist)

@@ -42,14 +42,11 @@ def export_artifacts(model: SASS, out_dir, data=None, scenarios: list[str] | Non
                      catalogs: list[np.ndarray] | None = None, item_clicks: np.ndarray | None = None,
                      seq_len: int = 20, extra: dict | None = None) -> dict:
     """Write the serving artifacts of ``model``. Vocabularies and catalogs come from ``data``
-    (a ``TrainingData``; default: the data the model was fine-tuned on) unless given
-    explicitly. Returns {file name: sha256}."""
+    (a ``TrainingData``) unless given explicitly. Returns {file name: sha256}."""
+    if data is None and user_ids is None:
+        raise ValueError("export_artifacts needs the training data (vocabularies, catalogs)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if data is None and user_ids is None:
-        data = getattr(model, "training_data", None)  # set by trainer.finetune
-        if data is None:
-            raise ValueError("export_artifacts needs the training data (vocabularies, catalogs)")
     if data is not None:
         scenarios, user_ids, item_ids = data.scenarios, data.users.ids, data.items.ids
         catalogs, item_clicks, seq_len = data.catalogs, data.item_clicks, data.seq_len

@@ -42,6 +42,29 @@ def prepare_data(settings, events: pd.DataFrame):
     return prepare(events, settings.scenarios)
 
 
+def load_data(settings, dataset_dir):
+    """Set the torch threads, then load and prepare a dataset folder (see ``load_events``)."""
+    set_threads(settings)
+    return prepare_data(settings, load_events(settings, dataset_dir))
+
+
+def new_model(settings, data, **over):
+    """A freshly initialised SASS for ``data`` and its ``TrainConfig`` (``over``: overrides)."""
+    import torch
+
+    from training.baselines import model_config
+    from training.model import SASS
+    from training.trainer import TrainConfig
+
+    cfg = TrainConfig.from_settings(settings.training, **over)
+    torch.manual_seed(cfg.seed)
+    return SASS(model_config(data, settings.training)), cfg
+
+
+def _write_history(out_dir, hist) -> None:
+    (Path(out_dir) / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": hist.seconds}))
+
+
 def feature_spec(settings, data) -> dict:
     return {"user": FEATURES, "item": ["item_id", "scenario"], "seq_len": data.seq_len,
             "scenarios": list(settings.scenarios), "point_in_time": "strictly before"}
@@ -65,20 +88,15 @@ def pretrain(settings, dataset_dir, out_dir) -> dict:
     """Stage 1 on a dataset folder; writes ``pretrained.pt`` (state_dict) + ``history.json``."""
     import torch
 
-    from training.baselines import model_config
-    from training.model import SASS
-    from training.trainer import TrainConfig, pretrain as stage1
+    from training.trainer import pretrain as stage1
 
-    set_threads(settings)
-    data = prepare_data(settings, load_events(settings, dataset_dir))
-    cfg = TrainConfig.from_settings(settings.training)
-    torch.manual_seed(cfg.seed)
-    model = SASS(model_config(data, settings.training))
+    data = load_data(settings, dataset_dir)
+    model, cfg = new_model(settings, data)
     hist = stage1(model, data, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "pretrained.pt")
-    (out / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": hist.seconds}))
+    _write_history(out, hist)
     return {"path": str(out / "pretrained.pt"), "seconds": hist.seconds.get("pretrain", 0.0),
             "steps": len(hist.losses.get("pretrain", []))}
 
@@ -88,22 +106,17 @@ def finetune(settings, dataset_dir, pretrained_dir, out_dir) -> dict:
     exports the serving artifacts to ``out_dir``."""
     import torch
 
-    from training.baselines import model_config
     from training.export import export_artifacts
-    from training.model import SASS
-    from training.trainer import TrainConfig, finetune as stage2
+    from training.trainer import finetune as stage2
 
-    set_threads(settings)
-    data = prepare_data(settings, load_events(settings, dataset_dir))
-    cfg = TrainConfig.from_settings(settings.training)
-    torch.manual_seed(cfg.seed)
-    model = SASS(model_config(data, settings.training))
+    data = load_data(settings, dataset_dir)
+    model, cfg = new_model(settings, data)
     if pretrained_dir:
         model.load_state_dict(torch.load(Path(pretrained_dir) / "pretrained.pt", weights_only=True))
     hist = stage2(model, data, cfg)
     shas = export_artifacts(model, out_dir, data, extra={"feature_spec": feature_spec(settings, data),
                                                          "window": list(data.window)})
-    (Path(out_dir) / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": hist.seconds}))
+    _write_history(out_dir, hist)
     return {"path": str(out_dir), "seconds": hist.seconds.get("finetune", 0.0), "files": len(shas),
             "window": list(data.window)}
 
@@ -113,8 +126,7 @@ def evaluate(settings, dataset_dir, model_dir) -> dict:
     from training.evaluate import evaluate as run_eval, model_scorer
     from training.export import load_model
 
-    set_threads(settings)
-    data = prepare_data(settings, load_events(settings, dataset_dir))
+    data = load_data(settings, dataset_dir)
     model, _ = load_model(model_dir)
     metrics = {split: run_eval(model_scorer(model), data, split) for split in ("val", "test")}
     (Path(model_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -123,16 +135,14 @@ def evaluate(settings, dataset_dir, model_dir) -> dict:
 
 def register_and_gate(settings, model_dir, metrics: dict | None = None, name: str = "sass") -> dict:
     """Register an exported model as a candidate and run the quality gate on it."""
-    from training.registry import ModelRegistry, quality_gate
+    from training.registry import ModelRegistry, feature_hash, quality_gate
 
     d = Path(model_dir)
     if metrics is None:
         metrics = json.loads((d / "metrics.json").read_text())
     cfg = json.loads((d / "config.json").read_text())
-    reg = ModelRegistry(settings.training.registry_url.get_secret_value())
+    reg = ModelRegistry.from_settings(settings)
     window = cfg.get("window") or [None, None]
-    from training.registry import feature_hash
-
     v = reg.register(d, name=name, metrics=metrics, data_start_ms=window[0], data_end_ms=window[1],
                      config=cfg, feature_hash=feature_hash(cfg.get("feature_spec", {})))
     promoted, reason = quality_gate(reg, v, settings.training.quality_tolerance)

@@ -74,6 +74,11 @@ class ModelRegistry:
         self.engine = create_engine(url, future=True)
         Base.metadata.create_all(self.engine)
 
+    @classmethod
+    def from_settings(cls, settings) -> "ModelRegistry":
+        """The registry at ``settings.training.registry_url``."""
+        return cls(settings.training.registry_url.get_secret_value())
+
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
@@ -92,12 +97,16 @@ class ModelRegistry:
             s.add(v)
         return v
 
-    def get(self, version: int) -> ModelVersion:
-        with self._session() as s:
-            v = s.get(ModelVersion, int(version))
+    @staticmethod
+    def _get(s: Session, version: int) -> ModelVersion:
+        v = s.get(ModelVersion, int(version))
         if v is None:
             raise KeyError(f"no model version {version}")
         return v
+
+    def get(self, version: int) -> ModelVersion:
+        with self._session() as s:
+            return self._get(s, version)
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
         q = select(ModelVersion).order_by(ModelVersion.id)
@@ -123,9 +132,7 @@ class ModelRegistry:
         if status not in STATUSES:
             raise ValueError(f"status {status!r} not in {STATUSES}")
         with self._session() as s, s.begin():
-            v = s.get(ModelVersion, int(version))
-            if v is None:
-                raise KeyError(f"no model version {version}")
+            v = self._get(s, version)
             if status == "promoted":
                 for old in s.scalars(select(ModelVersion).where(ModelVersion.status == "promoted",
                                                                 ModelVersion.name == v.name,
@@ -136,9 +143,7 @@ class ModelRegistry:
 
     def mark_published(self, version: int, bundle_id: str) -> ModelVersion:
         with self._session() as s, s.begin():
-            v = s.get(ModelVersion, int(version))
-            if v is None:
-                raise KeyError(f"no model version {version}")
+            v = self._get(s, version)
             v.bundle_id, v.published = bundle_id, True
         return v
 

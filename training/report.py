@@ -29,8 +29,8 @@ def write_report(out_dir, losses: dict[str, dict[str, list[float]]], metrics: di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     curves = [(m, st, v) for m, stages in losses.items() for st, v in stages.items() if v]
-    fig, axes = plt.subplots(1, max(1, len({st for _, st, _ in curves})), figsize=(11, 4), squeeze=False)
     stages = sorted({st for _, st, _ in curves})
+    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(11, 4), squeeze=False)
     for ax, st in zip(axes[0], stages or ["(no training)"]):
         for m, s, v in curves:
             if s == st:

@@ -133,7 +133,8 @@ def _run(model, batches, step_fn, cfg: TrainConfig, history: History, stage: str
 
 
 def scenario_batches(scenario: np.ndarray, batch_size: int, rng: np.random.Generator):
-    """Single-scenario batches of every row, in a random interleaved order."""
+    """Single-scenario batches of every row, in a random interleaved order (``scenario``: any
+    group label per row; batches never mix groups)."""
     chunks = []
     for k in np.unique(scenario):
         rows = rng.permutation(np.flatnonzero(scenario == k))
@@ -168,15 +169,7 @@ def pretrain(model: SASS, data: TrainingData, cfg: TrainConfig, history: History
     if n_u + n_i == 0:
         return history
     # one index space: [0, n_u) user pairs, [n_u, n_u + n_i) item pairs; batches never mix them
-    def batches(rng):
-        chunks = []
-        for lo, n in ((0, n_u), (n_u, n_i)):
-            rows = lo + rng.permutation(n)
-            chunks += [rows[i:i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
-        for j in rng.permutation(len(chunks)):
-            if len(chunks[j]) > 1:
-                yield chunks[j]
-
+    group = np.r_[np.zeros(n_u, np.int64), np.ones(n_i, np.int64)]
     up, ip = torch.from_numpy(user_pairs), torch.from_numpy(item_pairs)
 
     def step(idx):
@@ -191,7 +184,8 @@ def pretrain(model: SASS, data: TrainingData, cfg: TrainConfig, history: History
         za, zb = model.encode_item(items[ab], item_scen[ab])[0].split(len(a))
         return scenario_contrastive_loss(za, zb, cfg.temperature, items[a])
 
-    _run(model, batches, step, cfg, history, "pretrain", cfg.pretrain_epochs)
+    _run(model, lambda rng: scenario_batches(group, cfg.batch_size, rng), step, cfg, history, "pretrain",
+         cfg.pretrain_epochs)
     return history
 
 
@@ -220,7 +214,6 @@ def finetune(model: SASS, data: TrainingData, cfg: TrainConfig, history: History
             loss = loss + cfg.global_loss_weight * sampled_softmax_loss(ug[:m], vg, items, cfg.temperature, lq)
         return loss
 
-    model.training_data = data  # what export_artifacts(model, out_dir) needs: vocabularies, catalogs
     _run(model, lambda rng: scenario_batches(t["scenario"].numpy(), cfg.batch_size, rng), step, cfg,
          history, "finetune", cfg.finetune_epochs)
     return history
