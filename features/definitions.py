@@ -68,4 +68,3 @@ item_scenario_stats = FeatureView(
 
 ENTITIES = [user, item, scenario]
 FEATURE_VIEWS = [user_scenario_stats, user_profile, item_scenario_stats]
-PUSH_SOURCES = [fv.stream_source for fv in FEATURE_VIEWS]

@@ -51,10 +51,6 @@ class Ev(NamedTuple):
     event_time: int
 
 
-def ev_from_event(e) -> Ev:
-    return Ev(e.event_id, e.user_id, e.item_id, e.scenario, e.event_type == "click", e.event_time)
-
-
 def ev_from_fields(d: dict) -> Ev:
     """From ``streaming.events.parse_event_fields`` output (what the consumers parse into)."""
     return Ev(d["event_id"], d["user_id"], d["item_id"], d["scenario"], d["event_type"] == "click", d["event_time"])
@@ -148,23 +144,42 @@ def _ctr(clk: int, imp: int) -> float:
     return clk / imp if imp else 0.0
 
 
-class UserFeatures:
+class _ScenarioKeys:
+    """The ``KeyState`` of every (entity id, scenario) key, and their incremental snapshot."""
+
+    def __init__(self):
+        self.keys: dict[tuple[int, str], KeyState] = {}
+        self.snapshot = _Snapshot(self.keys)
+
+    def _apply(self, k: tuple[int, str], ev: Ev, keep_recent: bool) -> bool:
+        """Add ev to key k's state; True when k is a new key."""
+        st = self.keys.get(k)
+        new = st is None
+        if new:
+            st = self.keys[k] = KeyState()
+        st.add(ev, keep_recent)
+        self.snapshot.dirty.add(k)
+        return new
+
+    def load_json(self, d: dict) -> None:
+        """Restore from ``snapshot.text()``."""
+        for k, v in d.items():
+            e, s = k.split("|", 1)
+            self.keys[(int(e), s)] = KeyState.from_json(v)
+        self.snapshot.dirty.update(self.keys)
+
+
+class UserFeatures(_ScenarioKeys):
     """State and rows of the user views: ``user_scenario_stats`` and ``user_profile``."""
 
     def __init__(self, scenarios: list[str]):
+        super().__init__()
         self.scenarios = list(scenarios)
-        self.keys: dict[tuple[int, str], KeyState] = {}
         self.user_scenarios: dict[int, set[str]] = {}
-        self.snapshot = _Snapshot(self.keys)
 
     def add(self, ev: Ev) -> None:
-        k = (ev.user_id, ev.scenario)
-        st = self.keys.get(k)
-        if st is None:
-            st = self.keys[k] = KeyState()
+        if self._apply((ev.user_id, ev.scenario), ev, keep_recent=True):
             self.user_scenarios.setdefault(ev.user_id, set()).add(ev.scenario)
-        st.add(ev, keep_recent=True)
-        self.snapshot.dirty.add(k)
 
     def scenario_row(self, user_id: int, scenario: str) -> tuple[dict, int]:
         st = self.keys[(user_id, scenario)]
@@ -200,27 +215,16 @@ class UserFeatures:
         return scen, prof
 
     def load_json(self, d: dict) -> None:
-        for k, v in d.items():
-            u, s = k.split("|", 1)
-            self.keys[(int(u), s)] = KeyState.from_json(v)
-            self.user_scenarios.setdefault(int(u), set()).add(s)
-        self.snapshot.dirty.update(self.keys)
+        super().load_json(d)
+        for u, s in self.keys:
+            self.user_scenarios.setdefault(u, set()).add(s)
 
 
-class ItemFeatures:
+class ItemFeatures(_ScenarioKeys):
     """State and rows of ``item_scenario_stats``."""
 
-    def __init__(self):
-        self.keys: dict[tuple[int, str], KeyState] = {}
-        self.snapshot = _Snapshot(self.keys)
-
     def add(self, ev: Ev) -> None:
-        k = (ev.item_id, ev.scenario)
-        st = self.keys.get(k)
-        if st is None:
-            st = self.keys[k] = KeyState()
-        st.add(ev, keep_recent=False)
-        self.snapshot.dirty.add(k)
+        self._apply((ev.item_id, ev.scenario), ev, keep_recent=False)
 
     def row(self, item_id: int, scenario: str) -> tuple[dict, int]:
         st = self.keys[(item_id, scenario)]
@@ -230,12 +234,6 @@ class ItemFeatures:
 
     def rows(self, touched: Iterable[tuple[int, str]]) -> list:
         return [(i, s, *self.row(i, s)) for i, s in sorted(set(touched))]
-
-    def load_json(self, d: dict) -> None:
-        for k, v in d.items():
-            i, s = k.split("|", 1)
-            self.keys[(int(i), s)] = KeyState.from_json(v)
-        self.snapshot.dirty.update(self.keys)
 
 
 class _Snapshot:

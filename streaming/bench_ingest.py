@@ -27,23 +27,11 @@ import time
 import uuid
 from pathlib import Path
 
+from streaming.ingest_cli import spawn_stages
+
 
 def _log(msg: str) -> None:
     print(f"[bench ingest] {msg}", file=sys.stderr, flush=True)
-
-
-def _spawn_pipeline(settings, consumers: int, until_idle: float | None, results):
-    from streaming.ingest_cli import _stage_main
-
-    ctx = mp.get_context("spawn")
-    shards = settings.streaming.item_shards
-    procs = [ctx.Process(target=_stage_main, args=(settings, "user", 0, 1, i, None, until_idle, results))
-             for i in range(consumers)]
-    procs += [ctx.Process(target=_stage_main, args=(settings, "item", k, shards, consumers + k, None, until_idle, results))
-              for k in range(shards)]
-    for p in procs:
-        p.start()
-    return procs
 
 
 def raw_consume(settings, topic: str, n: int, check_crcs: bool = True) -> float:
@@ -69,25 +57,22 @@ def _exactness(settings, events) -> dict:
 
     from features.store import OnlineWriter, build_store
     from streaming.history import events_dir
-    from streaming.replay import recompute
+    from streaming.replay import recompute, view_rows
     from streaming.sources import events_frame
 
-    expected = recompute(events_frame(events), settings.scenarios)
+    expected = dict(view_rows(recompute(events_frame(events), settings.scenarios)))
     writer = OnlineWriter(build_store(settings))
     lost = double = mismatched = 0
-    for view, rows, entity in (
-        ("user_scenario_stats", expected.user_scenario, lambda k: {"user_id": k[0], "scenario": k[1]}),
-        ("item_scenario_stats", expected.item_scenario, lambda k: {"item_id": k[0], "scenario": k[1]}),
-    ):
-        keys = list(rows)
-        for i in range(0, len(keys), 2000):
-            chunk = keys[i:i + 2000]
-            for k, (_, got) in zip(chunk, writer.read(view, [entity(k) for k in chunk])):
-                want = rows[k][0]["imp_7d"] + rows[k][0]["clk_7d"]
+    for view in ("user_scenario_stats", "item_scenario_stats"):
+        rows = expected[view]
+        for i in range(0, len(rows), 2000):
+            chunk = rows[i:i + 2000]
+            for (_, feats, _), (_, got) in zip(chunk, writer.read(view, [e for e, _, _ in chunk])):
+                want = feats["imp_7d"] + feats["clk_7d"]
                 have = 0 if got is None else got["imp_7d"] + got["clk_7d"]
                 lost += max(0, want - have)
                 double += max(0, have - want)
-                mismatched += int(got is None or any(got[f] != v for f, v in rows[k][0].items() if isinstance(v, int)))
+                mismatched += int(got is None or any(got[f] != v for f, v in feats.items() if isinstance(v, int)))
     hist = ds.dataset(str(events_dir(settings.streaming.offline_dir)), format="parquet").to_table(
         columns=["event_id"]).to_pandas()
     lost_hist = len({e.event_id for e in events} - set(hist["event_id"]))
@@ -103,11 +88,10 @@ def _freshness(settings, consumers: int, rate: float, seconds: float) -> dict:
     from streaming.broker import ensure_topics
     from streaming.produce import make_producer
     from streaming.sources import SyntheticSource
-
-    ensure_topics(settings)
-    procs = _spawn_pipeline(settings, consumers, None, None)
     from streaming.state import checkpoint_root
 
+    ensure_topics(settings)
+    procs = spawn_stages(settings, consumers)
     topic = settings.kafka.events_topic
     user_ckpt = checkpoint_root(settings, settings.kafka.consumer_group, topic)
     deadline = time.monotonic() + 120  # consumers up and assigned: they have checkpointed this topic
@@ -213,7 +197,7 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
              f"running the pipeline with {consumers} consumer(s)")
 
         results = mp.get_context("spawn").Queue()
-        procs = _spawn_pipeline(s, consumers, 3.0, results)
+        procs = spawn_stages(s, consumers, until_idle=3.0, results=results)
         outs = [results.get(timeout=3600) for _ in procs]
         for p in procs:
             p.join(60)

@@ -40,7 +40,6 @@ import logging
 import signal
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from streaming import metrics
@@ -360,13 +359,11 @@ def run_stage(settings, stage_name: str = "user", shard: int = 0, shards: int = 
 
         producer = make_producer(settings, linger_ms=5)
         stage = UserStage(settings, writer, producer)
-        group = stage.group
     else:
         producer = None
         stage = ItemStage(settings, writer, shard, shards)
-        group = stage.group
     consumer = KafkaConsumer(
-        **settings.kafka.client_kwargs(), group_id=group, enable_auto_commit=False,
+        **settings.kafka.client_kwargs(), group_id=stage.group, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=sset.batch_max_events,
         session_timeout_ms=6_000, heartbeat_interval_ms=1_500,  # a dead member's partitions move fast
         fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,

@@ -91,16 +91,16 @@ def read_history(offline_dir, start_ms: int | None = None, end_ms: int | None = 
 
     root = events_dir(offline_dir)
     files = sorted(str(p) for p in root.glob("date=*/*.parquet")) if root.exists() else []
-    if not files:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            COLUMNS, ["object", "int64", "int64", "object", "object", "int64", "Int64", "int32", "int64"])})
-    dataset = ds.dataset(files, schema=SCHEMA, format="parquet")
-    flt = None
-    for cond in ([ds.field("event_time") >= start_ms] if start_ms is not None else []) + \
-                ([ds.field("event_time") < end_ms] if end_ms is not None else []) + \
-                ([ds.field("scenario").isin(list(scenarios))] if scenarios else []):
-        flt = cond if flt is None else flt & cond
-    df = dataset.to_table(filter=flt).to_pandas()
+    if files:
+        flt = None
+        for cond in ([ds.field("event_time") >= start_ms] if start_ms is not None else []) + \
+                    ([ds.field("event_time") < end_ms] if end_ms is not None else []) + \
+                    ([ds.field("scenario").isin(list(scenarios))] if scenarios else []):
+            flt = cond if flt is None else flt & cond
+        table = ds.dataset(files, schema=SCHEMA, format="parquet").to_table(filter=flt)
+    else:
+        table = SCHEMA.empty_table()
+    df = table.to_pandas()
     df["dwell_ms"] = df["dwell_ms"].astype("Int64")
     df = df.sort_values(["event_time", "kafka_partition", "kafka_offset"], kind="stable")
     return df.drop_duplicates("event_id", keep="first").reset_index(drop=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 
 def _stage_main(settings, stage: str, shard: int, shards: int, index: int, max_events, until_idle,
@@ -22,25 +21,33 @@ def _stage_main(settings, stage: str, shard: int, shards: int, index: int, max_e
         results.put((stage, index, r))
 
 
-def run_ingest(settings, processes: int = 1, item_shards: int | None = None, max_events: int | None = None,
-               until_idle: float | None = None) -> int:
-    """Spawn ``processes`` user-stage consumers (one group) and ``item_shards`` item-stage
-    consumers as separate OS processes (spawn, never fork); forward SIGTERM; wait for all."""
+def spawn_stages(settings, processes: int, item_shards: int | None = None, max_events: int | None = None,
+                 until_idle: float | None = None, results=None) -> list:
+    """Start ``processes`` user-stage consumers (one group) and ``item_shards`` (default: settings)
+    item-stage consumers as separate OS processes (spawn, never fork)."""
     import multiprocessing as mp
 
+    shards = item_shards or settings.streaming.item_shards
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_stage_main, args=(settings, "user", 0, 1, i, max_events, until_idle, results))
+             for i in range(processes)]
+    procs += [ctx.Process(target=_stage_main, args=(settings, "item", k, shards, processes + k, max_events, until_idle,
+                                                    results))
+              for k in range(shards)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def run_ingest(settings, processes: int = 1, item_shards: int | None = None, max_events: int | None = None,
+               until_idle: float | None = None) -> int:
+    """Run the ingest consumers (``spawn_stages``); forward SIGTERM; wait for all."""
     from features.store import apply_definitions
     from streaming.broker import ensure_topics
 
     ensure_topics(settings)
     apply_definitions(settings)
-    shards = item_shards or settings.streaming.item_shards
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_stage_main, args=(settings, "user", 0, 1, i, max_events, until_idle), daemon=False)
-             for i in range(processes)]
-    procs += [ctx.Process(target=_stage_main, args=(settings, "item", k, shards, processes + k, max_events, until_idle))
-              for k in range(shards)]
-    for p in procs:
-        p.start()
+    procs = spawn_stages(settings, processes, item_shards, max_events, until_idle)
 
     def forward(signum, _frame):
         for p in procs:

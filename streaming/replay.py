@@ -19,14 +19,18 @@ def recompute(df: pd.DataFrame, scenarios: list[str]) -> FeatureRows:
     return batch_features(frame_to_evs(df), scenarios)
 
 
-def write_rows(writer, rows: FeatureRows, batch: int = 5000) -> None:
-    """Write every row of a batch recomputation to the online store (absolute values)."""
-    groups = [
+def view_rows(rows: FeatureRows) -> list[tuple[str, list]]:
+    """Every row, per online view, as ``OnlineWriter.write`` takes them: [(entity, features, ts_ms)]."""
+    return [
         ("user_scenario_stats", [({"user_id": u, "scenario": s}, f, t) for (u, s), (f, t) in rows.user_scenario.items()]),
         ("user_profile", [({"user_id": u}, f, t) for u, (f, t) in rows.user_profile.items()]),
         ("item_scenario_stats", [({"item_id": i, "scenario": s}, f, t) for (i, s), (f, t) in rows.item_scenario.items()]),
     ]
-    for view, data in groups:
+
+
+def write_rows(writer, rows: FeatureRows, batch: int = 5000) -> None:
+    """Write every row of a batch recomputation to the online store (absolute values)."""
+    for view, data in view_rows(rows):
         for k in range(0, len(data), batch):
             writer.write(view, data[k:k + batch])
 
@@ -54,16 +58,11 @@ def compare_online(writer, expected: FeatureRows) -> dict:
     import numpy as np
 
     out = {"keys": 0, "mismatched": 0, "missing": 0, "examples": []}
-    groups = [
-        ("user_scenario_stats", [({"user_id": u, "scenario": s}, v) for (u, s), v in expected.user_scenario.items()]),
-        ("user_profile", [({"user_id": u}, v) for u, v in expected.user_profile.items()]),
-        ("item_scenario_stats", [({"item_id": i, "scenario": s}, v) for (i, s), v in expected.item_scenario.items()]),
-    ]
-    for view, items in groups:
+    for view, items in view_rows(expected):
         for k in range(0, len(items), 2000):
             chunk = items[k:k + 2000]
-            got = writer.read(view, [e for e, _ in chunk])
-            for (entity, (feats, ts)), (got_ts, got_feats) in zip(chunk, got):
+            got = writer.read(view, [e for e, _, _ in chunk])
+            for (entity, feats, ts), (got_ts, got_feats) in zip(chunk, got):
                 out["keys"] += 1
                 if got_feats is None:
                     out["missing"] += 1

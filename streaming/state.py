@@ -7,8 +7,9 @@ JSON, not pickle: checkpoints may be copied between machines and are never execu
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from sassflow.files import write_text_atomic
 
 
 class CheckpointStore:
@@ -21,18 +22,7 @@ class CheckpointStore:
 
     def save(self, name: str, meta: dict, state_text: str = "{}") -> None:
         """Save ``meta`` (offsets, watermark...) with ``state_text`` (JSON text) as its "state"."""
-        path = self.path(name)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(meta, separators=(",", ":"))[:-1] + ',"state":' + state_text + "}")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_text_atomic(self.path(name), json.dumps(meta, separators=(",", ":"))[:-1] + ',"state":' + state_text + "}")
 
     def load(self, name: str) -> dict | None:
         try:

@@ -12,13 +12,13 @@ tensor's shape against ``config.json``; anything wrong raises ``ArtifactError``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sassflow.files import sha256_file
 from training.model import SASS, ModelConfig
 
 FORMAT_VERSION = 1
@@ -26,14 +26,6 @@ FORMAT_VERSION = 1
 
 class ArtifactError(RuntimeError):
     """A model artifact folder that is missing, corrupt or does not match its config."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @torch.no_grad()
