@@ -7,13 +7,14 @@ feast, pandas) are imported inside the task functions only.
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
 from airflow.sdk import Asset
+
+from sassflow.files import write_text_atomic
 
 # The running service picks new bundles up from the bundle folder's pointer; this Asset is Airflow's
 # record of each publication (other DAGs can schedule on it).
@@ -119,9 +120,7 @@ def run_once(context, work: Callable[[Path], dict], key: str | None = None) -> d
         return result
     out.mkdir(parents=True, exist_ok=True)
     result = _json_safe(work(out))
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, default=str))
-    os.replace(tmp, marker)
+    write_text_atomic(marker, json.dumps(result, default=str))
     return result
 
 

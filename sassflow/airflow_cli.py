@@ -8,7 +8,7 @@ Three processes, as in production: ``api-server`` (UI + REST API + the execution
 
 Every Airflow process gets the same environment (``LocalAirflow.env``): the Airflow configuration as
 ``AIRFLOW__*`` variables and the whole sassflow ``Settings`` as ``SASSFLOW_*`` variables
-(``serving.process.settings_env``), so a task that builds ``Settings()`` sees exactly the settings of
+(``serving.process.child_env``), so a task that builds ``Settings()`` sees exactly the settings of
 whoever started Airflow.
 """
 from __future__ import annotations
@@ -81,12 +81,11 @@ class LocalAirflow:
         return f"sqlite:///{self.home / 'airflow.db'}"
 
     def env(self) -> dict[str, str]:
-        from serving.process import settings_env  # the one way to hand Settings to a child process
+        from serving.process import child_env  # the one way to hand Settings to a child process
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SASSFLOW_"))}
-        env.update(settings_env(self.settings))
+        # Tasks see exactly these settings (not a sassflow.toml of their cwd) and no AIRFLOW* of ours.
+        env = child_env(self.settings, drop=("AIRFLOW", "SASSFLOW_"))
         env.update({
-            "SASSFLOW_CONFIG": os.devnull,  # tasks see exactly these settings, not a sassflow.toml of their cwd
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -108,7 +107,6 @@ class LocalAirflow:
             # Tasks import torch/faiss after the LocalExecutor forked them; keep their thread pools small.
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         })
         return env
 

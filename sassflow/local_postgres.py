@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 SERVER_USER = "postgres"  # the Debian package's system user, used when we are root
@@ -48,16 +47,6 @@ def ensure_installed() -> Path:
         if initdb is None:
             raise RuntimeError("apt-get installed postgresql but initdb is still missing")
     return initdb.parent
-
-
-@dataclass
-class PostgresStatus:
-    running: bool
-    url: str
-    data_dir: str
-
-    def to_dict(self) -> dict:
-        return {"running": self.running, "url": self.url, "data_dir": self.data_dir}
 
 
 class LocalPostgres:
@@ -101,9 +90,9 @@ class LocalPostgres:
                 shutil.chown(self.password_file, SERVER_USER, SERVER_USER)
         return self.password_file.read_text().strip()
 
-    def url(self, driver: str = "postgresql+psycopg2", database: str | None = None) -> str:
-        return (f"{driver}://{self.user}:{self.password()}@{self.host}:{self.port}/"
-                f"{database or self.database}")
+    def url(self) -> str:
+        """The SQLAlchemy URL of the database (password included)."""
+        return f"postgresql+psycopg2://{self.user}:{self.password()}@{self.host}:{self.port}/{self.database}"
 
     # --- lifecycle
     def _initdb(self, bindir: Path) -> None:
@@ -117,12 +106,12 @@ class LocalPostgres:
             raise RuntimeError(f"initdb failed:\n{r.stdout}\n{r.stderr}")
 
     def running(self) -> bool:
-        bindir = find_bin("pg_ctl")
-        if bindir is None or not (self.data_dir / "PG_VERSION").exists():
+        pg_ctl = find_bin("pg_ctl")
+        if pg_ctl is None or not (self.data_dir / "PG_VERSION").exists():
             return False
-        return self._run([str(bindir), "status", "-D", str(self.data_dir)], capture_output=True).returncode == 0
+        return self._run([str(pg_ctl), "status", "-D", str(self.data_dir)], capture_output=True).returncode == 0
 
-    def start(self, timeout: float = 60.0) -> PostgresStatus:
+    def start(self, timeout: float = 60.0) -> None:
         bindir = ensure_installed()
         self._prepare_root()
         self._initdb(bindir)
@@ -135,7 +124,6 @@ class LocalPostgres:
                 log = self.log_file.read_text()[-3000:] if self.log_file.exists() else ""
                 raise RuntimeError(f"pg_ctl start failed:\n{r.stdout}\n{r.stderr}\n{log}")
         self._create_database(timeout)
-        return self.status()
 
     def _create_database(self, timeout: float) -> None:
         import psycopg2
@@ -167,7 +155,3 @@ class LocalPostgres:
         self._run([str(pg_ctl), "stop", "-m", "fast", "-w", "-D", str(self.data_dir)], check=True,
                   capture_output=True)
         return True
-
-    def status(self) -> PostgresStatus:
-        return PostgresStatus(self.running(), self.url(driver="postgresql").replace(self.password(), "***"),
-                              str(self.data_dir))

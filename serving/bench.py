@@ -52,15 +52,15 @@ def _bench_settings(settings, state_dir: Path, scenarios: list[str]):
 
 def _prepare(settings, n_items, dim, seed):
     """Build + publish a synthetic bundle and the matching user table; returns (bundle path, features file)."""
-    from serving.bundle import build_synthetic_bundle, publish_bundle
+    from serving.bundle import build_synthetic_bundle
     from serving.feature_reader import save_recent_clicks
     from serving.synthetic import synthetic_catalog, synthetic_users
 
     t0 = time.perf_counter()
-    path = build_synthetic_bundle(settings, n_items, dim, seed=seed, progress=_say)
+    catalog = synthetic_catalog(n_items, dim, settings.scenarios, seed)
+    path = build_synthetic_bundle(settings, n_items, dim, seed=seed, progress=_say, catalog=catalog, publish=True)
     _say(f"bundle {path.name} built in {time.perf_counter() - t0:.1f}s")
-    publish_bundle(settings, path.name)
-    users = synthetic_users(synthetic_catalog(n_items, dim, settings.scenarios, seed), BENCH_USERS, seed)
+    users = synthetic_users(catalog, BENCH_USERS, seed)
     features = Path(settings.state_dir) / "features.npz"
     save_recent_clicks(features, settings.scenarios, users)
     return path, features, users
@@ -183,6 +183,7 @@ def bench_swap(args, settings) -> int:
 
     from sassflow.cli import emit_json
     from serving.bundle import build_synthetic_bundle, publish_bundle
+    from serving.metrics import metric_value
     from serving.process import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="sassflow-bench-swap-") as tmp:
@@ -217,10 +218,8 @@ def bench_swap(args, settings) -> int:
             stop.set()
             result = json.loads(out.strip().splitlines()[-1])
             metrics = httpx.get(srv.url + "/metrics").text
-        swaps_applied = int(next(float(line.split()[-1]) for line in metrics.splitlines()
-                                 if line.startswith("sassflow_bundle_swaps_total "))) - 1  # minus the first load
-        refused = int(next(float(line.split()[-1]) for line in metrics.splitlines()
-                           if line.startswith("sassflow_bundles_refused_total ")))
+        swaps_applied = int(metric_value(metrics, "sassflow_bundle_swaps_total")) - 1  # minus the first load
+        refused = int(metric_value(metrics, "sassflow_bundles_refused_total"))
         latencies = {b: result["first_seen"][b] - t for b, t in published.items() if b in result["first_seen"]}
         peak_rss = max(rss for t, rss in samples if t >= swap_start)
         emit_json({

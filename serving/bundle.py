@@ -19,7 +19,6 @@ watches ``CURRENT``.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sassflow.files import fsync_dir, sha256_file, write_text_atomic
 from sassflow.settings import Settings
 from serving.index import ScenarioCatalog, build_index, index_spec, read_index, write_index
 
@@ -50,33 +50,10 @@ class BundleError(Exception):
 
 # ---------------------------------------------------------------- small file helpers
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*"), reverse=True):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(root, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
+        fsync_dir(path)  # an O_RDONLY fd + fsync: files as well as folders
+    fsync_dir(root)
 
 
 @contextmanager
@@ -202,13 +179,16 @@ def build_bundle(settings: Settings, artifact_dir, model_version, registry=None,
 
 def build_synthetic_bundle(
     settings: Settings, n_items: int, dim: int, scenarios: list[str] | None = None, seed: int = 0,
-    model_version=None, publish: bool = False, progress=None,
+    model_version=None, publish: bool = False, progress=None, catalog=None,
 ) -> Path:
-    """A bundle over a synthetic catalog with the mean-history tower (tests, benchmarks)."""
+    """A bundle over a synthetic catalog with the mean-history tower (tests, benchmarks).
+
+    ``catalog``: ``synthetic_catalog`` of these same arguments, when the caller already made it."""
     from serving.synthetic import synthetic_catalog
 
     scenarios = scenarios or settings.scenarios
-    catalog = synthetic_catalog(n_items, dim, scenarios, seed)
+    if catalog is None:
+        catalog = synthetic_catalog(n_items, dim, scenarios, seed)
     data = {s: (c.item_ids, c.vectors, c.popular) for s, c in catalog.items()}
     path = write_bundle(
         settings, model_version if model_version is not None else f"synthetic-{seed}",
@@ -242,8 +222,8 @@ def publish_bundle(settings: Settings, bundle_id: str, registry=None) -> None:
         history = _read_history(bundle_dir)
         if not history or history[-1] != bundle_id:
             history.append(bundle_id)
-        _write_text_atomic(bundle_dir / HISTORY, "\n".join(history) + "\n")
-        _write_text_atomic(bundle_dir / CURRENT, bundle_id + "\n")
+        write_text_atomic(bundle_dir / HISTORY, "\n".join(history) + "\n")
+        write_text_atomic(bundle_dir / CURRENT, bundle_id + "\n")
     if registry is not None:
         registry.mark_published(manifest["model_version"], bundle_id)
 
@@ -264,8 +244,8 @@ def rollback_bundle(settings: Settings) -> str:
             except BundleError:
                 history.pop()  # a corrupt or deleted bundle is no rollback target
                 continue
-            _write_text_atomic(bundle_dir / HISTORY, "\n".join(history) + "\n")
-            _write_text_atomic(bundle_dir / CURRENT, candidate + "\n")
+            write_text_atomic(bundle_dir / HISTORY, "\n".join(history) + "\n")
+            write_text_atomic(bundle_dir / CURRENT, candidate + "\n")
             return candidate
     raise BundleError(f"no previous good bundle to roll back to (current: {current})")
 
@@ -367,9 +347,9 @@ class LoadedBundle:
 
 def smoke_row(catalog: ScenarioCatalog) -> dict:
     """A plausible feature row: a user who clicked the scenario's five most popular items."""
-    from serving.feature_reader import FEATURE_NAMES
+    from serving.feature_reader import empty_row
 
-    row = {"user_id": 0, **{name: None for name in FEATURE_NAMES}}
+    row = empty_row(0)
     row["recent_clicks"] = catalog.popular[:5].tolist()
     row["recent_clicks_all"] = row["recent_clicks"]
     return row

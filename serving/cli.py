@@ -69,15 +69,14 @@ def _registry(settings):
 
 
 def cmd_bundle_build(args, settings) -> int:
-    from serving.bundle import build_bundle, build_synthetic_bundle, publish_bundle
+    from serving.bundle import build_bundle, build_synthetic_bundle
 
     def progress(msg):
         print(msg, file=sys.stderr, flush=True)
 
     if args.synthetic:
-        path = build_synthetic_bundle(settings, args.synthetic, args.dim, seed=args.seed, progress=progress)
-        if not args.no_publish:
-            publish_bundle(settings, path.name)
+        path = build_synthetic_bundle(settings, args.synthetic, args.dim, seed=args.seed,
+                                      publish=not args.no_publish, progress=progress)
     else:
         registry = _registry(settings)
         artifact_dir = args.artifact_dir

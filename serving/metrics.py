@@ -44,3 +44,12 @@ class ServingMetrics:
     def set_bundle(self, bundle_id: str, model_version) -> None:
         self.bundle_info.clear()
         self.bundle_info.labels(bundle_id=bundle_id, model_version=str(model_version)).set(1)
+
+
+def metric_value(text: str, name: str) -> float:
+    """The value of sample ``name`` (with its labels, if any: ``name{a="b"}``) in Prometheus text
+    ``text``, else 0.0."""
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

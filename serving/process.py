@@ -45,6 +45,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def child_env(settings: Settings, drop: tuple[str, ...] = ("SASSFLOW_",)) -> dict[str, str]:
+    """The environment of a child process that must see exactly ``settings``: this process's
+    environment without the variables starting with ``drop``, plus ``settings_env(settings)``, no
+    ``sassflow.toml`` of its cwd, and the project on ``PYTHONPATH``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(settings_env(settings))
+    env["SASSFLOW_CONFIG"] = os.devnull  # the child's settings come only from the variables above
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    return env
+
+
 class ServerProcess:
     """``sassflow serve`` in a child process on a free loopback port."""
 
@@ -52,11 +63,8 @@ class ServerProcess:
         self.port = free_port()
         self.settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"port": self.port})})
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SASSFLOW_")}
-        env.update(settings_env(self.settings))
-        env["SASSFLOW_CONFIG"] = os.devnull  # the child's settings come only from the variables above
+        env = child_env(self.settings)
         env["OMP_NUM_THREADS"] = str(settings.serving.omp_threads)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "sassflow.cli", "serve"]
         if static_features:
             cmd += ["--static-features", str(static_features)]

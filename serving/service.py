@@ -188,6 +188,4 @@ class RecommendationService:
     def rollback(self) -> dict:
         """Point ``CURRENT`` at the previous good bundle and serve it."""
         self.metrics.rollbacks.inc()
-        target = rollback_bundle(self.settings)
-        result = self.swap_to(target)
-        return result
+        return self.swap_to(rollback_bundle(self.settings))

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serving import metrics
 from serving.bundle import build_synthetic_bundle, publish_bundle
 from serving.feature_reader import save_recent_clicks
 from serving.process import ServerProcess
@@ -80,7 +81,4 @@ def served_bundle(client) -> str:
 
 
 def metric_value(client, name: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metrics.metric_value(client.get("/metrics").text, name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 
 import httpx
-import pytest
 
 from serving.bundle import build_synthetic_bundle, publish_bundle
 from serving.process import ServerProcess
@@ -12,10 +11,10 @@ from tests.serving.conftest import DIM, N_ITEMS, serving_settings
 
 
 def test_recommend_reads_online_features_from_feast(tmp_path, users):
-    store_mod = pytest.importorskip("features.store", reason="features/ (the Feast repo) is not written yet")
+    from features.store import OnlineWriter, apply_definitions  # feast: heavy, imported by this test only
+
     settings = serving_settings(tmp_path)
-    store = store_mod.apply_definitions(settings)
-    writer = store_mod.OnlineWriter(store)
+    writer = OnlineWriter(apply_definitions(settings))
     now_ms = int(time.time() * 1000)
     drama = users[(4, "drama")]
     other = users[(4, "comedy")]
