@@ -9,6 +9,7 @@ suite's session fixture alike.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -148,10 +149,9 @@ class LocalKafka:
     def _format_if_needed(self, lib: Path, props: Path) -> None:
         if (self.log_dir / "meta.properties").exists():
             return
-        cluster_id = uuid.uuid4().bytes
-        import base64
-
-        cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
+        cid = "-"
+        while cid.startswith("-"):  # as Kafka's Uuid.randomUuid(): a leading '-' reads as a CLI option
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         proc = subprocess.run(
             self._java(lib, "kafka.tools.StorageTool", "format", "--standalone", "-t", cid, "-c", str(props)),
             capture_output=True, text=True,
