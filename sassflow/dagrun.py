@@ -12,21 +12,25 @@ import sys
 from pathlib import Path
 
 DAG_TEST = """
-import json, sys
+import json, os
 from datetime import datetime
 from pathlib import Path
 from airflow.dag_processing.dagbag import BundleDagBag
+from airflow.models.taskinstance import TaskInstance
+from airflow.utils.session import create_session
 
 dags = Path({dags!r})
 dag = BundleDagBag(dag_folder=dags / {file!r}, bundle_path=dags).get_dag({dag_id!r})
-logical = {logical!r}
-dr = dag.test(logical_date=datetime.fromisoformat(logical) if logical else None, run_conf={conf!r})
-from airflow.models.taskinstance import TaskInstance
-from airflow.utils.session import create_session
-with create_session() as session:
-    tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
-    states = {{ti.task_id: getattr(ti.state, "value", ti.state) for ti in tis}}
-print(json.dumps({{"state": str(getattr(dr.state, "value", dr.state)), "run_id": dr.run_id, "tasks": states}}))
+results = []
+for run in {runs!r}:
+    os.environ.update(run.get("env", {{}}))  # tasks run in this process and build Settings() from it
+    logical = run.get("logical_date")
+    dr = dag.test(logical_date=datetime.fromisoformat(logical) if logical else None, run_conf=run.get("conf") or {{}})
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
+        states = {{ti.task_id: getattr(ti.state, "value", ti.state) for ti in tis}}
+    results.append({{"state": str(getattr(dr.state, "value", dr.state)), "run_id": dr.run_id, "tasks": states}})
+print(json.dumps({{"runs": results}}))
 """
 
 
@@ -61,12 +65,19 @@ def ensure_migrated(settings) -> None:
         marker.write_text("ok")
 
 
-def dag_test(settings, dag_id: str, conf: dict | None = None, logical_date: str | None = None,
-             timeout: float = 900) -> dict:
-    """``dag.test()`` of one DAG in a subprocess: {"state", "run_id", "tasks": {task_id: state}}."""
+def dag_test_runs(settings, dag_id: str, runs: list[dict], timeout: float = 900) -> list[dict]:
+    """``dag.test()`` runs of one DAG, one after the other in one subprocess (Airflow starts once).
+
+    Each run is {"conf": {...}, "logical_date": iso str, "env": {extra variables from now on}};
+    returns per run {"state", "run_id", "tasks": {task_id: state}}."""
     from sassflow.airflow_cli import DAGS_FOLDER
 
     ensure_migrated(settings)
-    code = DAG_TEST.format(dags=str(DAGS_FOLDER), file=f"{dag_id}.py", dag_id=dag_id, logical=logical_date,
-                           conf=conf or {})
-    return run_airflow_python(settings, code, timeout=timeout, log_name=f"dag_test-{dag_id}")
+    code = DAG_TEST.format(dags=str(DAGS_FOLDER), file=f"{dag_id}.py", dag_id=dag_id, runs=runs)
+    return run_airflow_python(settings, code, timeout=timeout, log_name=f"dag_test-{dag_id}")["runs"]
+
+
+def dag_test(settings, dag_id: str, conf: dict | None = None, logical_date: str | None = None,
+             timeout: float = 900) -> dict:
+    """One ``dag.test()`` run: {"state", "run_id", "tasks": {task_id: state}}."""
+    return dag_test_runs(settings, dag_id, [{"conf": conf or {}, "logical_date": logical_date}], timeout)[0]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.dags.conftest import SMALL_TRAINING, dag_test_runs
+from sassflow.dagrun import dag_test_runs
+from tests.dags.conftest import SMALL_TRAINING
 from tests.serving.conftest import served_bundle, wait_for
 
 CHAIN = ["training_window", "retrain.build_training_set", "retrain.pretrain", "retrain.finetune",
