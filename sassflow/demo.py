@@ -266,10 +266,11 @@ def consumer_lag(settings) -> dict:
     partitions: 0 means the consumers have applied and committed everything on the topic."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+    from streaming.consumer import item_group
+
     topic = settings.kafka.events_topic
-    groups = [settings.kafka.consumer_group] + [
-        f"{settings.kafka.consumer_group}.items.{k}of{settings.streaming.item_shards}"
-        for k in range(settings.streaming.item_shards)]
+    shards = settings.streaming.item_shards
+    groups = [settings.kafka.consumer_group] + [item_group(settings, k, shards) for k in range(shards)]
     admin = KafkaAdminClient(**settings.kafka.client_kwargs())
     consumer = KafkaConsumer(**settings.kafka.client_kwargs())
     try:

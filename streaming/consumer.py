@@ -86,6 +86,11 @@ def _event_row(d: dict, partition: int, offset: int) -> tuple:
             d.get("dwell_ms"), partition, offset)
 
 
+def item_group(settings, shard: int, shards: int) -> str:
+    """The consumer group of one item-stage shard (its committed offsets show its lag)."""
+    return f"{settings.kafka.consumer_group}.items.{shard}of{shards}"
+
+
 @dataclass
 class UserPartition:
     next_offset: int
@@ -239,7 +244,7 @@ class ItemStage:
         self.s = settings
         self.topic = settings.kafka.events_topic
         self.shard, self.shards = shard, shards
-        self.group = f"{settings.kafka.consumer_group}.items.{shard}of{shards}"
+        self.group = item_group(settings, shard, shards)
         self.writer = writer
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
         saved = self.ckpt.load("state") or {"offsets": {}, "state": {}}
