@@ -13,7 +13,8 @@ Parts, named as in the paper:
 - ``SASS``: the two towers; ``TwoTower`` (kind="two_tower") is the plain DSSM baseline that
   shares the embedding layer and the input features but has one MLP and the scenario id as an
   ordinary feature.
-- ``scenario_contrastive_loss`` (stage 1) and ``sampled_softmax_loss`` (stage 2).
+- ``scenario_contrastive_loss`` (stage 1), ``sampled_softmax_loss`` and
+  ``distinct_softmax_loss`` (stage 2: the scenario loss and the global auxiliary loss).
 
 Details the paper leaves open, and what this code chooses:
 
@@ -33,7 +34,8 @@ Details the paper leaves open, and what this code chooses:
    is not implemented.
 4. Fusion at the top: ``e = W_o [h_L; b]`` (linear), then L2 normalisation; scores are cosine
    similarities divided by a temperature in the losses. The global network's last layer
-   gets its own linear head + L2 norm for the auxiliary loss; it is not used at serving.
+   gets its own linear head + L2 norm for the auxiliary loss (``Tower.global_vector``),
+   applied only to the rows that loss reads; it is not used at serving.
 5. Scenario-specific features: the scenario id embedding, plus, on the user side, the user's
    click share in that scenario and whether the user has clicks there at all.
 6. Ordinary user features: user id, mean-pooled embeddings of ``recent_clicks`` (this
@@ -43,18 +45,22 @@ Details the paper leaves open, and what this code chooses:
    n_scenarios groups); stage-2 batches are single-scenario so it is one group.
 8. Stage 1 views: a user's view of scenario k = profile (user id, recent_clicks_all,
    scenario_click_share) + recent_clicks in k + scenario k's features, as of the end of the
-   training window; all pairs of the scenarios the user had impressions in are positives, and
-   rows of the same user are masked out of the negatives. Both views of a batch are encoded
-   in one pass (each scenario's network runs once per step). Items: all pairs of scenarios an item
-   was shown in. On MovieLens every movie lives in one scenario, so there the item side of
-   stage 1 has no pairs and only the user side trains.
+   training window. A batch holds whole users (every view of each, ~``batch_size`` views in
+   all); each view is encoded once, and all pairs of one user's views are positives, with the
+   views of the batch's other users as negatives (NT-Xent, as SimCLR, generalised to more than
+   two views). An epoch sees every pair of the scenarios each user had impressions in, as
+   the paper asks, at ~1/4 of the encoder passes of pair-by-pair batches (a MovieLens user
+   has ~4.8 views, so ~3.8 pairs per view). Items: the same over the scenarios an item was
+   shown in. On MovieLens every movie lives in one scenario, so there the item side of stage 1
+   has no pairs and only the user side trains.
 9. Stage 2 negatives: the other clicks of a single-scenario batch (in-batch softmax), with
    log-q correction by the item's train click frequency in that scenario and accidental hits
-   masked; the global auxiliary loss is the same loss on the global vectors, estimated on an
-   eighth of the batch's rows (queries; the rows are in random order) against all of the
-   batch's items: the same expectation at an eighth of the cost of the B x B logits, which
-   dominate a step. The global network runs once per batch; its top layer feeds both the
-   gates and this loss.
+   masked. The global auxiliary loss is a softmax of the global vectors over the batch's
+   *distinct* items (each once, corrected by the log-probability that the item is in the
+   batch at all), estimated on an eighth of the batch's rows as queries (the rows are in
+   random order): [B/8, U] logits instead of [B, B] (a MovieLens batch of 1024 clicks holds
+   ~330 distinct movies), which dominate a step. The global network runs once per batch;
+   its top layer feeds both the gates and this loss.
 10. Out-of-vocabulary ids map to index 0; ``user_id_dropout`` trains that slot (and regularises)
    by replacing a random share of the user ids with 0 during training.
 """
@@ -141,27 +147,35 @@ class MLSAT(nn.Module):
             nn.ModuleList(ScenarioAdaptiveGate(w, bias_dim, global_dropout) for w in hidden_dims)
             for _ in range(n_scenarios))
 
-    def forward(self, x: torch.Tensor, scenario: torch.Tensor, b: torch.Tensor):
-        ks, counts = torch.unique(scenario, return_counts=True)
-        sizes, mixed = counts.tolist(), len(ks) > 1
-        if mixed:  # group the rows by scenario once: contiguous slices, not gathers per scenario
-            order = torch.argsort(scenario, stable=True)
-            x, b = x[order], b[order]
-        gs, g = [], x
+    def _global(self, x: torch.Tensor) -> list[torch.Tensor]:
+        gs = []
         for layer in self.global_layers:
-            g = layer(g)
-            gs.append(g.split(sizes))
-        xs, bs, hs = x.split(sizes), b.split(sizes), []
-        for j, k in enumerate(ks.tolist()):
-            h = xs[j]
-            for l, (layer, gate) in enumerate(zip(self.scenario_layers[k], self.gates[k])):
-                h = gate(layer(h), gs[l][j], bs[j])
-            hs.append(h)
-        if not mixed:  # the single-scenario batch (every stage-2 step)
-            return hs[0], g
+            x = layer(x)
+            gs.append(x)
+        return gs
+
+    def _scenario(self, k: int, x: torch.Tensor, gs: list[torch.Tensor], b: torch.Tensor) -> torch.Tensor:
+        h = x
+        for layer, gate, g in zip(self.scenario_layers[k], self.gates[k], gs):
+            h = gate(layer(h), g, b)
+        return h
+
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor, b: torch.Tensor):
+        """-> (scenario network's top layer h_L, global network's top layer g_L), rows as given."""
+        ks, counts = torch.unique(scenario, return_counts=True)
+        if len(ks) == 1:  # the single-scenario batch (every stage-2 step): no regrouping at all
+            gs = self._global(x)
+            return self._scenario(int(ks[0]), x, gs, b), gs[-1]
+        # group the rows by scenario once: contiguous slices, not gathers per scenario
+        order = torch.argsort(scenario, stable=True)
+        x, b = x[order], b[order]
+        gs = self._global(x)
+        sizes = counts.tolist()
+        xs, bs, parts = x.split(sizes), b.split(sizes), [g.split(sizes) for g in gs]
+        hs = [self._scenario(k, xs[j], [p[j] for p in parts], bs[j]) for j, k in enumerate(ks.tolist())]
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
-        return torch.cat(hs)[inverse], g[inverse]
+        return torch.cat(hs)[inverse], gs[-1][inverse]
 
 
 class ScenarioBias(nn.Module):
@@ -194,12 +208,16 @@ class Tower(nn.Module):
             raise ValueError(f"unknown model kind {cfg.kind!r}; expected one of {KINDS}")
 
     def forward(self, x, scen_feats, scenario):
+        """-> (scenario vector, global network's top layer or None); ``global_vector`` turns
+        the latter into the auxiliary loss's vectors, only for the rows that loss uses."""
         if self.kind == "two_tower":
             return F.normalize(self.out(self.net(torch.cat([x, scen_feats], -1))), dim=-1), None
         b = self.bias(scen_feats)
         h, g = self.mlsat(x, scenario, b)
-        e = F.normalize(self.out(torch.cat([h, b], -1)), dim=-1)
-        return e, F.normalize(self.global_head(g), dim=-1)
+        return F.normalize(self.out(torch.cat([h, b], -1)), dim=-1), g
+
+    def global_vector(self, g: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.global_head(g), dim=-1)
 
 
 class SASS(nn.Module):
@@ -216,7 +234,8 @@ class SASS(nn.Module):
 
     def encode_user(self, f: dict[str, torch.Tensor]):
         """f: user (idx) [B], scenario [B], recent_clicks [B,L], recent_clicks_all [B,L],
-        scenario_click_share [B,S] -> (scenario vector [B,d], global vector [B,d] or None)."""
+        scenario_click_share [B,S] -> (scenario vector [B,d], global network's top layer or None:
+        ``user_tower.global_vector`` of it gives the auxiliary loss's global vectors)."""
         user, scen = f["user"], f["scenario"]
         if self.training and self.cfg.user_id_dropout > 0:
             user = user.masked_fill(torch.rand(user.shape, device=user.device) < self.cfg.user_id_dropout, 0)
@@ -233,17 +252,23 @@ class SASS(nn.Module):
 
 # --------------------------------------------------------------------------- losses
 
-def scenario_contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float,
-                              ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Stage 1 InfoNCE: row i of ``a`` and ``b`` are one entity seen in two scenarios
-    (positives); every other row of the batch is a negative, except rows of the same entity
-    (``ids``), which are masked out. Symmetric in a and b."""
-    logits = a @ b.T / temperature
-    if ids is not None:
-        same = (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
-        logits = logits.masked_fill(same, float("-inf"))
-    labels = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+def scenario_contrastive_loss(z: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Stage 1 InfoNCE over views: ``z`` [V, d] holds views of entities (``ids`` [V]), each in
+    one scenario. Every ordered pair (a, b) of two views of one entity is a positive; its
+    negatives are the views of every other entity in the batch (the entity's remaining views
+    are neither). Each view is encoded once, however many pairs it is in: with a denominator
+    per pair of ``exp(s_ab) + sum_n exp(s_an)`` the loss of pair (a, b) is
+    ``logaddexp(s_ab, lse_a) - s_ab`` with ``lse_a`` one masked logsumexp per row."""
+    logits = z @ z.T / temperature
+    same = ids[:, None] == ids[None, :]
+    lse = torch.logsumexp(logits.masked_fill(same, float("-inf")), dim=1)  # -inf: no negatives
+    pairs = same.clone()  # masked_fill keeps ``same`` for its backward: not in place
+    pairs.fill_diagonal_(False)
+    a, b = pairs.nonzero(as_tuple=True)
+    if len(a) == 0:
+        return logits.sum() * 0.0  # no entity with two views in this batch
+    pos = logits[a, b]
+    return (torch.logaddexp(pos, lse[a]) - pos).mean()
 
 
 def sampled_softmax_loss(u: torch.Tensor, v: torch.Tensor, items: torch.Tensor, temperature: float,
@@ -261,3 +286,16 @@ def sampled_softmax_loss(u: torch.Tensor, v: torch.Tensor, items: torch.Tensor, 
     dup[rows, rows] = False
     logits = logits.masked_fill(dup, float("-inf"))
     return F.cross_entropy(logits, rows)
+
+
+def distinct_softmax_loss(u: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, temperature: float,
+                          log_p: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage 2's auxiliary loss: softmax over the batch's *distinct* items ``v`` [U, d]; row i's
+    positive is ``v[pos[i]]``. Each item is a column once, so nothing needs masking, and the
+    logits are [m, U] instead of [m, B]. ``log_p``: log of each item's probability of being in
+    the batch at all, ``log(1 - (1 - q)^B)`` (the correction for sampling without duplicates,
+    as TensorFlow's samplers with ``unique=True`` use; ~``log(B q)`` for rare items)."""
+    logits = u @ v.T / temperature
+    if log_p is not None:
+        logits = logits - log_p[None, :]
+    return F.cross_entropy(logits, pos)

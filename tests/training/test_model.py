@@ -1,6 +1,7 @@
 import torch
 
-from training.model import MLSAT, SASS, ModelConfig, ScenarioAdaptiveGate, scenario_contrastive_loss
+from training.model import (MLSAT, SASS, ModelConfig, ScenarioAdaptiveGate, distinct_softmax_loss,
+                            sampled_softmax_loss, scenario_contrastive_loss)
 
 
 def test_gate_shapes_and_ranges():
@@ -57,10 +58,50 @@ def test_towers_give_one_normalised_vector_per_scenario():
          "scenario_click_share": torch.rand(3, 3)}
     u, g = model.encode_user(f)
     assert u.shape == (3, 16) and g.shape == (3, 16)
+    gv = model.user_tower.global_vector(g)  # the auxiliary loss's global vectors
+    assert gv.shape == (3, 16) and torch.allclose(gv.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert model.user_tower.global_vector(g[:1]).allclose(gv[:1])  # per row: a subset is the same rows
 
 
 def test_contrastive_loss_prefers_aligned_views():
     torch.manual_seed(0)
-    a = torch.nn.functional.normalize(torch.randn(64, 16), dim=1)
-    noise = torch.nn.functional.normalize(torch.randn(64, 16), dim=1)
-    assert scenario_contrastive_loss(a, a, 0.1) < scenario_contrastive_loss(a, noise, 0.1)
+    n = torch.nn.functional.normalize
+    a, noise = n(torch.randn(64, 16), dim=1), n(torch.randn(64, 16), dim=1)
+    ids = torch.arange(64).repeat(2)  # two views of each of 64 users
+    assert scenario_contrastive_loss(torch.cat([a, a]), ids, 0.1) < scenario_contrastive_loss(
+        torch.cat([a, noise]), ids, 0.1)
+    # a pair's loss is the InfoNCE of its positive against the other users' views only
+    z, ids = n(torch.randn(7, 16), dim=1), torch.tensor([0, 0, 0, 1, 1, 2, 3])
+    s = z @ z.T / 0.1
+    expect = []
+    for i in range(7):
+        for j in range(7):
+            if i != j and ids[i] == ids[j]:
+                cols = torch.cat([s[i, j:j + 1], s[i, ids != ids[i]]])
+                expect.append(-torch.log_softmax(cols, 0)[0])
+    assert len(expect) == 8  # 3*2 ordered pairs of user 0, 2 of user 1; users 2, 3: negatives only
+    assert torch.allclose(scenario_contrastive_loss(z, ids, 0.1), torch.stack(expect).mean(), atol=1e-5)
+    # a batch with no two views of one entity has nothing to learn (and no NaN)
+    assert scenario_contrastive_loss(z[3:], torch.arange(4), 0.1).item() == 0.0
+
+
+def test_distinct_softmax_loss():
+    torch.manual_seed(0)
+    n = torch.nn.functional.normalize
+    u, v, lq = n(torch.randn(6, 8), dim=1), n(torch.randn(6, 8), dim=1), torch.randn(6)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    # with every item in the batch once, it is the in-batch softmax (columns reordered), also
+    # when only the first m rows are queries
+    for m in (6, 2):
+        full = sampled_softmax_loss(u[:m], v[perm], perm, 0.1, lq[perm])
+        assert torch.allclose(full, distinct_softmax_loss(u[:m], v, perm[:m], 0.1, lq), atol=1e-5)
+    # a batch of 12 clicks on 5 items: each item is one column; aligned users score lower
+    pos = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1])
+    w = n(torch.randn(12, 8), dim=1)
+    assert distinct_softmax_loss(v[pos], v[:5], pos, 0.1) < distinct_softmax_loss(w, v[:5], pos, 0.1)
+    # the correction raises a rarely included item's logit (as log-q does): easier as a
+    # positive, harder as a negative
+    v5, lp = v[:5], torch.tensor([0.0, 0.0, 0.0, 0.0, -5.0])
+    for item, easier in ((4, True), (0, False)):
+        q, p = w[:1], torch.tensor([item])
+        assert (distinct_softmax_loss(q, v5, p, 0.1, lp) < distinct_softmax_loss(q, v5, p, 0.1)) == easier
