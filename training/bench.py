@@ -34,30 +34,43 @@ def _cfg(settings, seed: int, epochs: int | None, progress: bool):
     return TrainConfig.from_settings(settings.training, **over)
 
 
-def bench_train(settings, data_dir, epochs: int | None = None, progress: bool = True) -> dict:
-    """Wall time of SASS's two stages against a plain two-tower on the same data and epochs."""
+def bench_train(settings, data_dir, epochs: int | None = None, progress: bool = True, repeats: int = 2) -> dict:
+    """Wall time of SASS's two stages against a plain two-tower on the same data and epochs.
+
+    The two alternate, ``repeats`` times each (two-tower, SASS, two-tower, SASS, ...), and the
+    ratio is of the summed times, so a burst of load from elsewhere on a shared machine falls
+    on both sides instead of on whichever happened to be running."""
     from training.baselines import fit
     from training.pipeline import set_threads
 
     set_threads(settings)
     data = _data(settings, data_dir)
     cfg = _cfg(settings, settings.training.seed, epochs, progress)
-    _log("plain two-tower (dssm_m) ...")
-    base = fit("dssm_m", data, settings.training, cfg)
-    _log("sass: pre-training + fine-tuning ...")
-    sass = fit("sass", data, settings.training, cfg)
-    pre, fine = sass.history.seconds.get("pretrain", 0.0), sass.history.seconds["finetune"]
-    base_s = base.history.seconds["finetune"]
-    return {"data": str(data_dir), "pretrain_s": pre, "finetune_s": fine,
-            "samples_per_s": sass.history.samples["finetune"] / fine,
-            "pretrain_samples": sass.history.samples.get("pretrain", 0),
-            "finetune_samples": sass.history.samples["finetune"],
+    runs = []
+    for r in range(max(1, repeats)):
+        _log(f"[{r + 1}/{repeats}] plain two-tower (dssm_m) ...")
+        base = fit("dssm_m", data, settings.training, cfg).history
+        _log(f"[{r + 1}/{repeats}] sass: pre-training + fine-tuning ...")
+        runs.append((base, fit("sass", data, settings.training, cfg).history))
+
+    def total(which: int, stage: str, clock: str = "seconds") -> float:
+        return sum(getattr(run[which], clock).get(stage, 0.0) for run in runs)
+
+    n = len(runs)
+    pre, fine, base_s = total(1, "pretrain"), total(1, "finetune"), total(0, "finetune")
+    sass = runs[-1][1]
+    return {"data": str(data_dir), "pretrain_s": pre / n, "finetune_s": fine / n,
+            "samples_per_s": sass.samples["finetune"] * n / fine,
+            "pretrain_samples": sass.samples.get("pretrain", 0),
+            "finetune_samples": sass.samples["finetune"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "baseline_two_tower_s": base_s, "ratio": (pre + fine) / base_s,
-            # the same comparison in CPU seconds of this (single-threaded) process: other load
-            # on the machine inflates wall time unevenly between the two runs, not CPU time
-            "cpu_ratio": (sass.history.cpu_seconds.get("pretrain", 0.0) + sass.history.cpu_seconds["finetune"])
-            / base.history.cpu_seconds["finetune"],
+            "baseline_two_tower_s": base_s / n, "ratio": (pre + fine) / base_s,
+            "repeats": n,
+            "ratio_per_repeat": [(s.seconds.get("pretrain", 0.0)
+                                  + s.seconds["finetune"]) / b.seconds["finetune"] for b, s in runs],
+            # the same comparison in CPU seconds of this (single-threaded) process
+            "cpu_ratio": (total(1, "pretrain", "cpu_seconds") + total(1, "finetune", "cpu_seconds"))
+            / total(0, "finetune", "cpu_seconds"),
             "epochs": {"pretrain": cfg.pretrain_epochs, "finetune": cfg.finetune_epochs}}
 
 

@@ -68,7 +68,8 @@ def cmd_bench_train(args, settings) -> int:
     from sassflow.cli import emit_json
     from training.bench import bench_train
 
-    emit_json(bench_train(settings, args.data or settings.data.find_movielens(), args.epochs))
+    emit_json(bench_train(settings, args.data or settings.data.find_movielens(), args.epochs,
+                          repeats=args.repeats))
     return 0
 
 
@@ -101,6 +102,7 @@ def register(commands, benches) -> None:
     p = benches.add_parser("train", help="SASS two-stage wall time vs a plain two-tower")
     p.add_argument("--data", default=None)
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: settings)")
+    p.add_argument("--repeats", type=int, default=2, help="alternating two-tower/SASS rounds (ratio of the sums)")
     p.set_defaults(func=cmd_bench_train)
 
     p = benches.add_parser("quality", help="recall/NDCG of sass and the baselines")

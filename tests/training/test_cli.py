@@ -41,3 +41,29 @@ def test_train_then_registry_commands(tmp_path, settings, capsys):
     assert args.func(args, settings) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["artifact_ok"] and shown["status"] == "promoted"
+
+
+def test_bench_train_and_quality_print_the_contract_keys(tmp_path, settings, capsys):
+    from tests.training.test_data import _scenarios
+
+    src = _scenarios(tmp_path)
+    data = tmp_path / "ml" / "tiny"
+    data.parent.mkdir()
+    _tiny_movielens(data, src)
+    parser = build_parser()
+    args = parser.parse_args(["bench", "train", "--data", str(data), "--repeats", "2"])
+    assert args.func(args, settings) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["pretrain_s"] > 0 and r["finetune_s"] > 0 and r["baseline_two_tower_s"] > 0
+    assert r["repeats"] == 2 and len(r["ratio_per_repeat"]) == 2
+    assert abs(r["ratio"] - (r["pretrain_s"] + r["finetune_s"]) / r["baseline_two_tower_s"]) < 1e-9
+    assert r["finetune_samples"] > 0 and r["samples_per_s"] > 0 and r["peak_rss_mb"] > 0
+    args = parser.parse_args(["bench", "quality", "--data", str(data), "--seeds", "2", "--models", "sass,pop"])
+    assert args.func(args, settings) == 0
+    q = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert q["seeds"] == 2 and set(q["models"]) == {"sass", "pop"}
+    for metrics in q["models"].values():
+        assert set(metrics) == {"recall@20", "recall@50", "ndcg@20"}
+        assert set(metrics["recall@50"]) == {"0", "1", "2", "3", "4", "mean"}
+        assert 0 <= metrics["recall@20"]["mean"] <= metrics["recall@50"]["mean"] <= 1
+    assert q["std_recall@50_mean"]["pop"] == 0.0  # popularity has no seed
