@@ -183,17 +183,18 @@ def pretrain(model: SASS, data: TrainingData, cfg: TrainConfig, history: History
     mean_views = (users[2].sum() + item_ents[2].sum()) / (n_u + n_i)
     per_batch = max(2, int(round(cfg.pretrain_batch_size / mean_views)))  # ~pretrain_batch_size views a step
 
+    def encode_users(rows):
+        return model.encode_user(take(views, rows))[0], user_ids[rows]
+
+    def encode_items(rows):
+        return model.encode_item(items[rows], item_scen[rows])[0], items[rows]
+
     def step(idx):
         idx = idx.numpy()
-        is_user = len(idx) == 0 or idx[0] < n_u
-        order, starts, sizes = users if is_user else item_ents
-        idx = idx if is_user else idx - n_u
-        rows = torch.from_numpy(_rows_of(order, starts[idx], sizes[idx]))
-        if is_user:
-            return scenario_contrastive_loss(model.encode_user(take(views, rows))[0], user_ids[rows],
-                                             cfg.temperature)
-        return scenario_contrastive_loss(model.encode_item(items[rows], item_scen[rows])[0], items[rows],
-                                         cfg.temperature)
+        (order, starts, sizes), encode, first = (
+            (users, encode_users, 0) if len(idx) == 0 or idx[0] < n_u else (item_ents, encode_items, n_u))
+        z, ids = encode(torch.from_numpy(_rows_of(order, starts[idx - first], sizes[idx - first])))
+        return scenario_contrastive_loss(z, ids, cfg.temperature)
 
     _run(model, lambda rng: scenario_batches(group, per_batch, rng), step, cfg, history, "pretrain",
          cfg.pretrain_epochs)
