@@ -1,8 +1,9 @@
-"""`sassflow train --data` and `sassflow registry` through the real argument parser."""
+"""`sassflow train --data`, `sassflow registry` and the training benchmarks through the real argument parser."""
 import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from sassflow.cli import build_parser
 
@@ -22,13 +23,20 @@ def _tiny_movielens(folder, scenarios_src):
     (folder.parent / "scenarios.json").write_text(scenarios_src.read_text())
 
 
-def test_train_then_registry_commands(tmp_path, settings, capsys):
+@pytest.fixture
+def tiny_data(tmp_path):
+    """A tiny MovieLens-format folder with the project's scenarios.json beside it."""
     from tests.training.test_data import _scenarios
 
     src = _scenarios(tmp_path)
     data = tmp_path / "ml" / "tiny"
     data.parent.mkdir()
     _tiny_movielens(data, src)
+    return data
+
+
+def test_train_then_registry_commands(tiny_data, settings, capsys):
+    data = tiny_data
     parser = build_parser()
     args = parser.parse_args(["train", "--data", str(data), "--baselines", "pop,dssm_m"])
     assert args.func(args, settings) == 0
@@ -43,13 +51,8 @@ def test_train_then_registry_commands(tmp_path, settings, capsys):
     assert shown["artifact_ok"] and shown["status"] == "promoted"
 
 
-def test_bench_train_and_quality_print_the_contract_keys(tmp_path, settings, capsys):
-    from tests.training.test_data import _scenarios
-
-    src = _scenarios(tmp_path)
-    data = tmp_path / "ml" / "tiny"
-    data.parent.mkdir()
-    _tiny_movielens(data, src)
+def test_bench_train_and_quality_print_the_contract_keys(tiny_data, settings, capsys):
+    data = tiny_data
     parser = build_parser()
     args = parser.parse_args(["bench", "train", "--data", str(data), "--repeats", "2"])
     assert args.func(args, settings) == 0
