@@ -61,17 +61,11 @@ def evaluate(dataset: dict, model: dict) -> dict:
     """The candidate's validation/test recall, next to the popularity baseline on the same split
     (the gate then compares the candidate with the promoted model's recorded validation recall)."""
     def work(out):
-        from training.baselines import fit
-        from training.evaluate import evaluate as recall
-        from training.pipeline import evaluate as evaluate_candidate, load_events, prepare_data
+        from training.pipeline import evaluate_with_baselines
 
-        s = settings()
-        candidate = evaluate_candidate(s, dataset["dataset_dir"], model["model_dir"])
-        data = prepare_data(s, load_events(s, dataset["dataset_dir"]))
-        pop = fit("pop", data, s.training, None)
-        baselines = {"pop": {split: recall(pop.scorer, data, split) for split in ("val", "test")}}
-        _log_comparison(candidate, baselines)
-        return {"candidate": candidate, "baselines": baselines}
+        result = evaluate_with_baselines(settings(), dataset["dataset_dir"], model["model_dir"])
+        _log_comparison(result["candidate"], result["baselines"])
+        return result
 
     return run_once(get_current_context(), work)
 
@@ -94,8 +88,10 @@ def quality_gate(model: dict, metrics: dict) -> dict:
 
         return register_and_gate(settings(), model["model_dir"], metrics["candidate"])
 
-    result = run_once(get_current_context(), work)
+    context = get_current_context()
+    result = run_once(context, work)
     if not result["promoted"]:
+        context["ti"].xcom_push(key="return_value", value=result)  # the decision stays visible on a skip
         raise AirflowSkipException(f"candidate {result.get('version')} rejected: {result['reason']}; "
                                    f"the served bundle is unchanged")
     print(f"candidate {result.get('version')} promoted: {result['reason']}")
@@ -125,7 +121,8 @@ def publish(bundle: dict) -> dict:
 
         s = settings()
         before = current_bundle_id(s)
-        publish_bundle(s, bundle["bundle_id"], registry=ModelRegistry(s.training.registry_url.get_secret_value()))
+        publish_bundle(s, bundle["bundle_id"])
+        ModelRegistry.from_settings(s).mark_published(bundle["model_version"], bundle["bundle_id"])
         return {**bundle, "previous_bundle_id": before}
 
     result = run_once(context, work)

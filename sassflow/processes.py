@@ -1,11 +1,16 @@
-"""Small helpers for the local services sassflow starts (Kafka, Redis, PostgreSQL, Airflow, the HTTP
-service): free loopback ports, liveness checks, and stopping a child process."""
+"""Process helpers for whatever sassflow starts (Kafka, Redis, PostgreSQL, Airflow, the HTTP service,
+consumer processes): free loopback ports, liveness checks, stopping a process, and the environment
+that hands the settings to a child."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
+
+from sassflow.settings import PROJECT_ROOT, Settings, settings_env
 
 
 def free_port() -> int:
@@ -48,3 +53,36 @@ def stop_child(proc: subprocess.Popen, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def stop_pid(pid: int, timeout: float) -> None:
+    """SIGTERM a process that is not our ``Popen`` child (found by a pid file), SIGKILL it if it has not
+    exited within ``timeout``; reaped if it happens to be our child."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not pid_alive(pid):
+            return
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def child_env(settings: Settings, drop: tuple[str, ...] = ("SASSFLOW_",)) -> dict[str, str]:
+    """The environment of a child process that must see exactly ``settings``: this process's
+    environment without the variables starting with ``drop``, plus ``settings_env(settings)``, no
+    ``sassflow.toml`` of its cwd, and the project on ``PYTHONPATH``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(settings_env(settings))
+    env["SASSFLOW_CONFIG"] = os.devnull  # the child's settings come only from the variables above
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    return env

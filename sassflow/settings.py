@@ -12,12 +12,13 @@ from here, never from code.
 """
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +29,17 @@ from pydantic_settings import (
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_SCENARIOS = ["family", "thriller", "action", "comedy", "drama"]
+DEFAULT_DATASET_DIR = Path.home() / ".cache" / "sassflow" / "datasets" / "movielens-1m"  # `sassflow data fetch`
+
+
+def is_dataset_folder(folder) -> bool:
+    return folder is not None and (Path(folder) / "ratings.csv.gz").exists()
+
+
+def find_scenarios_file(folder) -> Path | None:
+    """The ``scenarios.json`` in a dataset folder or beside it."""
+    folder = Path(folder)
+    return next((p for p in (folder / "scenarios.json", folder.parent / "scenarios.json") if p.exists()), None)
 
 
 class KafkaSettings(BaseModel):
@@ -91,20 +103,14 @@ class DataSettings(BaseModel):
         candidates += [
             PROJECT_ROOT / "datasets" / "movielens-1m",
             PROJECT_ROOT.parent / "shared" / "datasets" / "movielens-1m",
-            Path.home() / ".cache" / "sassflow" / "datasets" / "movielens-1m",
+            DEFAULT_DATASET_DIR,
         ]
-        for c in candidates:
-            if c and (Path(c) / "ratings.csv.gz").exists():
-                return Path(c)
-        return None
+        return next((Path(c) for c in candidates if is_dataset_folder(c)), None)
 
     def find_scenarios_file(self, data_dir: Path | None) -> Path | None:
         if self.scenarios_file:
             return self.scenarios_file
-        for c in ([data_dir / "scenarios.json", data_dir.parent / "scenarios.json"] if data_dir else []):
-            if c.exists():
-                return c
-        return None
+        return find_scenarios_file(data_dir) if data_dir else None
 
 
 class StreamingSettings(BaseModel):
@@ -114,7 +120,7 @@ class StreamingSettings(BaseModel):
     checkpoint_interval_ms: int = Field(2000, ge=0)  # history + checkpoint + commit cadence
     item_shards: int = Field(1, ge=1)  # item-stage processes (each reads every partition)
     # Client-side CRC32C check of fetched record batches (kafka-python's `check_crcs`).  Off by
-    # default: kafka-python computes it in pure Python (~70% of its decoding time, the ingest's
+    # default: kafka-python computes it in pure Python (most of its decoding time, the ingest's
     # biggest cost), while the broker already rejects a batch with a bad CRC on produce and TCP
     # checksums every transfer; what it would add is detection of on-disk corruption at the
     # broker.  Turn it on where that matters more than throughput.
@@ -137,18 +143,18 @@ class TrainingSettings(BaseModel):
     artifact_dir: Path | None = None  # default: <state_dir>/models
     report_dir: Path | None = None  # default: <state_dir>/reports
     embedding_dim: int = 64
-    hidden_dims: list[int] = [64, 64]  # MLSAT widths; [64, 64] keeps SASS within ~1.3x a plain two-tower step
+    hidden_dims: list[int] = [64, 64]  # MLSAT widths: the SASS step cost against a plain two-tower is `bench train`'s ratio
     pretrain_epochs: int = 2
     finetune_epochs: int = 4
     batch_size: int = 1024
-    pretrain_batch_size: int = 512  # stage 1: views per step (whole users); 512 beat 256/1024 on validation
+    pretrain_batch_size: int = 512  # stage 1: views per step (whole users); chosen on validation recall
     learning_rate: float = 2e-3
     temperature: float = 0.1
     global_loss_weight: float = 0.3
     global_dropout: float = 0.1
     quality_tolerance: float = 0.02
     seed: int = 0
-    torch_threads: int = 1  # small matmuls: 1 thread beat 2 by 3-10x on a busy 2-core box; scale with torchrun
+    torch_threads: int = 1  # small matmuls gain nothing from intra-op threads; scale out with torchrun
     log_q_correction: bool = True
 
 
@@ -167,7 +173,7 @@ class ServingSettings(BaseModel):
     hnsw_ef_search: int = 128
     ivf_nlist: int | None = None  # default: ~4*sqrt(n)
     ivf_nprobe: int = 32
-    ann_index: Literal["hnsw", "ivf"] = "ivf"  # above exact_index_max_items; IVF builds ~4x faster at 1M
+    ann_index: Literal["hnsw", "ivf"] = "ivf"  # above exact_index_max_items; IVF builds faster than HNSW at 1M items (`bench ann`)
     batch_max_requests: int = 256  # POST /recommend/batch size limit
 
 
@@ -179,6 +185,13 @@ class AirflowSettings(BaseModel):
     sql_alchemy_conn: SecretStr | None = None  # default: sqlite in home (or the local Postgres with --postgres)
     postgres_port: int = 15432  # the throwaway local PostgreSQL of `sassflow airflow up --postgres`
     train_window_days: int = Field(28, ge=1)  # the retrain DAG trains on this many days up to its run
+
+
+# Paths that default to a place under state_dir: (section, field, path below state_dir).
+STATE_PATHS = (("local_kafka", "data_dir", "kafka"), ("streaming", "checkpoint_dir", "checkpoints"),
+               ("streaming", "offline_dir", "offline"), ("feast", "data_dir", "feast"),
+               ("training", "artifact_dir", "models"), ("training", "report_dir", "reports"),
+               ("serving", "bundle_dir", "bundles"), ("airflow", "home", "airflow"))
 
 
 class Settings(BaseSettings):
@@ -214,31 +227,32 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
+    _derived: set = PrivateAttr(default_factory=set)  # the (section, field) pairs derived below
+
     @model_validator(mode="after")
     def _derive_paths(self) -> "Settings":
         self.state_dir = Path(self.state_dir).absolute()
         s = self.state_dir
-        if self.local_kafka.data_dir is None:
-            self.local_kafka.data_dir = s / "kafka"
-        if self.streaming.checkpoint_dir is None:
-            self.streaming.checkpoint_dir = s / "checkpoints"
-        if self.streaming.offline_dir is None:
-            self.streaming.offline_dir = s / "offline"
-        if self.feast.data_dir is None:
-            self.feast.data_dir = s / "feast"
+        for section, name, below in STATE_PATHS:
+            part = getattr(self, section)
+            if getattr(part, name) is None:
+                setattr(part, name, s / below)
+                self._derived.add((section, name))
         if self.training.registry_url is None:
             self.training.registry_url = SecretStr(f"sqlite:///{s / 'registry.db'}")
-        if self.training.artifact_dir is None:
-            self.training.artifact_dir = s / "models"
-        if self.training.report_dir is None:
-            self.training.report_dir = s / "reports"
-        if self.serving.bundle_dir is None:
-            self.serving.bundle_dir = s / "bundles"
-        if self.airflow.home is None:
-            self.airflow.home = s / "airflow"
+            self._derived.add(("training", "registry_url"))
         if len(set(self.scenarios)) != len(self.scenarios) or not self.scenarios:
             raise ValueError("scenarios must be a non-empty list of distinct names")
         return self
+
+    def relocated(self, state_dir) -> "Settings":
+        """These settings with another state_dir: every path derived from the old one is derived
+        again from the new one; paths set explicitly stay as they are."""
+        data = self.model_dump()
+        data["state_dir"] = state_dir
+        for section, name in self._derived:
+            data[section][name] = None
+        return type(self).model_validate(data)
 
     def scenario_id(self, name: str) -> int:
         return self.scenarios.index(name)
@@ -248,3 +262,26 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (tests build their own ``Settings(...)`` instead)."""
     return Settings()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``SASSFLOW_...`` variables that rebuild ``settings`` in a child process (secrets included)."""
+    env: dict[str, str] = {}
+
+    def put(prefix: str, model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            key = f"{prefix}{name.upper()}"
+            if isinstance(value, BaseModel):
+                put(key + "__", value)
+            elif value is None:
+                continue
+            elif isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            elif isinstance(value, (list, dict)):
+                env[key] = json.dumps(value)
+            else:
+                env[key] = str(value)
+
+    put("SASSFLOW_", settings)
+    return env

@@ -55,5 +55,5 @@ else
 fi
 
 # --- the Kafka broker jars (resolved once by Maven into ~/.cache/sassflow/kafka)
-.venv/bin/python -c 'from sassflow.settings import Settings; from streaming.broker import ensure_jars; print(ensure_jars(Settings().local_kafka))' >/dev/null
+.venv/bin/python -c 'from sassflow.settings import Settings; from cli.local.kafka import ensure_jars; print(ensure_jars(Settings().local_kafka))' >/dev/null
 log "ready: .venv/bin/sassflow"

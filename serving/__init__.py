@@ -1,1 +1,2 @@
-"""Serving: per-scenario FAISS bundles, the retrieval HTTP API, and zero-downtime hot swap."""
+"""Serving: immutable per-scenario bundles, the request pipeline (features -> recall sources ->
+top k), the HTTP API (app factory, routes, dependencies) and zero-downtime hot swap."""

@@ -1,16 +1,7 @@
 """Serving bundles: immutable, versioned, checksummed snapshots of a model for retrieval.
 
-Layout of ``<bundle_dir>/<bundle_id>/`` (files read-only once written)::
-
-    manifest.json             bundle_id, model_version, created_at, kind, dim,
-                              per scenario: count, index spec; sha256 of every other file
-    tower/                    the user tower, same files as a training artifact
-                              (config.json with "kind", model.pt state_dict, id maps, ...)
-    <scenario>/index.faiss    FAISS index, row i = item_ids[i]
-    <scenario>/item_ids.npy   raw item ids, int64
-    <scenario>/popular.npy    raw item ids by popularity (cold-start fallback)
-
-A bundle is written to a hidden temp folder, fsynced and renamed into place, so
+Layout: ``sassflow.contracts.artifacts.BundleLayout`` (files read-only once written).  A bundle is
+built from a model artifact (``ModelArtifact``) or from a synthetic catalog.  A bundle is written to a hidden temp folder, fsynced and renamed into place, so
 readers see all of it or nothing; an existing bundle is never overwritten.
 Publishing writes ``<bundle_dir>/CURRENT`` (one line: the bundle id) atomically
 and pushes the id on ``<bundle_dir>/HISTORY``; rollback pops it.  The service
@@ -31,17 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from sassflow.contracts.artifacts import BundleLayout, ModelArtifact, ScenarioItems
 from sassflow.files import fsync_dir, sha256_file, write_text_atomic
 from sassflow.settings import Settings
 from serving.index import ScenarioCatalog, build_index, index_spec, read_index, write_index
 
-MANIFEST = "manifest.json"
-CURRENT = "CURRENT"
-HISTORY = "HISTORY"
+MANIFEST = BundleLayout.MANIFEST
+CURRENT = BundleLayout.CURRENT
+HISTORY = BundleLayout.HISTORY
 FORMAT_VERSION = 1
-SCENARIO_FILES = ("index.faiss", "item_ids.npy", "popular.npy")
-# Per-scenario arrays of a training artifact; everything else in it belongs to the user tower.
-_ARTIFACT_SCENARIO_FILE = re.compile(r"^(items|item_vectors|popular)_(.+)\.npy$")
+SCENARIO_FILES = BundleLayout.SCENARIO_FILES
 
 
 class BundleError(Exception):
@@ -83,97 +73,84 @@ def write_bundle(
     model_version,
     tower_config: dict,
     tower_files: dict[str, Path],
-    scenarios: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    scenarios: dict[str, ScenarioItems],
     progress=None,
 ) -> Path:
     """Write a new bundle and return its path.
 
-    ``scenarios``: name → (raw item ids int64 [n], item vectors float32 [n, d], popular ids).
-    ``tower_files``: file name → source path, copied into ``tower/`` next to ``config.json``.
+    ``tower_files``: file name -> source path, copied into the tower folder next to its config.
     """
     bundle_dir = Path(settings.serving.bundle_dir)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     bundle_id = new_bundle_id(model_version)
     final = bundle_dir / bundle_id
-    tmp = bundle_dir / f".building-{bundle_id}"
-    tmp.mkdir()
+    tmp = BundleLayout(bundle_dir / f".building-{bundle_id}")
+    tmp.root.mkdir()
     try:
-        dims = {v.shape[1] for _, v, _ in scenarios.values()}
+        dims = {items.vectors.shape[1] for items in scenarios.values()}
         if len(dims) != 1:
             raise BundleError(f"scenarios disagree on the vector dimension: {sorted(dims)}")
-        dim = dims.pop()
-        manifest = {
-            "format": FORMAT_VERSION,
-            "bundle_id": bundle_id,
-            "model_version": model_version,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "kind": tower_config["kind"],
-            "dim": dim,
-            "scenarios": {},
-            "files": {},
-        }
-        (tmp / "tower").mkdir()
+        manifest = {"format": FORMAT_VERSION, "bundle_id": bundle_id, "model_version": model_version,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "kind": tower_config["kind"], "dim": dims.pop(), "scenarios": {}, "files": {}}
+        tmp.tower_dir.mkdir()
         for name, src in tower_files.items():
-            shutil.copyfile(src, tmp / "tower" / name)
-        (tmp / "tower" / "config.json").write_text(json.dumps(tower_config, indent=1))
-        for scenario, (item_ids, vectors, popular) in scenarios.items():
-            item_ids = np.asarray(item_ids, dtype=np.int64)
-            vectors = np.asarray(vectors, dtype=np.float32)
-            if len(item_ids) != len(vectors) or len(item_ids) == 0:
-                raise BundleError(f"{scenario}: {len(item_ids)} item ids for {len(vectors)} vectors")
-            spec = index_spec(len(item_ids), settings.serving)
-            if progress:
-                progress(f"{scenario}: {spec['type']} index over {len(item_ids)} items")
-            sdir = tmp / scenario
-            sdir.mkdir()
-            write_index(build_index(vectors, spec, seed=settings.training.seed), sdir / "index.faiss")
-            np.save(sdir / "item_ids.npy", item_ids)
-            popular = np.asarray(popular, dtype=np.int64)
-            if len(popular) == 0:  # no clicks in training: cold start still needs an answer
-                popular = item_ids[:1000]
-            np.save(sdir / "popular.npy", popular)
-            manifest["scenarios"][scenario] = {"count": int(len(item_ids)), "index": spec, "popular": int(len(popular))}
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            rel = path.relative_to(tmp).as_posix()
+            shutil.copyfile(src, tmp.tower_dir / name)
+        (tmp.tower_dir / ModelArtifact.CONFIG).write_text(json.dumps(tower_config, indent=1))
+        for scenario, items in scenarios.items():
+            manifest["scenarios"][scenario] = _write_scenario(settings, tmp, scenario, items, progress)
+        for path in sorted(p for p in tmp.root.rglob("*") if p.is_file()):
+            rel = path.relative_to(tmp.root).as_posix()
             manifest["files"][rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        for path in tmp.rglob("*"):
+        tmp.manifest_path.write_text(json.dumps(manifest, indent=1))
+        for path in tmp.root.rglob("*"):
             if path.is_file():
                 path.chmod(0o444)
-        _fsync_tree(tmp)
+        _fsync_tree(tmp.root)
         if final.exists():  # ids are unique; this only guards the "never overwrite" promise
             raise BundleError(f"bundle {bundle_id} already exists")
-        os.rename(tmp, final)
+        os.rename(tmp.root, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.root, ignore_errors=True)
         raise
     return final
 
 
-def build_bundle(settings: Settings, artifact_dir, model_version, registry=None, publish: bool = True, progress=None) -> Path:
-    """A bundle from a training artifact folder (see the module docstring of ``training.export``).
+def _write_scenario(settings: Settings, layout: BundleLayout, scenario: str, items: ScenarioItems,
+                    progress) -> dict:
+    """One scenario's index, ids and popularity; returns its manifest entry."""
+    item_ids = np.asarray(items.item_ids, dtype=np.int64)
+    vectors = np.asarray(items.vectors, dtype=np.float32)
+    if len(item_ids) != len(vectors) or len(item_ids) == 0:
+        raise BundleError(f"{scenario}: {len(item_ids)} item ids for {len(vectors)} vectors")
+    spec = index_spec(len(item_ids), settings.serving)
+    if progress:
+        progress(f"{scenario}: {spec['type']} index over {len(item_ids)} items")
+    sdir = layout.scenario_dir(scenario)
+    sdir.mkdir()
+    write_index(build_index(vectors, spec, seed=settings.training.seed), sdir / BundleLayout.INDEX)
+    np.save(sdir / BundleLayout.ITEM_IDS, item_ids)
+    popular = np.asarray(items.popular, dtype=np.int64)
+    if len(popular) == 0:  # no clicks in training: cold start still needs an answer
+        popular = item_ids[:1000]
+    np.save(sdir / BundleLayout.POPULAR, popular)
+    return {"count": int(len(item_ids)), "index": spec, "popular": int(len(popular))}
 
-    Publishes it (pointer + ``registry.mark_published``) unless ``publish`` is False.
-    """
-    artifact_dir = Path(artifact_dir)
-    config = json.loads((artifact_dir / "config.json").read_text())
+
+def build_bundle(settings: Settings, artifact_dir, model_version, publish: bool = True, progress=None) -> Path:
+    """A bundle from a model artifact folder; published (``publish_bundle``) unless ``publish`` is False."""
+    artifact = ModelArtifact(artifact_dir)
+    config = artifact.read_config()
     if "kind" not in config:
-        raise BundleError(f"{artifact_dir / 'config.json'} has no 'kind'")
-    scenarios = {}
-    for scenario in settings.scenarios:
-        paths = [artifact_dir / f"{p}_{scenario}.npy" for p in ("items", "item_vectors", "popular")]
-        missing = [p.name for p in paths if not p.exists()]
-        if missing:
-            raise BundleError(f"artifact {artifact_dir} lacks {', '.join(missing)}")
-        scenarios[scenario] = tuple(np.load(p, allow_pickle=False) for p in paths)
-    tower_files = {
-        p.name: p
-        for p in sorted(artifact_dir.iterdir())
-        if p.is_file() and p.name != "config.json" and not _ARTIFACT_SCENARIO_FILE.match(p.name)
-    }
+        raise BundleError(f"{artifact.root / ModelArtifact.CONFIG} has no 'kind'")
+    try:
+        scenarios = {s: artifact.read_scenario(s) for s in settings.scenarios}
+    except FileNotFoundError as exc:
+        raise BundleError(str(exc)) from None
+    tower_files = {n: p for n, p in artifact.tower_files().items() if n != ModelArtifact.CONFIG}
     path = write_bundle(settings, model_version, config, tower_files, scenarios, progress=progress)
     if publish:
-        publish_bundle(settings, path.name, registry=registry)
+        publish_bundle(settings, path.name)
     return path
 
 
@@ -189,7 +166,7 @@ def build_synthetic_bundle(
     scenarios = scenarios or settings.scenarios
     if catalog is None:
         catalog = synthetic_catalog(n_items, dim, scenarios, seed)
-    data = {s: (c.item_ids, c.vectors, c.popular) for s, c in catalog.items()}
+    data = {s: ScenarioItems(c.item_ids, c.vectors, c.popular) for s, c in catalog.items()}
     path = write_bundle(
         settings, model_version if model_version is not None else f"synthetic-{seed}",
         {"kind": "mean_history", "dim": dim, "seed": seed}, {}, data, progress=progress,
@@ -214,8 +191,8 @@ def current_bundle_id(settings: Settings) -> str | None:
         return None
 
 
-def publish_bundle(settings: Settings, bundle_id: str, registry=None) -> None:
-    """Make ``bundle_id`` the one the service should serve."""
+def publish_bundle(settings: Settings, bundle_id: str) -> dict:
+    """Make ``bundle_id`` the one the service should serve; returns its manifest."""
     bundle_dir = Path(settings.serving.bundle_dir)
     manifest = read_manifest(bundle_dir / bundle_id)
     with _pointer_lock(bundle_dir):
@@ -224,8 +201,7 @@ def publish_bundle(settings: Settings, bundle_id: str, registry=None) -> None:
             history.append(bundle_id)
         write_text_atomic(bundle_dir / HISTORY, "\n".join(history) + "\n")
         write_text_atomic(bundle_dir / CURRENT, bundle_id + "\n")
-    if registry is not None:
-        registry.mark_published(manifest["model_version"], bundle_id)
+    return manifest
 
 
 def rollback_bundle(settings: Settings) -> str:
@@ -292,7 +268,7 @@ def verify_bundle(path: Path, scenarios: list[str] | None = None) -> dict:
             raise BundleError(f"bundle {path.name} has no index for scenario {scenario!r}")
     for scenario in manifest["scenarios"]:
         for name in SCENARIO_FILES:
-            if f"{scenario}/{name}" not in manifest["files"]:
+            if BundleLayout(path).scenario_file(scenario, name) not in manifest["files"]:
                 raise BundleError(f"bundle {path.name}: manifest lists no {scenario}/{name}")
     for rel, meta in manifest["files"].items():
         f = path / rel
@@ -310,11 +286,11 @@ def load_catalogs(path: Path, manifest: dict | None = None, scenarios: list[str]
     catalogs = {}
     for scenario in scenarios or list(manifest["scenarios"]):
         meta = manifest["scenarios"][scenario]
-        sdir = path / scenario
+        sdir = BundleLayout(path).scenario_dir(scenario)
         try:
-            index = read_index(sdir / "index.faiss", meta["index"])
-            item_ids = np.load(sdir / "item_ids.npy", allow_pickle=False)
-            popular = np.load(sdir / "popular.npy", allow_pickle=False)
+            index = read_index(sdir / BundleLayout.INDEX, meta["index"])
+            item_ids = np.load(sdir / BundleLayout.ITEM_IDS, allow_pickle=False)
+            popular = np.load(sdir / BundleLayout.POPULAR, allow_pickle=False)
         except Exception as exc:  # FAISS raises RuntimeError, numpy ValueError on garbage
             raise BundleError(f"bundle {path.name}: cannot read {scenario}: {exc}") from None
         if not (index.ntotal == len(item_ids) == meta["count"]):
@@ -365,8 +341,9 @@ def load_bundle(path: Path, settings: Settings, warm_queries: int = 64) -> Loade
     manifest = verify_bundle(path, settings.scenarios)
     catalogs = load_catalogs(path, manifest, settings.scenarios)
     try:
-        config = json.loads((path / "tower" / "config.json").read_text())
-        tower = load_tower(path, config, catalogs=catalogs)
+        layout = BundleLayout(path)
+        config = json.loads((layout.tower_dir / ModelArtifact.CONFIG).read_text())
+        tower = load_tower(layout.tower_dir, config, catalogs)
     except BundleError:
         raise
     except Exception as exc:  # includes training.export.ArtifactError

@@ -17,17 +17,10 @@ from typing import Protocol
 
 import numpy as np
 
+from sassflow.contracts.features import USER_FEATURE_NAMES, USER_VIEWS
 from sassflow.settings import Settings
 
-# Contract with streaming/ (feature views written by the ingest job).
-USER_SCENARIO_VIEW = "user_scenario_stats"
-USER_SCENARIO_FEATURES = [
-    "imp_1h", "imp_24h", "imp_7d", "clk_1h", "clk_24h", "clk_7d",
-    "ctr_24h", "ctr_7d", "recent_clicks", "last_click_ms",
-]
-USER_PROFILE_VIEW = "user_profile"
-USER_PROFILE_FEATURES = ["total_imp_7d", "total_clk_7d", "scenario_click_share", "recent_clicks_all"]
-FEATURE_NAMES = USER_SCENARIO_FEATURES + USER_PROFILE_FEATURES
+FEATURE_NAMES = USER_FEATURE_NAMES
 
 
 class FeatureReader(Protocol):
@@ -49,9 +42,7 @@ class FeastFeatureReader:
 
             store = build_store(settings)
         self.store = store
-        self.refs = [f"{USER_SCENARIO_VIEW}:{f}" for f in USER_SCENARIO_FEATURES] + [
-            f"{USER_PROFILE_VIEW}:{f}" for f in USER_PROFILE_FEATURES
-        ]
+        self.refs = [f"{view.name}:{f}" for view in USER_VIEWS for f in view.feature_names]
 
     def read(self, pairs: list[tuple[int, str]]) -> list[dict]:
         entity_rows = [{"user_id": int(u), "scenario": s} for u, s in pairs]

@@ -18,12 +18,11 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from sassflow.settings import Settings
 from serving.bundle import BundleError, LoadedBundle, current_bundle_id, load_bundle, rollback_bundle
 from serving.feature_reader import FeatureReader
 from serving.metrics import ServingMetrics
+from serving.recall import AnnRecall, Candidates, PopularRecall
 
 log = logging.getLogger("sassflow.serving")
 
@@ -68,13 +67,15 @@ class RecommendationService:
         self.bundle: LoadedBundle | None = None
         self.previous_bundle_id: str | None = None
         self.refused: dict[str, str] = {}  # bundle id -> reason; not retried until republished
+        self.sources = (AnnRecall(), PopularRecall())  # asked in order; the last answers everyone
         self._swap_lock = threading.Lock()
         configure_threads(settings)
 
     # ------------------------------------------------------------ requests
 
     def recommend_many(self, requests: list[tuple[int, str, int]]) -> list[Recommendation]:
-        """Answer ``(user_id, scenario, k)`` requests with one feature read and one search per scenario."""
+        """Answer ``(user_id, scenario, k)`` requests: one feature read, then per scenario the recall
+        sources in order (the ANN branch, the popular fallback for whoever it could not place)."""
         bundle = self.bundle  # this request's bundle, whatever swaps happen meanwhile
         if bundle is None:
             raise NotReady("no bundle loaded yet")
@@ -85,53 +86,25 @@ class RecommendationService:
         for i, (_, s, _) in enumerate(requests):
             by_scenario.setdefault(s, []).append(i)
         for scenario, idx in by_scenario.items():
-            catalog = bundle.catalogs[scenario]
-            personal = [i for i in idx if rows[i].get("recent_clicks")]
-            vectors = bundle.tower.encode([rows[i] for i in personal], scenario) if personal else None
-            placed = [j for j in range(len(personal)) if np.any(vectors[j])]
-            searched = [personal[j] for j in placed]
-            if searched:
-                queries = vectors[placed]
-                k_search = max(requests[i][2] for i in searched) + self._max_clicked(rows, searched)
-                scores, ids = catalog.search(queries, k_search)
-                for j, i in enumerate(searched):
-                    out[i] = self._personal(bundle, requests[i], rows[i], scores[j], ids[j])
-            for i in idx:
-                if out[i] is None:  # unknown user, empty history, or no clicked item in this catalog
-                    out[i] = self._popular(bundle, requests[i], rows[i])
+            found: list[Candidates | None] = [None] * len(idx)
+            for source in self.sources:
+                missing = [j for j, c in enumerate(found) if c is None]
+                if not missing:
+                    break
+                answers = source.retrieve(bundle, scenario, [rows[idx[j]] for j in missing],
+                                          [requests[idx[j]][2] for j in missing])
+                for j, c in zip(missing, answers):
+                    found[j] = c
+            for j, i in enumerate(idx):
+                user_id, _, _ = requests[i]
+                c = found[j]
+                out[i] = Recommendation(user_id, scenario, c.items, c.scores, c.source == PopularRecall.name,
+                                        str(bundle.model_version), bundle.bundle_id)
         self.metrics.observe(out, time.perf_counter() - start)
         return out
 
     def recommend(self, user_id: int, scenario: str, k: int) -> Recommendation:
         return self.recommend_many([(user_id, scenario, k)])[0]
-
-    @staticmethod
-    def _clicked(row: dict) -> set[int]:
-        return set(row.get("recent_clicks") or ()) | set(row.get("recent_clicks_all") or ())
-
-    def _max_clicked(self, rows, idx) -> int:
-        return max(len(self._clicked(rows[i])) for i in idx)
-
-    def _personal(self, bundle, request, row, scores, ids) -> Recommendation:
-        user_id, scenario, k = request
-        clicked = self._clicked(row)
-        items, kept = [], []
-        for item, score in zip(ids.tolist(), scores.tolist()):
-            if item >= 0 and item not in clicked:
-                items.append(item)
-                kept.append(score)
-                if len(items) == k:
-                    break
-        return Recommendation(user_id, scenario, items, kept, False, str(bundle.model_version), bundle.bundle_id)
-
-    def _popular(self, bundle, request, row) -> Recommendation:
-        user_id, scenario, k = request
-        popular = bundle.catalogs[scenario].popular
-        clicked = self._clicked(row)
-        items = [i for i in popular[: k + len(clicked)].tolist() if i not in clicked][:k]
-        # Popularity rank as a score in (0, 1]: comparable within one answer only.
-        scores = [1.0 - r / len(popular) for r in range(len(items))]
-        return Recommendation(user_id, scenario, items, scores, True, str(bundle.model_version), bundle.bundle_id)
 
     # ------------------------------------------------------------ bundles
 

@@ -3,7 +3,7 @@
 The same code runs in the live consumer (``streaming.consumer``) and in the batch replay over
 the offline history (``streaming.replay``); exactness means both produce identical rows.
 
-Windows (chosen so that features depend only on the *set* of events a key has seen, never on
+Windows (sizes and tiles from ``sassflow.contracts.features``; chosen so that features depend only on the *set* of events a key has seen, never on
 arrival order — that is what makes replays, rebalances and batch recomputation agree exactly):
 
 * every window ends at T, the newest event time seen for the key (the key's own event clock);
@@ -11,7 +11,7 @@ arrival order — that is what makes replays, rebalances and batch recomputation
 * ``*_24h`` / ``*_7d`` count events whose UTC hour bucket lies in the 24 / 168 hour-buckets
   ending with T's;
 * ``ctr_*`` = clicks / impressions over the same window (0.0 when there is no impression);
-* ``recent_clicks`` = item ids of the 20 newest clicks, ordered by (event_time, event_id) desc;
+* ``recent_clicks`` = item ids of the ``SEQ_LEN`` newest clicks, ordered by (event_time, event_id) desc;
 * ``trending`` (items) = (clk_1h + 1) / (clk_24h / 24 + 1): last hour's click rate against the
   hourly average of the day, smoothed so that cold items sit at 1.0.
 
@@ -29,15 +29,17 @@ guarantees that one *offset* is applied exactly once.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-MINUTES_1H = 60
-HOURS_24H = 24
-HOURS_7D = 168
-RECENT_CLICKS = 20
+from sassflow.contracts.features import (HOUR_MS, ITEM_SCENARIO_STATS, MINUTE_MS, SEQ_LEN, USER_PROFILE,
+                                         USER_SCENARIO_STATS, WINDOW_1H, WINDOW_7D, WINDOW_24H, View)
+
+MINUTES_1H = WINDOW_1H.tiles
+HOURS_24H = WINDOW_24H.tiles
+HOURS_7D = WINDOW_7D.tiles
+RECENT_CLICKS = SEQ_LEN
 
 
 class Ev(NamedTuple):
@@ -52,7 +54,7 @@ class Ev(NamedTuple):
 
 
 def ev_from_fields(d: dict) -> Ev:
-    """From ``streaming.events.parse_event_fields`` output (what the consumers parse into)."""
+    """From ``sassflow.contracts.events.parse_event_fields`` output (what the consumers parse into)."""
     return Ev(d["event_id"], d["user_id"], d["item_id"], d["scenario"], d["event_type"] == "click", d["event_time"])
 
 
@@ -246,8 +248,6 @@ class _Snapshot:
         self.fragments: dict = {}
 
     def text(self) -> str:
-        import json
-
         for k in self.dirty:
             self.fragments[k] = f'"{k[0]}|{k[1]}":' + json.dumps(self.keys[k].to_json(), separators=(",", ":"))
         self.dirty.clear()
@@ -261,6 +261,10 @@ class FeatureRows:
     user_scenario: dict = field(default_factory=dict)  # (user, scenario) -> (features, ts_ms)
     user_profile: dict = field(default_factory=dict)  # user -> (features, ts_ms)
     item_scenario: dict = field(default_factory=dict)  # (item, scenario) -> (features, ts_ms)
+
+    def by_view(self) -> list[tuple[View, dict]]:
+        return [(USER_SCENARIO_STATS, self.user_scenario), (USER_PROFILE, self.user_profile),
+                (ITEM_SCENARIO_STATS, self.item_scenario)]
 
 
 def batch_features(events: Iterable[Ev], scenarios: list[str]) -> FeatureRows:

@@ -1,8 +1,4 @@
-"""The offline history: every valid event, as hive-partitioned parquet (``date=YYYY-MM-DD/``).
-
-Contract (read by training/ and dags/): ``<offline_dir>/events/date=<UTC date of event_time>/``,
-columns event_id, user_id, item_id, scenario, event_type, event_time (epoch ms), dwell_ms,
-kafka_partition, kafka_offset.
+"""Writing and reading the offline history (layout and columns: ``sassflow.contracts.history``).
 
 Idempotent appends: the consumer names each file after the offsets it covers
 (``<topic>~p<partition>~<first>~<last>.parquet``, written to a temp name and renamed, so a file
@@ -20,16 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema([
-    ("event_id", pa.string()), ("user_id", pa.int64()), ("item_id", pa.int64()),
-    ("scenario", pa.string()), ("event_type", pa.string()), ("event_time", pa.int64()),
-    ("dwell_ms", pa.int64()), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
-])
-COLUMNS = SCHEMA.names
-
-
-def events_dir(offline_dir) -> Path:
-    return Path(offline_dir) / "events"
+from sassflow.contracts.history import COLUMNS, SCHEMA, events_dir, segment_last_offset
 
 
 def _utc_dates(event_time: pd.Series) -> pd.Series:
@@ -62,14 +49,9 @@ def append_history(offline_dir, df: pd.DataFrame, name: str | None = None) -> li
     return written
 
 
-def segment_name(topic: str, partition: int, first: int, last: int) -> str:
-    return f"{topic}~p{partition}~{first}~{last}"
-
-
 def high_water(offline_dir, topic: str, partition: int) -> int:
     """The last offset of ``topic``/``partition`` already in the history (-1 if none)."""
     best = -1
-    prefix = f"{topic}~p{partition}~"
     root = events_dir(offline_dir)
     if not root.exists():
         return best
@@ -77,9 +59,9 @@ def high_water(offline_dir, topic: str, partition: int) -> int:
         if not folder.is_dir():
             continue
         for entry in os.scandir(folder):
-            n = entry.name
-            if n.startswith(prefix) and n.endswith(".parquet"):
-                best = max(best, int(n[len(prefix):-len(".parquet")].split("~")[1]))
+            last = segment_last_offset(entry.name, topic, partition)
+            if last is not None:
+                best = max(best, last)
     return best
 
 

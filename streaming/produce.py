@@ -10,7 +10,7 @@ from typing import Iterable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sassflow.settings import Settings
-from streaming.events import Event, EventError, parse_event
+from sassflow.contracts.events import Event, EventError, parse_event
 
 
 def make_producer(settings: Settings, **overrides):

@@ -21,11 +21,8 @@ def recompute(df: pd.DataFrame, scenarios: list[str]) -> FeatureRows:
 
 def view_rows(rows: FeatureRows) -> list[tuple[str, list]]:
     """Every row, per online view, as ``OnlineWriter.write`` takes them: [(entity, features, ts_ms)]."""
-    return [
-        ("user_scenario_stats", [({"user_id": u, "scenario": s}, f, t) for (u, s), (f, t) in rows.user_scenario.items()]),
-        ("user_profile", [({"user_id": u}, f, t) for u, (f, t) in rows.user_profile.items()]),
-        ("item_scenario_stats", [({"item_id": i, "scenario": s}, f, t) for (i, s), (f, t) in rows.item_scenario.items()]),
-    ]
+    return [(view.name, [(view.entity(key), f, t) for key, (f, t) in keyed.items()])
+            for view, keyed in rows.by_view()]
 
 
 def write_rows(writer, rows: FeatureRows, batch: int = 5000) -> None:

@@ -7,8 +7,6 @@ is the only thing held: 1M items × 16 dims ≈ 64 MB).
 """
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,9 +15,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from streaming.events import Event
-
-EVENT_COLUMNS = ["event_id", "user_id", "item_id", "scenario", "event_type", "event_time", "dwell_ms"]
+from sassflow.contracts.events import Event
+from sassflow.contracts.history import EVENT_COLUMNS
+from sassflow.datasets import Dataset
 
 
 def events_frame(events: Iterable[Event]) -> pd.DataFrame:
@@ -197,90 +195,26 @@ class SyntheticSource:
 # --------------------------------------------------------------------------- MovieLens
 
 
-def load_scenario_groups(scenarios_file: Path) -> list[dict]:
-    spec = json.loads(Path(scenarios_file).read_text())
-    return sorted(spec["scenarios"], key=lambda g: g["id"])
-
-
-def item_scenarios(movies: pd.DataFrame, groups: list[dict]) -> pd.Series:
-    """item_id → scenario name: the first group, in file order, sharing a genre; else the last group."""
-    names = [g["name"] for g in groups]
-
-    def pick(genres: str) -> str:
-        gs = set(str(genres).split("|"))
-        for g in groups:
-            if gs & set(g["genres"]):
-                return g["name"]
-        return names[-1]
-
-    return pd.Series([pick(g) for g in movies["genres"]], index=movies["item_id"].astype("int64"))
-
-
 class MovieLensSource:
-    """Replays a dataset folder (ratings.csv.gz, movies.csv, users.csv) in time order.
+    """Replays a dataset folder in time order (the rule that turns ratings into events, and the
+    folder format, are ``sassflow.datasets``'); each event keeps its rating in ``context``."""
 
-    Every rating is an impression in its movie's scenario; a rating ≥ 4 is also a
-    click (same timestamp, after the impression).  event_time = timestamp × 1000.
-    """
-
-    def __init__(self, folder: Path, scenarios_file: Path | None = None, click_threshold: int = 4):
-        self.folder = Path(folder)
-        for name in ("ratings.csv.gz", "movies.csv"):
-            if not (self.folder / name).exists():
-                raise FileNotFoundError(f"{self.folder} is not a dataset folder: {name} is missing")
-        scenarios_file = scenarios_file or next(
-            (p for p in (self.folder / "scenarios.json", self.folder.parent / "scenarios.json") if p.exists()), None)
-        if scenarios_file is None:
-            raise FileNotFoundError(f"no scenarios.json beside {self.folder}; pass scenarios_file")
-        self.groups = load_scenario_groups(scenarios_file)
-        self.scenarios = [g["name"] for g in self.groups]
-        movies = pd.read_csv(self.folder / "movies.csv")
-        self.item_scenario = item_scenarios(movies, self.groups)
-        self.click_threshold = click_threshold
+    def __init__(self, folder: Path, scenarios_file: Path | None = None):
+        self.dataset = Dataset(folder, scenarios_file)
+        self.scenarios = self.dataset.scenarios
 
     @cached_property
     def n_events(self) -> int:
-        """Events the full replay yields: one impression per rating, plus a click per rating ≥ threshold."""
-        ratings = pd.read_csv(self.folder / "ratings.csv.gz", usecols=["rating"])["rating"]
-        return len(ratings) + int((ratings >= self.click_threshold).sum())
-
-    def ratings(self, chunksize: int = 200_000) -> Iterator[pd.DataFrame]:
-        with gzip.open(self.folder / "ratings.csv.gz", "rt") as fh:
-            yield from pd.read_csv(fh, chunksize=chunksize)
-
-    def frame(self) -> pd.DataFrame:
-        """All events at once, vectorised (what training and the benchmarks use)."""
-        r = pd.concat(self.ratings(), ignore_index=True)
-        r = r.sort_values("timestamp", kind="stable")
-        scen = self.item_scenario.reindex(r["item_id"].to_numpy()).fillna(self.scenarios[-1]).to_numpy()
-        base = "ml-" + r["user_id"].astype(str) + "-" + r["item_id"].astype(str) + "-" + r["timestamp"].astype(str)
-        imp = pd.DataFrame({"event_id": base + "-i", "user_id": r["user_id"].to_numpy(), "item_id": r["item_id"].to_numpy(),
-                            "scenario": scen, "event_type": "impression", "event_time": r["timestamp"].to_numpy() * 1000,
-                            "rating": r["rating"].to_numpy(), "_order": np.arange(len(r)) * 2})
-        clk = imp[imp["rating"] >= self.click_threshold].copy()
-        clk["event_id"] = base[imp["rating"].to_numpy() >= self.click_threshold].to_numpy() + "-c"
-        clk["event_type"] = "click"
-        clk["_order"] += 1
-        df = pd.concat([imp, clk]).sort_values("_order").drop(columns=["_order", "rating"]).reset_index(drop=True)
-        df["dwell_ms"] = pd.array([pd.NA] * len(df), dtype="Int64")
-        return df.astype({"event_id": "string", "user_id": "int64", "item_id": "int64", "scenario": "string",
-                          "event_type": "string", "event_time": "int64"})[EVENT_COLUMNS]
+        return self.dataset.n_events()
 
     def events(self, limit: int | None = None) -> Iterator[Event]:
         produced = 0
-        for chunk in self.ratings():
-            users = chunk["user_id"].to_numpy()
-            items = chunk["item_id"].to_numpy()
-            ratings = chunk["rating"].to_numpy()
-            times = chunk["timestamp"].to_numpy()
-            scen = self.item_scenario.reindex(items).fillna(self.scenarios[-1]).to_numpy()
-            for u, i, r, t, s in zip(users.tolist(), items.tolist(), ratings.tolist(), times.tolist(), scen.tolist()):
-                base = f"ml-{u}-{i}-{t}"
-                for kind in (("impression", "-i"), ("click", "-c")) if r >= self.click_threshold else (("impression", "-i"),):
-                    if limit is not None and produced >= limit:
-                        return
-                    yield Event.model_construct(
-                        event_id=base + kind[1], user_id=u, item_id=i, scenario=s, event_type=kind[0],
-                        event_time=t * 1000, dwell_ms=None, context={"rating": r},
-                    )
-                    produced += 1
+        for frame in self.dataset.iter_event_frames():
+            cols = [frame[c].tolist() for c in ("event_id", "user_id", "item_id", "scenario", "event_type",
+                                                 "event_time", "rating")]
+            for eid, u, i, s, kind, t, r in zip(*cols):
+                if limit is not None and produced >= limit:
+                    return
+                yield Event.model_construct(event_id=eid, user_id=u, item_id=i, scenario=s, event_type=kind,
+                                            event_time=t, dwell_ms=None, context={"rating": r})
+                produced += 1

@@ -31,7 +31,7 @@ def make_settings(state_dir: Path, **overrides) -> Settings:
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
     """The real broker (Apache Kafka 4.x, KRaft), started once per session."""
-    from streaming.broker import LocalKafka
+    from cli.local.kafka import LocalKafka
 
     state = tmp_path_factory.mktemp("kafka-session")
     settings = make_settings(state)

@@ -2,7 +2,8 @@
 
 Everything here is pure array work on one events DataFrame with the offline-history
 columns (event_id, user_id, item_id, scenario, event_type, event_time ms, dwell_ms);
-the only I/O is in the two loaders at the top (a dataset folder, the offline history).
+the only I/O is the history loader at the top (a dataset folder is read by
+``sassflow.datasets.load_events``).
 
 Point-in-time rule: a feature of an example at time t only sees clicks with
 event_time < t (strictly), found with one ``searchsorted`` over a (key, time) sorted
@@ -25,56 +26,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streaming.sources import EVENT_COLUMNS
+from sassflow.contracts.features import SEQ_LEN, WINDOW_7D, window_start_ms
+from sassflow.contracts.history import EVENT_COLUMNS
+from training.vocab import Vocab
 
 TRAIN, VAL, TEST = 0, 1, 2
 NO_TIME = np.iinfo(np.int64).max  # "as of now": every history click counts
-HOUR_MS = 3_600_000
-WINDOW_HOURS = 168  # the 7-day window of the online *_7d features (streaming/aggregate.py)
 
 
-# --------------------------------------------------------------------------- loaders (I/O)
-
-def load_dataset_events(folder: Path, scenarios_file: Path | None = None,
-                        scenarios: list[str] | None = None) -> pd.DataFrame:
-    """A MovieLens-format folder as an events frame: every rating is an impression in its
-    movie's scenario, a rating >= 4 is also a click (BENCHMARKS.md protocol, step 1).
-    Vectorised (the replay source yields one Event at a time: too slow for 1M ratings)."""
-    from sassflow.settings import DataSettings
-    from streaming.sources import item_scenarios, load_scenario_groups
-
-    folder = Path(folder)
-    # default: the scenarios.json next to the folder or one level up, as settings.data finds it
-    scenarios_file = Path(scenarios_file) if scenarios_file else DataSettings().find_scenarios_file(folder)
-    if scenarios_file is None:
-        raise FileNotFoundError(f"no scenarios.json next to {folder}; pass --scenarios")
-    groups = load_scenario_groups(scenarios_file)
-    names = [g["name"] for g in groups]
-    if scenarios is not None and names != list(scenarios):
-        raise ValueError(f"{scenarios_file} scenarios {names} != settings {scenarios}")
-    scen_of = item_scenarios(pd.read_csv(folder / "movies.csv"), groups)
-    r = pd.read_csv(folder / "ratings.csv.gz", dtype={"user_id": np.int64, "item_id": np.int64,
-                                                      "rating": np.float32, "timestamp": np.int64})
-    scen = r["item_id"].map(scen_of).fillna(names[-1]).to_numpy()
-    base = [f"ml-{u}-{i}-{t}" for u, i, t in zip(r["user_id"].tolist(), r["item_id"].tolist(),
-                                                  r["timestamp"].tolist())]  # 2x faster than Series +
-    is_click = r["rating"].to_numpy() >= 4
-    imp = pd.DataFrame({
-        "event_id": [b + "-i" for b in base], "user_id": r["user_id"].to_numpy(), "item_id": r["item_id"].to_numpy(),
-        "scenario": scen, "event_type": "impression", "event_time": r["timestamp"].to_numpy() * 1000,
-    })
-    clk = imp[is_click].copy()
-    clk["event_id"] = [b + "-c" for b, c in zip(base, is_click) if c]
-    clk["event_type"] = "click"
-    ev = pd.concat([imp, clk], ignore_index=True)
-    ev["dwell_ms"] = pd.array([pd.NA] * len(ev), dtype="Int64")
-    # stable sort keeps each impression before its click at the same millisecond
-    return ev.sort_values("event_time", kind="stable").reset_index(drop=True)[EVENT_COLUMNS]
-
+# --------------------------------------------------------------------------- loader (I/O)
 
 def load_history_events(offline_dir: Path, start_ms: int | None = None, end_ms: int | None = None,
                         scenarios: list[str] | None = None) -> pd.DataFrame:
-    from streaming.history import read_history  # lazy: streaming/ may be absent where training runs
+    from streaming.history import read_history
 
     df = read_history(offline_dir, start_ms, end_ms, scenarios)
     return df[[c for c in EVENT_COLUMNS if c in df.columns]]
@@ -156,7 +120,7 @@ def user_features(hist_user, hist_scen, hist_item, hist_time, q_user, q_scen, q_
     if event_user is None:
         event_user, event_time = hist_user, hist_time
     newest, _ = _last_k_before(event_user, event_time, event_time, q_user, q_time, 1)
-    lo = (newest[:, 0] // HOUR_MS) * HOUR_MS - (WINDOW_HOURS - 1) * HOUR_MS
+    lo = window_start_ms(WINDOW_7D, newest[:, 0])
     counts = np.zeros((len(q_user), n_scenarios), dtype=np.float64)
     for s in range(n_scenarios):
         m = hist_scen == s
@@ -169,23 +133,6 @@ def user_features(hist_user, hist_scen, hist_item, hist_time, q_user, q_scen, q_
 
 
 # --------------------------------------------------------------------------- the prepared data set
-
-@dataclass
-class Vocab:
-    """Raw id <-> index; index 0 is the out-of-vocabulary / padding slot."""
-
-    ids: np.ndarray  # sorted raw ids, int64
-
-    def index(self, raw) -> np.ndarray:
-        raw = np.asarray(raw, dtype=np.int64)
-        if len(self.ids) == 0:
-            return np.zeros(raw.shape, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self.ids, raw), 0, len(self.ids) - 1)
-        return np.where(self.ids[pos] == raw, pos + 1, 0).astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
 
 @dataclass
 class EvalSet:
@@ -220,7 +167,7 @@ class TrainingData:
         return {k: v[m] for k, v in self.train.items()}
 
 
-def prepare(events: pd.DataFrame, scenarios: list[str], seq_len: int = 20,
+def prepare(events: pd.DataFrame, scenarios: list[str], seq_len: int = SEQ_LEN,
             val_frac: float = 0.1, test_frac: float = 0.1, with_test: bool = True) -> TrainingData:
     """Vocabularies, the per-user time split, point-in-time train examples, pre-training
     views, per-scenario catalogs and the evaluation sets of one events frame."""

@@ -23,8 +23,8 @@ Details the paper leaves open, and what this code chooses:
    ``a = sigmoid(W_a [s_l; g_l; b])``, ``t = a * g_l``, ``z = sigmoid(W_z [s_l; t])``,
    ``h_l = z * s_l + (1 - z) * t``. The adaptive gate is one value per sample (how much of
    the global layer flows in, as the paper words it); the update gate is element-wise (one
-   value per unit: how to fuse, unit by unit). A per-unit adaptive gate cost ~10% of a SASS
-   step on 2 CPU cores; the element-wise update gate keeps the per-unit mixing.
+   value per unit: how to fuse, unit by unit). A per-unit adaptive gate cost a noticeable share
+   of a SASS step on CPU; the element-wise update gate keeps the per-unit mixing.
 2. Layer inputs: global layer l reads g_{l-1}, scenario layer l reads the gate output h_{l-1};
    layer 0 of both reads the shared input x. Layers are Linear + ReLU (hidden_dims).
 3. Global dropout (the later revision's "random dropout of the global input"): during
@@ -46,12 +46,12 @@ Details the paper leaves open, and what this code chooses:
 8. Stage 1 views: a user's view of scenario k = profile (user id, recent_clicks_all,
    scenario_click_share) + recent_clicks in k + scenario k's features, as of the end of the
    training window. A batch holds whole users (every view of each, ~``pretrain_batch_size``
-   views in all: 512 beat 256 and 1024 on MovieLens validation recall@50, 0.647 vs 0.644 and
-   0.636); each view is encoded once, and all pairs of one user's views are positives, with the
-   views of the batch's other users as negatives (NT-Xent, as SimCLR, generalised to more than
-   two views). An epoch sees every pair of the scenarios each user had impressions in, as
-   the paper asks, at ~1/4 of the encoder passes of pair-by-pair batches (a MovieLens user
-   has ~4.8 views, so ~3.8 pairs per view). Items: the same over the scenarios an item was
+   views in all, a size chosen on validation recall); each view is encoded once, and all pairs
+   of one user's views are positives, with the views of the batch's other users as negatives
+   (NT-Xent, as SimCLR, generalised to more than two views). An epoch sees every pair of the
+   scenarios each user had impressions in, as the paper asks, with one encoder pass per view
+   instead of one per pair member (a user with n views has n(n-1)/2 pairs). Items: the same over
+   the scenarios an item was
    shown in. On MovieLens every movie lives in one scenario, so there the item side of stage 1
    has no pairs and only the user side trains.
 9. Stage 2 negatives: the other clicks of a single-scenario batch (in-batch softmax), with
@@ -59,8 +59,8 @@ Details the paper leaves open, and what this code chooses:
    masked. The global auxiliary loss is a softmax of the global vectors over the batch's
    *distinct* items (each once, corrected by the log-probability that the item is in the
    batch at all), estimated on an eighth of the batch's rows as queries (the rows are in
-   random order): [B/8, U] logits instead of [B, B] (a MovieLens batch of 1024 clicks holds
-   ~330 distinct movies), which dominate a step. The global network runs once per batch;
+   random order): [B/8, U] logits instead of [B, B] (a batch repeats popular items, so U is
+   well below B), which dominate a step. The global network runs once per batch;
    its top layer feeds both the gates and this loss.
 10. Out-of-vocabulary ids map to index 0; ``user_id_dropout`` trains that slot (and regularises)
    by replacing a random share of the user ids with 0 during training.

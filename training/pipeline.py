@@ -3,10 +3,11 @@ JSON-able dicts out, every intermediate result in a folder so each step can run 
 
     build_training_set -> <dir>/events.parquet          (offline history, a time window)
     pretrain           -> <dir>/pretrained.pt + history (stage 1)
-    finetune           -> <dir>/ serving artifacts      (stage 2, export.py layout)
+    finetune           -> <dir>/ model artifact         (stage 2, ModelArtifact layout)
     evaluate           -> <dir>/metrics.json            (BENCHMARKS.md protocol, val + test)
+    evaluate_with_baselines -> the same + the baselines on the same prepared data
     register_and_gate  -> registry row + gate decision
-    train_pipeline     -> all of it in memory (the demo and `sassflow train`)
+    train_pipeline     -> all of it in memory (`sassflow train`)
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FEATURES = ["user_id", "scenario", "recent_clicks", "recent_clicks_all", "scenario_click_share"]
+from sassflow.contracts.artifacts import ModelArtifact
+from sassflow.contracts.features import model_feature_spec
 
 
 def set_threads(settings) -> None:
@@ -28,12 +30,12 @@ def set_threads(settings) -> None:
 
 def load_events(settings, dataset_dir) -> pd.DataFrame:
     """A ``build_training_set`` folder (events.parquet) or a MovieLens-format dataset folder."""
-    from training.data import load_dataset_events
+    from sassflow.datasets import load_events as load_dataset
 
     d = Path(dataset_dir)
     if (d / "events.parquet").exists():
         return pd.read_parquet(d / "events.parquet")
-    return load_dataset_events(d, settings.data.find_scenarios_file(d), settings.scenarios)
+    return load_dataset(d, settings.data.find_scenarios_file(d), settings.scenarios)
 
 
 def prepare_data(settings, events: pd.DataFrame):
@@ -65,9 +67,13 @@ def _write_history(out_dir, hist) -> None:
     (Path(out_dir) / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": hist.seconds}))
 
 
-def feature_spec(settings, data) -> dict:
-    return {"user": FEATURES, "item": ["item_id", "scenario"], "seq_len": data.seq_len,
-            "scenarios": list(settings.scenarios), "point_in_time": "strictly before"}
+def loss_curve(losses: list[float], points: int = 200) -> list[float]:
+    """A stage's per-step losses as at most ``points`` means of consecutive steps (small enough
+    for a task result)."""
+    if not losses:
+        return []
+    chunks = np.array_split(np.asarray(losses, dtype=float), min(points, len(losses)))
+    return [round(float(c.mean()), 5) for c in chunks]
 
 
 def build_training_set(settings, start_ms: int | None, end_ms: int | None, out_dir) -> dict:
@@ -98,6 +104,7 @@ def pretrain(settings, dataset_dir, out_dir) -> dict:
     torch.save(model.state_dict(), out / "pretrained.pt")
     _write_history(out, hist)
     return {"path": str(out / "pretrained.pt"), "seconds": hist.seconds.get("pretrain", 0.0),
+            "loss_curve": loss_curve(hist.losses.get("pretrain", [])),
             "steps": len(hist.losses.get("pretrain", []))}
 
 
@@ -114,23 +121,39 @@ def finetune(settings, dataset_dir, pretrained_dir, out_dir) -> dict:
     if pretrained_dir:
         model.load_state_dict(torch.load(Path(pretrained_dir) / "pretrained.pt", weights_only=True))
     hist = stage2(model, data, cfg)
-    shas = export_artifacts(model, out_dir, data, extra={"feature_spec": feature_spec(settings, data),
+    shas = export_artifacts(model, out_dir, data, extra={"feature_spec": model_feature_spec(settings.scenarios),
                                                          "window": list(data.window)})
     _write_history(out_dir, hist)
     return {"path": str(out_dir), "seconds": hist.seconds.get("finetune", 0.0), "files": len(shas),
+            "loss_curve": loss_curve(hist.losses.get("finetune", [])),
             "window": list(data.window)}
 
 
-def evaluate(settings, dataset_dir, model_dir) -> dict:
+def evaluate(settings, dataset_dir, model_dir, data=None) -> dict:
     """Validation and test metrics of an exported model; also writes ``metrics.json``."""
     from training.evaluate import evaluate as run_eval, model_scorer
     from training.export import load_model
 
-    data = load_data(settings, dataset_dir)
+    data = data or load_data(settings, dataset_dir)
     model, _ = load_model(model_dir)
     metrics = {split: run_eval(model_scorer(model), data, split) for split in ("val", "test")}
     (Path(model_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def evaluate_with_baselines(settings, dataset_dir, model_dir, baselines=("pop",)) -> dict:
+    """The candidate's metrics and the baselines' on the same data, prepared once."""
+    from training.baselines import fit
+    from training.evaluate import evaluate as run_eval
+    from training.trainer import TrainConfig
+
+    data = load_data(settings, dataset_dir)
+    candidate = evaluate(settings, dataset_dir, model_dir, data)
+    cfg = TrainConfig.from_settings(settings.training, progress=False)
+    fitted = {name: fit(name, data, settings.training, cfg) for name in baselines}
+    return {"candidate": candidate,
+            "baselines": {name: {split: run_eval(f.scorer, data, split) for split in ("val", "test")}
+                          for name, f in fitted.items()}}
 
 
 def register_and_gate(settings, model_dir, metrics: dict | None = None, name: str = "sass") -> dict:
@@ -140,7 +163,7 @@ def register_and_gate(settings, model_dir, metrics: dict | None = None, name: st
     d = Path(model_dir)
     if metrics is None:
         metrics = json.loads((d / "metrics.json").read_text())
-    cfg = json.loads((d / "config.json").read_text())
+    cfg = ModelArtifact(d).read_config()
     reg = ModelRegistry.from_settings(settings)
     window = cfg.get("window") or [None, None]
     v = reg.register(d, name=name, metrics=metrics, data_start_ms=window[0], data_end_ms=window[1],
@@ -169,7 +192,7 @@ def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("
     metrics = {name: {split: run_eval(f.scorer, data, split) for split in ("val", "test")}
                for name, f in fitted.items()}
     sass = fitted["sass"]
-    export_artifacts(sass.model, out, data, extra={"feature_spec": feature_spec(settings, data),
+    export_artifacts(sass.model, out, data, extra={"feature_spec": model_feature_spec(settings.scenarios),
                                                    "window": list(data.window), "run_id": run_id,
                                                    "train_config": cfg.__dict__})
     (out / "metrics.json").write_text(json.dumps(metrics["sass"], indent=2))

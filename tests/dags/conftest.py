@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sassflow.airflow_cli import LocalAirflow
-from sassflow.dagrun import ensure_migrated
+from cli.local.airflow import LocalAirflow
+from cli.local.dagrun import ensure_migrated
 from sassflow.processes import free_port
 from tests.conftest import make_settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import make_settings
-from sassflow.dagrun import run_airflow_python
+from cli.local.dagrun import run_airflow_python
 
 HYGIENE = r"""
 import copy, json, time, importlib.util, sys
@@ -14,7 +14,7 @@ import airflow.sdk  # Airflow itself is loaded once by the dag-processor; we tim
 from airflow.dag_processing.dagbag import BundleDagBag
 from airflow.sdk.exceptions import ParamValidationError
 
-dags = Path(__import__("sassflow.airflow_cli", fromlist=["x"]).DAGS_FOLDER)
+dags = Path(__import__("cli.local.airflow", fromlist=["x"]).DAGS_FOLDER)
 sys.path.insert(0, str(dags))
 import_s = {}
 for f in ("sass_retrain.py", "sass_backfill.py"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from sassflow.dagrun import dag_test_runs
+from cli.local.dagrun import dag_test_runs
 from tests.dags.conftest import SMALL_TRAINING
 from tests.serving.conftest import served_bundle, wait_for
 
@@ -19,10 +19,10 @@ CHAIN = ["training_window", "retrain.build_training_set", "retrain.pretrain", "r
 
 def test_kafka_to_retrain_to_a_hot_swapped_service(kafka, airflow_home, tmp_path, request):
     from serving.bundle import build_synthetic_bundle, current_bundle_id, list_bundles, publish_bundle
-    from serving.process import ServerProcess
-    from streaming.broker import ensure_topics
+    from cli.local.server import ServerProcess
+    from streaming.topics import ensure_topics
     from streaming.history import read_history
-    from streaming.ingest_cli import run_ingest
+    from streaming.ingest import run_ingest
     from streaming.produce import produce_events
     from streaming.sources import SyntheticSource
     from training.registry import ModelRegistry

@@ -49,7 +49,7 @@ def test_redis_store_with_sql_registry(tmp_path, redis_server):
 
 
 def test_cli_apply(tmp_path):
-    from sassflow.cli import build_parser
+    from cli.main import build_parser
 
     s = Settings(state_dir=tmp_path)
     args = build_parser().parse_args(["features", "apply"])

@@ -19,7 +19,7 @@ def test_demo_quick_end_to_end(kafka_broker, tmp_path):
         "SASSFLOW_STREAMING__METRICS_PORT": "0",
         "OMP_NUM_THREADS": "1",
     })
-    run = subprocess.run([sys.executable, "-m", "sassflow.cli", "demo", "--quick", "--source", "synthetic",
+    run = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--quick", "--source", "synthetic",
                           "--limit", "30000", "--users", "800", "--items", "1500"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stderr[-6000:]

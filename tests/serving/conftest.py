@@ -10,7 +10,7 @@ import pytest
 from serving import metrics
 from serving.bundle import build_synthetic_bundle, publish_bundle
 from serving.feature_reader import save_recent_clicks
-from serving.process import ServerProcess
+from cli.local.server import ServerProcess
 from serving.synthetic import synthetic_catalog, synthetic_users
 from tests.conftest import make_settings
 

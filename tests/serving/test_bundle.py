@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from sassflow.contracts.artifacts import ModelArtifact, ScenarioItems
 from serving.bundle import (
     BundleError, build_bundle, build_synthetic_bundle, current_bundle_id, list_bundles, load_bundle,
     publish_bundle, read_manifest, rollback_bundle, verify_bundle,
@@ -108,35 +109,23 @@ def test_publish_and_rollback_walk_the_history(tmp_path):
 
 
 def write_artifact(folder, catalog, kind="mean_history", dim=16):
-    """A model artifact in training's export layout."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"kind": kind, "dim": dim}))
-    np.save(folder / "user_ids.npy", np.arange(1, 11, dtype=np.int64))
-    np.save(folder / "item_ids.npy", np.concatenate([c.item_ids for c in catalog.values()]))
+    """A model artifact in the contract's layout."""
+    artifact = ModelArtifact(folder)
+    artifact.write_config({"kind": kind, "dim": dim})
+    artifact.write_vocab(np.arange(1, 11, dtype=np.int64), np.concatenate([c.item_ids for c in catalog.values()]))
+    artifact.state_path.write_bytes(b"")
     for s, c in catalog.items():
-        np.save(folder / f"items_{s}.npy", c.item_ids)
-        np.save(folder / f"item_vectors_{s}.npy", c.vectors)
-        np.save(folder / f"popular_{s}.npy", c.popular)
+        artifact.write_scenario(s, ScenarioItems(c.item_ids, c.vectors, c.popular))
 
 
-class FakeRegistry:
-    """Duck-typed stand-in for training's ModelRegistry: records what was published."""
-
-    def __init__(self):
-        self.published = []
-
-    def mark_published(self, model_version, bundle_id):
-        self.published.append((model_version, bundle_id))
-
-
-def test_build_from_artifact_publishes_and_marks_registry(tmp_path):
+def test_build_from_artifact_publishes_it(tmp_path):
     settings = serving_settings(tmp_path)
     catalog = synthetic_catalog(4_000, 16, settings.scenarios, seed=9)
     write_artifact(tmp_path / "model-7", catalog)
-    registry = FakeRegistry()
-    path = build_bundle(settings, tmp_path / "model-7", 7, registry=registry)
-    assert current_bundle_id(settings) == path.name and registry.published == [(7, path.name)]
-    assert (path / "tower" / "user_ids.npy").exists() and not (path / "tower" / "items_drama.npy").exists()
+    path = build_bundle(settings, tmp_path / "model-7", 7)
+    assert current_bundle_id(settings) == path.name
+    tower = sorted(p.name for p in (path / "tower").iterdir())
+    assert tower == sorted(ModelArtifact.TOWER_FILES)  # the tower's files only, no catalog arrays
     loaded = load_bundle(path, settings)
     users = synthetic_users(catalog, 5, seed=9)
     row = {"user_id": 1, "recent_clicks": users[(1, "drama")]}
@@ -150,9 +139,9 @@ def test_build_from_artifact_publishes_and_marks_registry(tmp_path):
 def test_bundle_from_a_real_sass_artifact(tmp_path):
     import torch
 
+    from serving.towers import load_sass_tower
     from training import export
     from training.model import SASS, ModelConfig
-    from training.registry import ModelRegistry
 
     settings = serving_settings(tmp_path, exact_index_max_items=50)
     S, n_users, n_items = settings.scenarios, 40, 400
@@ -163,20 +152,17 @@ def test_bundle_from_a_real_sass_artifact(tmp_path):
     clicks = np.random.default_rng(0).poisson(2.0, (len(S), n_items + 1)).astype(float)
     export.export_artifacts(model, tmp_path / "sass", scenarios=S, user_ids=np.arange(1, n_users + 1),
                             item_ids=item_ids, catalogs=catalogs, item_clicks=clicks)
-    registry = ModelRegistry(settings.training.registry_url.get_secret_value())
-    version = registry.register(tmp_path / "sass").id
-    path = build_bundle(settings, tmp_path / "sass", version, registry=registry)
-    assert registry.get(version).published and registry.get(version).bundle_id == path.name
+    path = build_bundle(settings, tmp_path / "sass", 1)
     loaded = load_bundle(path, settings)
     assert loaded.manifest["kind"] == "sass" and loaded.catalogs["drama"].spec["type"] == "ivf"
     # The bundle's tower is training's encoder and the index ranks exactly like the exported vectors.
     row = {"user_id": 3, "recent_clicks": [1004, 1009], "recent_clicks_all": [1004, 1009, 1001],
            "scenario_click_share": [0.2] * len(S)}
     vec = loaded.tower.encode([row], "comedy")
-    reference = export.load_user_encoder(tmp_path / "sass").encode([row], "comedy")
+    reference = load_sass_tower(tmp_path / "sass").encode([row], "comedy")
     np.testing.assert_allclose(vec, reference, rtol=1e-5)
-    vectors = np.load(tmp_path / "sass" / "item_vectors_comedy.npy")
-    ids = np.load(tmp_path / "sass" / "items_comedy.npy")
+    comedy = ModelArtifact(tmp_path / "sass").read_scenario("comedy")
+    vectors, ids = comedy.vectors, comedy.item_ids
     scores, found = loaded.catalogs["comedy"].search(vec, 5)
     assert found[0].tolist() == ids[np.argsort(-(vectors @ vec[0]))[:5]].tolist()
     # A damaged tower is refused like a damaged index.

@@ -6,7 +6,7 @@ import time
 import httpx
 
 from serving.bundle import build_synthetic_bundle, publish_bundle
-from serving.process import ServerProcess
+from cli.local.server import ServerProcess
 from tests.serving.conftest import DIM, N_ITEMS, serving_settings
 
 
@@ -38,14 +38,3 @@ def test_recommend_reads_online_features_from_feast(tmp_path, users):
             cold = httpx.get(srv.url + "/recommend", params={"user_id": user, "scenario": "drama", "k": 5}).json()
             assert cold["fallback"] is True and len(cold["items"]) == 5
 
-
-def test_feature_names_the_service_reads_are_the_feast_schema():
-    # serving keeps its own list (importing feast on the serving path costs seconds); this keeps
-    # the two from drifting apart
-    from features import definitions
-    from serving import feature_reader as fr
-
-    for view, name, names in ((definitions.user_scenario_stats, fr.USER_SCENARIO_VIEW, fr.USER_SCENARIO_FEATURES),
-                              (definitions.user_profile, fr.USER_PROFILE_VIEW, fr.USER_PROFILE_FEATURES)):
-        assert view.name == name
-        assert {f.name for f in view.features} == set(names)

@@ -12,7 +12,8 @@ import pytest
 
 from sassflow.settings import PROJECT_ROOT
 from serving.bundle import build_synthetic_bundle, publish_bundle
-from serving.process import ServerProcess, settings_env
+from cli.local.server import ServerProcess
+from sassflow.settings import settings_env
 from tests.serving.conftest import (
     DIM, N_ITEMS, admin_headers, metric_value, served_bundle, serving_settings, wait_for,
 )
@@ -189,7 +190,7 @@ def test_rollback_from_admin_endpoint_and_cli(server, client):
     publish_bundle(settings, newer)
     wait_for(lambda: served_bundle(client) == newer)
     env = {**settings_env(settings), "PATH": "/usr/bin:/bin", "SASSFLOW_CONFIG": "/dev/null"}
-    out = subprocess.run([sys.executable, "-m", "sassflow.cli", "bundle", "rollback"], cwd=PROJECT_ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "cli.main", "bundle", "rollback"], cwd=PROJECT_ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert base in out.stdout

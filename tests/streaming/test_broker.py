@@ -1,7 +1,8 @@
 """The local broker is a real Kafka: it starts, answers, and keeps its log across a restart."""
 import pytest
 
-from streaming.broker import LocalKafka, ensure_topics
+from cli.local.kafka import LocalKafka
+from streaming.topics import ensure_topics
 from streaming.produce import produce_events, read_back
 from streaming.sources import SyntheticSource
 

@@ -3,7 +3,7 @@ import zipfile
 
 import pandas as pd
 
-from streaming.datasets import PREFIX, convert_wheel
+from sassflow.datasets import PREFIX, convert_wheel
 from streaming.sources import MovieLensSource
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from streaming.events import Event, EventError, parse_event
+from sassflow.contracts.events import Event, EventError, parse_event
 
 SCENARIOS = ["family", "thriller", "action", "comedy", "drama"]
 GOOD = {"event_id": "e1", "user_id": 7, "item_id": 42, "scenario": "drama", "event_type": "click",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from streaming.events import EventError, _decode, _validate, parse_event, parse_event_fields
+from sassflow.contracts.events import EventError, _decode, _validate, parse_event, parse_event_fields
 
 SCENARIOS = ["family", "thriller", "action", "comedy", "drama"]
 GOOD = {"event_id": "e1", "user_id": 7, "item_id": 42, "scenario": "drama", "event_type": "click",

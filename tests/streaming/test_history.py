@@ -1,7 +1,8 @@
 """The offline history contract: partitioned parquet, idempotent appends, filtered reads."""
 from __future__ import annotations
 
-from streaming.history import append_history, high_water, read_history, segment_name
+from sassflow.contracts.history import segment_name
+from streaming.history import append_history, high_water, read_history
 from streaming.sources import SyntheticSource, events_frame
 
 

@@ -17,9 +17,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from features.store import OnlineWriter, apply_definitions
-from streaming.broker import ensure_topics
+from streaming.topics import ensure_topics
 from streaming.history import events_dir, read_history
-from streaming.ingest_cli import _stage_main
+from streaming.ingest import _stage_main
 from streaming.produce import make_producer, produce_events
 from streaming.replay import compare_online, recompute
 from streaming.sources import SyntheticSource, events_frame
@@ -174,7 +174,7 @@ def test_cli_ingest_dead_letters_poison_counts_late_events_and_exports_metrics(k
                SASSFLOW_KAFKA__BOOTSTRAP_SERVERS=s.kafka.bootstrap_servers,
                SASSFLOW_KAFKA__EVENTS_TOPIC=s.kafka.events_topic, SASSFLOW_KAFKA__DLQ_TOPIC=s.kafka.dlq_topic,
                SASSFLOW_KAFKA__CONSUMER_GROUP=s.kafka.consumer_group)
-    proc = subprocess.Popen([sys.executable, "-m", "sassflow.cli", "ingest", "--processes", "1", "--until-idle", "4"],
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "ingest", "--processes", "1", "--until-idle", "4"],
                             env=env, cwd=str(s.state_dir.parent))
     metrics = {}
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from streaming.broker import ensure_topics
+from streaming.topics import ensure_topics
 from streaming.produce import produce_events, read_back
 from streaming.sources import MovieLensSource, SyntheticSource, events_frame
 
@@ -86,8 +86,11 @@ def test_movielens_replay_rules(tmp_path):
     assert [(e.item_id, e.scenario, e.event_type) for e in events[:3]] == [
         (1, "family", "impression"), (1, "family", "click"), (2, "thriller", "impression")]
     assert events[0].event_time == 1_000_000_100_000
-    frame = src.frame()
+    from sassflow.datasets import load_events
+
+    frame = load_events(tmp_path / "ds" / "ml")  # training's view of the folder: the same events
     assert list(frame.event_id) == [e.event_id for e in events]
+    assert list(frame.event_type) == [e.event_type for e in events]
 
 
 def test_cli_produce_movielens_and_read_back(kafka, tmp_path):
@@ -97,7 +100,7 @@ def test_cli_produce_movielens_and_read_back(kafka, tmp_path):
            "SASSFLOW_KAFKA__BOOTSTRAP_SERVERS": kafka.kafka.bootstrap_servers,
            "SASSFLOW_KAFKA__EVENTS_TOPIC": kafka.kafka.events_topic,
            "SASSFLOW_KAFKA__DLQ_TOPIC": kafka.kafka.dlq_topic}
-    cli = [sys.executable, "-m", "sassflow.cli"]
+    cli = [sys.executable, "-m", "cli.main"]
     out = subprocess.run([*cli, "produce", "--source", "movielens", "--data", str(data), "--limit", "6"],
                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sassflow.cli import build_parser
+from cli.main import build_parser
 
 
 def _tiny_movielens(folder, scenarios_src):

@@ -1,7 +1,8 @@
 import numpy as np
 import pandas as pd
 
-from training.data import NO_TIME, TEST, TRAIN, VAL, load_dataset_events, prepare, split_by_user_time, user_features
+from sassflow.datasets import load_events as load_dataset_events
+from training.data import NO_TIME, TEST, TRAIN, VAL, prepare, split_by_user_time, user_features
 
 
 def test_point_in_time_features_see_only_earlier_clicks(syn_events, syn_data):
@@ -84,7 +85,7 @@ def test_movielens_loader_and_protocol(tmp_path):
 def _scenarios(tmp_path):
     import shutil
 
-    from streaming.datasets import SCENARIOS_FILE  # the MovieLens genre groups the project ships
+    from sassflow.datasets import SCENARIOS_FILE  # the MovieLens genre groups the project ships
 
     shutil.copy(SCENARIOS_FILE, tmp_path / "scenarios.json")
     return tmp_path / "scenarios.json"

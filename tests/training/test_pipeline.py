@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 from training import pipeline
-from training.export import load_user_encoder
+from serving.towers import load_sass_tower as load_user_encoder
 from training.registry import ModelRegistry
 
 

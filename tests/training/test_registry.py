@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from training.baselines import model_config
-from training.export import ArtifactError, export_artifacts, load_user_encoder
+from sassflow.contracts.artifacts import ModelArtifact
+from serving.towers import load_sass_tower as load_user_encoder
+from training.export import ArtifactError, export_artifacts
 from training.model import SASS
 from training.registry import ModelRegistry, quality_gate
 
@@ -22,17 +24,16 @@ def artifact(syn_data, settings, tmp_path):
 
 
 def _registry(settings):
-    return ModelRegistry(settings.training.registry_url.get_secret_value())
+    return ModelRegistry.from_settings(settings)
 
 
 def test_export_and_user_encoder(artifact, syn_data):
     model, out = artifact
     for name in syn_data.scenarios:
-        items = np.load(out / f"items_{name}.npy")
-        vec = np.load(out / f"item_vectors_{name}.npy")
+        arrays = ModelArtifact(out).read_scenario(name)
+        items, vec, pop = arrays.item_ids, arrays.vectors, arrays.popular
         assert vec.dtype == np.float32 and vec.shape == (len(items), model.cfg.dim)
         np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, rtol=1e-4)
-        pop = np.load(out / f"popular_{name}.npy")
         assert set(pop) <= set(items)
     enc = load_user_encoder(out)
     uid = int(syn_data.users.ids[3])

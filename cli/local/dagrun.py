@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from airflow.dag_processing.dagbag import BundleDagBag
 from airflow.models.taskinstance import TaskInstance
+from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
 
 dags = Path({dags!r})
@@ -29,15 +30,18 @@ for run in {runs!r}:
     with create_session() as session:
         tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
         states = {{ti.task_id: getattr(ti.state, "value", ti.state) for ti in tis}}
-    results.append({{"state": str(getattr(dr.state, "value", dr.state)), "run_id": dr.run_id, "tasks": states}})
-print(json.dumps({{"runs": results}}))
+        xcoms = session.scalars(XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id, key="return_value")).all()
+        returned = {{x.task_id: XComModel.deserialize_value(x) for x in xcoms}}
+    results.append({{"state": str(getattr(dr.state, "value", dr.state)), "run_id": dr.run_id, "tasks": states,
+                    "results": returned}})
+print(json.dumps({{"runs": results}}, default=str))
 """
 
 
 def run_airflow_python(settings, code: str, timeout: float = 600, log_name: str = "airflow-python") -> dict:
     """Run ``code`` with the Airflow environment of ``settings``; it prints one JSON object last.
     Its output is kept in ``<state_dir>/<log_name>.log``."""
-    from sassflow.airflow_cli import LocalAirflow
+    from cli.local.airflow import LocalAirflow
 
     local = LocalAirflow(settings, postgres=False)
     r = subprocess.run([sys.executable, "-c", code], env=local.env(), capture_output=True, text=True,
@@ -53,7 +57,7 @@ def run_airflow_python(settings, code: str, timeout: float = 600, log_name: str 
 
 def ensure_migrated(settings) -> None:
     """``airflow db migrate`` once per AIRFLOW_HOME (dag.test() needs the metadata tables)."""
-    from sassflow.airflow_cli import LocalAirflow
+    from cli.local.airflow import LocalAirflow
 
     local = LocalAirflow(settings, postgres=False)
     marker = Path(local.home) / ".sassflow-migrated"
@@ -69,8 +73,9 @@ def dag_test_runs(settings, dag_id: str, runs: list[dict], timeout: float = 900)
     """``dag.test()`` runs of one DAG, one after the other in one subprocess (Airflow starts once).
 
     Each run is {"conf": {...}, "logical_date": iso str, "env": {extra variables from now on}};
-    returns per run {"state", "run_id", "tasks": {task_id: state}}."""
-    from sassflow.airflow_cli import DAGS_FOLDER
+    returns per run {"state", "run_id", "tasks": {task_id: state}, "results": {task_id: its return value}}
+    (the tasks' ``return_value`` XComs: how a caller learns what a run produced)."""
+    from cli.local.airflow import DAGS_FOLDER
 
     ensure_migrated(settings)
     code = DAG_TEST.format(dags=str(DAGS_FOLDER), file=f"{dag_id}.py", dag_id=dag_id, runs=runs)
@@ -79,5 +84,5 @@ def dag_test_runs(settings, dag_id: str, runs: list[dict], timeout: float = 900)
 
 def dag_test(settings, dag_id: str, conf: dict | None = None, logical_date: str | None = None,
              timeout: float = 900) -> dict:
-    """One ``dag.test()`` run: {"state", "run_id", "tasks": {task_id: state}}."""
+    """One ``dag.test()`` run: {"state", "run_id", "tasks": {task_id: state}, "results": {task_id: value}}."""
     return dag_test_runs(settings, dag_id, [{"conf": conf or {}, "logical_date": logical_date}], timeout)[0]

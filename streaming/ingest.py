@@ -1,4 +1,4 @@
-"""`sassflow ingest` (the consumer processes) and `sassflow bench ingest`."""
+"""Running the ingest: user-stage and item-stage consumer processes, spawned (never forked)."""
 from __future__ import annotations
 
 import os
@@ -43,7 +43,7 @@ def run_ingest(settings, processes: int = 1, item_shards: int | None = None, max
                until_idle: float | None = None) -> int:
     """Run the ingest consumers (``spawn_stages``); forward SIGTERM; wait for all."""
     from features.store import apply_definitions
-    from streaming.broker import ensure_topics
+    from streaming.topics import ensure_topics
 
     ensure_topics(settings)
     apply_definitions(settings)
@@ -64,33 +64,25 @@ def run_ingest(settings, processes: int = 1, item_shards: int | None = None, max
     return max((p.exitcode or 0) for p in procs)
 
 
-def cmd_ingest(args, settings) -> int:
-    if args.online_store:
-        settings.feast.online_store = args.online_store
-    return run_ingest(settings, args.processes, args.item_shards, args.max_events, args.until_idle)
+def consumer_lag(settings) -> dict:
+    """Messages not yet committed by each ingest consumer group (user stage, item shards), summed over
+    partitions: 0 means the consumers have applied and committed everything on the topic."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+    from streaming.stages import item_group
 
-def register(commands, benches) -> None:
-    p = commands.add_parser("ingest", help="consume events into the feature store and the offline history")
-    p.add_argument("--processes", type=int, default=1, help="user-stage consumer processes (<= partitions)")
-    p.add_argument("--item-shards", type=int, default=None, help="item-stage processes (default: settings)")
-    p.add_argument("--online-store", choices=["sqlite", "redis"], default=None)
-    p.add_argument("--max-events", type=int, default=None, help="each process stops after this many records")
-    p.add_argument("--until-idle", type=float, default=None, help="stop after S seconds without records")
-    p.set_defaults(func=cmd_ingest)
-
-    b = benches.add_parser("ingest", help="throughput, freshness and exactness of the ingest pipeline")
-    b.add_argument("--events", type=int, default=200_000)
-    b.add_argument("--consumers", type=int, default=1)
-    b.add_argument("--online-store", choices=["sqlite", "redis"], default="redis")
-    b.add_argument("--rate", type=float, default=2000.0, help="events/s of the freshness phase")
-    b.add_argument("--freshness-seconds", type=float, default=15.0)
-    b.set_defaults(func=cmd_bench_ingest)
-
-
-def cmd_bench_ingest(args, settings) -> int:
-    from streaming.bench_ingest import bench_ingest
-    from sassflow.cli import emit_json
-
-    emit_json(bench_ingest(settings, args.events, args.consumers, args.online_store, args.rate, args.freshness_seconds))
-    return 0
+    topic = settings.kafka.events_topic
+    shards = settings.streaming.item_shards
+    groups = [settings.kafka.consumer_group] + [item_group(settings, k, shards) for k in range(shards)]
+    admin = KafkaAdminClient(**settings.kafka.client_kwargs())
+    consumer = KafkaConsumer(**settings.kafka.client_kwargs())
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        end = consumer.end_offsets(tps)
+        committed = admin.list_group_offsets({group: tps for group in groups})
+        return {group: sum(end[tp] - (offsets[tp].offset if tp in offsets and offsets[tp].offset >= 0 else 0)
+                           for tp in tps)
+                for group, offsets in committed.items()}
+    finally:
+        consumer.close()
+        admin.close()

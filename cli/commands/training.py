@@ -27,7 +27,7 @@ def cmd_train(args, settings) -> int:
         print("no events to train on", file=sys.stderr)
         return 2
     res = train_pipeline(settings, events, baselines=tuple(b for b in args.baselines.split(",") if b))
-    from sassflow.cli import emit_json
+    from cli.output import emit_json
 
     emit_json({k: res[k] for k in ("run_id", "artifact_dir", "registry", "report", "total_s") if k in res}
               | {"val_recall@50": res["metrics"]["val"]["recall@50"]["mean"],
@@ -65,8 +65,8 @@ def cmd_registry(args, settings) -> int:
 
 
 def cmd_bench_train(args, settings) -> int:
-    from sassflow.cli import emit_json
-    from training.bench import bench_train
+    from cli.output import emit_json
+    from cli.bench.training import bench_train
 
     emit_json(bench_train(settings, args.data or settings.data.find_movielens(), args.epochs,
                           repeats=args.repeats))
@@ -74,8 +74,8 @@ def cmd_bench_train(args, settings) -> int:
 
 
 def cmd_bench_quality(args, settings) -> int:
-    from sassflow.cli import emit_json
-    from training.bench import bench_quality
+    from cli.output import emit_json
+    from cli.bench.training import bench_quality
 
     models = args.models.split(",") if args.models else None
     emit_json(bench_quality(settings, args.data or settings.data.find_movielens(), args.scenarios,

@@ -1,7 +1,7 @@
-"""`sassflow bench serve` and `sassflow bench swap` (keys: /work/shared/BENCHMARKS.md).
+"""`sassflow bench serve` and `sassflow bench swap` (keys: BENCHMARKS.md).
 
 Both build synthetic bundles (mean-history tower), start the real service with
-``ServerProcess`` and drive it from ``serving.loadgen`` in another process.
+``ServerProcess`` and drive it from ``cli.bench.loadgen`` in another process.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _prepare(settings, n_items, dim, seed):
 
 def _load(url: str, features: Path, duration: float, concurrency: int, k: int = 20) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "serving.loadgen", "--url", url, "--features", str(features),
+    cmd = [sys.executable, "-m", "cli.bench.loadgen", "--url", url, "--features", str(features),
            "--duration", str(duration), "--concurrency", str(concurrency), "--k", str(k)]
     from sassflow.settings import PROJECT_ROOT
 
@@ -120,8 +120,8 @@ def _core_and_recall(settings, path: Path, users: dict, k: int, n_queries: int =
 
 
 def bench_serve(args, settings) -> int:
-    from sassflow.cli import emit_json
-    from serving.process import ServerProcess
+    from cli.output import emit_json
+    from cli.local.server import ServerProcess
 
     scenarios = settings.scenarios[: args.scenarios] if args.scenarios else settings.scenarios
     with tempfile.TemporaryDirectory(prefix="sassflow-bench-serve-") as tmp:
@@ -181,10 +181,10 @@ def _rss_sampler(pid: int, stop: threading.Event, samples: list, interval: float
 def bench_swap(args, settings) -> int:
     import httpx
 
-    from sassflow.cli import emit_json
+    from cli.output import emit_json
     from serving.bundle import build_synthetic_bundle, publish_bundle
     from serving.metrics import metric_value
-    from serving.process import ServerProcess
+    from cli.local.server import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="sassflow-bench-swap-") as tmp:
         bs = _bench_settings(settings, Path(tmp), settings.scenarios)

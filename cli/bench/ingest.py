@@ -1,4 +1,4 @@
-"""`sassflow bench ingest` (see /work/shared/BENCHMARKS.md).
+"""`sassflow bench ingest` (keys: BENCHMARKS.md).
 
 Phases, all in one run against a local broker it starts (and stops if it started it):
 1. produce N synthetic events to a fresh topic;
@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from streaming.ingest_cli import spawn_stages
+from streaming.ingest import spawn_stages
 
 
 def _log(msg: str) -> None:
@@ -85,7 +85,7 @@ def _freshness(settings, consumers: int, rate: float, seconds: float) -> dict:
     import numpy as np
 
     from features.store import OnlineWriter, build_store
-    from streaming.broker import ensure_topics
+    from streaming.topics import ensure_topics
     from streaming.produce import make_producer
     from streaming.sources import SyntheticSource
     from streaming.state import checkpoint_root
@@ -157,10 +157,11 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
                  rate: float = 2000.0, freshness_seconds: float = 15.0) -> dict:
     from pydantic import SecretStr
 
-    from features.redis_local import LocalRedis
+    from cli.local.redis import LocalRedis
     from sassflow.processes import free_port
     from features.store import apply_definitions
-    from streaming.broker import LocalKafka, ensure_topics
+    from cli.local.kafka import LocalKafka
+    from streaming.topics import ensure_topics
     from streaming.produce import produce_events
     from streaming.sources import SyntheticSource
 

@@ -1,11 +1,11 @@
-"""A real single-node Apache Kafka 4.x broker (KRaft, combined broker + controller) on loopback.
+"""A local Apache Kafka 4.x broker (KRaft, combined broker + controller) on loopback.
 
 The broker jars come from Maven Central, resolved once by Maven into
 ``local_kafka.jar_cache_dir/<version>/lib`` (Java 17 runs them).  The data
 directory is formatted once (``kafka.tools.StorageTool format --standalone``)
 and kept, so a restart keeps the log.  ``LocalKafka`` is used by
 ``sassflow kafka start|stop|status``, the demo, the benchmarks and the test
-suite's session fixture alike.
+suite's session fixture alike.  Topics are created by ``streaming.topics``.
 """
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sassflow.processes import pid_alive, port_open
+from sassflow.processes import pid_alive, port_open, stop_pid
 from sassflow.settings import LocalKafkaSettings, Settings
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -224,51 +223,11 @@ class LocalKafka:
     def stop(self, timeout: float = 60.0) -> bool:
         """SIGTERM (a clean shutdown flushes the log), SIGKILL after ``timeout``. True if it was running."""
         pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-            except ChildProcessError:
-                pass
-            if not pid_alive(pid):
-                break
-            time.sleep(0.2)
-        else:
-            os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
+        if pid is None:
+            return False
+        stop_pid(pid, timeout)
         deadline = time.monotonic() + 15
         while port_open(self.cfg.host, self.cfg.port) and time.monotonic() < deadline:
             time.sleep(0.2)
         return True
-
-
-def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> None:
-    """Create the events and dead-letter topics (or the given name → partitions) if missing."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    k = settings.kafka
-    topics = topics or {k.events_topic: k.partitions, k.dlq_topic: 1}
-    admin = KafkaAdminClient(**k.client_kwargs())
-    try:
-        existing = set(admin.list_topics())
-        new = [NewTopic(name, partitions, k.replication_factor)
-               for name, partitions in topics.items() if name not in existing]
-        if new:
-            try:
-                admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            described = admin.describe_topics(list(topics))
-            if all(t.get("error_code", 0) == 0 and t.get("partitions") for t in described):
-                return
-            time.sleep(0.2)
-    finally:
-        admin.close()

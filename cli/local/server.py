@@ -8,52 +8,15 @@ as ``SASSFLOW_*`` environment variables.
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-from pydantic import BaseModel, SecretStr
 
-from sassflow.processes import free_port, stop_child
+from sassflow.processes import child_env, free_port, stop_child
 from sassflow.settings import PROJECT_ROOT, Settings
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``SASSFLOW_...`` variables that rebuild ``settings`` in a child process (secrets included)."""
-    env: dict[str, str] = {}
-
-    def put(prefix: str, model: BaseModel) -> None:
-        for name in type(model).model_fields:
-            value = getattr(model, name)
-            key = f"{prefix}{name.upper()}"
-            if isinstance(value, BaseModel):
-                put(key + "__", value)
-            elif value is None:
-                continue
-            elif isinstance(value, SecretStr):
-                env[key] = value.get_secret_value()
-            elif isinstance(value, (list, dict)):
-                env[key] = json.dumps(value)
-            else:
-                env[key] = str(value)
-
-    put("SASSFLOW_", settings)
-    return env
-
-
-def child_env(settings: Settings, drop: tuple[str, ...] = ("SASSFLOW_",)) -> dict[str, str]:
-    """The environment of a child process that must see exactly ``settings``: this process's
-    environment without the variables starting with ``drop``, plus ``settings_env(settings)``, no
-    ``sassflow.toml`` of its cwd, and the project on ``PYTHONPATH``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(settings_env(settings))
-    env["SASSFLOW_CONFIG"] = os.devnull  # the child's settings come only from the variables above
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-    return env
 
 
 class ServerProcess:
@@ -65,7 +28,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         env = child_env(self.settings)
         env["OMP_NUM_THREADS"] = str(settings.serving.omp_threads)
-        cmd = [sys.executable, "-m", "sassflow.cli", "serve"]
+        cmd = [sys.executable, "-m", "cli.main", "serve"]
         if static_features:
             cmd += ["--static-features", str(static_features)]
         self.log_path = log_path

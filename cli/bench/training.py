@@ -1,4 +1,4 @@
-"""`sassflow bench train` and `sassflow bench quality` (keys: ../shared/BENCHMARKS.md)."""
+"""`sassflow bench train` and `sassflow bench quality` (keys: BENCHMARKS.md)."""
 from __future__ import annotations
 
 import resource
@@ -14,12 +14,13 @@ def _log(msg: str) -> None:
 
 
 def _data(settings, data_dir, scenarios_file=None):
-    from training.data import load_dataset_events, prepare
+    from sassflow.datasets import load_events
+    from training.data import prepare
 
     data_dir = Path(data_dir)
     sf = Path(scenarios_file) if scenarios_file else settings.data.find_scenarios_file(data_dir)
     t0 = time.perf_counter()
-    ev = load_dataset_events(data_dir, sf, settings.scenarios)
+    ev = load_events(data_dir, sf, settings.scenarios)
     data = prepare(ev, settings.scenarios)
     _log(f"loaded {len(ev)} events from {data_dir} and built features in {time.perf_counter() - t0:.1f}s")
     return data

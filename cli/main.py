@@ -1,36 +1,20 @@
 """The `sassflow` console script.
 
-Each part of the product contributes its own subcommands: a module listed in
-``COMMAND_MODULES`` exposes ``register(commands, benches)`` and adds argparse
-sub-parsers whose ``func(args, settings)`` does the work.  Those modules keep
-heavy imports (torch, faiss, feast, airflow) inside the functions so that
+Every part contributes its subcommands through a module of ``cli.commands`` with
+``register(commands, benches)``: argparse sub-parsers whose ``func(args, settings)`` does the work.
+Those modules import the heavy libraries (torch, faiss, feast, airflow) inside the functions, so
 ``sassflow --help`` stays fast.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import sys
 
+from cli.commands import airflow, data, features, serving, streaming, training
+from cli.demo import run as demo
 from sassflow.settings import Settings, get_settings
 
-COMMAND_MODULES = [
-    "streaming.cli",
-    "streaming.ingest_cli",
-    "streaming.datasets",
-    "features.cli",
-    "training.cli",
-    "serving.cli",
-    "sassflow.airflow_cli",
-    "sassflow.demo",
-]
-
-
-def emit_json(result: dict) -> None:
-    """Benchmarks and reports end with one JSON object on the last line of stdout."""
-    sys.stdout.flush()
-    print(json.dumps(result, default=float), flush=True)
+COMMAND_MODULES = (streaming, data, features, training, serving, airflow, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench_parser = commands.add_parser("bench", help="benchmarks that print one JSON line")
     benches = bench_parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a part that is not built yet
-            if exc.name and name.startswith(exc.name):
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(commands, benches)
     return parser
 

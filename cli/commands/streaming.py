@@ -1,4 +1,4 @@
-"""`sassflow kafka …`, `sassflow produce`, `sassflow readback`."""
+"""`sassflow kafka …`, `sassflow produce`, `sassflow readback`, `sassflow ingest`, `sassflow bench ingest`."""
 from __future__ import annotations
 
 import json
@@ -31,6 +31,22 @@ def register(commands, benches) -> None:
     readback.add_argument("--topic")
     readback.set_defaults(func=cmd_readback)
 
+    p = commands.add_parser("ingest", help="consume events into the feature store and the offline history")
+    p.add_argument("--processes", type=int, default=1, help="user-stage consumer processes (<= partitions)")
+    p.add_argument("--item-shards", type=int, default=None, help="item-stage processes (default: settings)")
+    p.add_argument("--online-store", choices=["sqlite", "redis"], default=None)
+    p.add_argument("--max-events", type=int, default=None, help="each process stops after this many records")
+    p.add_argument("--until-idle", type=float, default=None, help="stop after S seconds without records")
+    p.set_defaults(func=cmd_ingest)
+
+    b = benches.add_parser("ingest", help="throughput, freshness and exactness of the ingest pipeline")
+    b.add_argument("--events", type=int, default=200_000)
+    b.add_argument("--consumers", type=int, default=1)
+    b.add_argument("--online-store", choices=["sqlite", "redis"], default="redis")
+    b.add_argument("--rate", type=float, default=2000.0, help="events/s of the freshness phase")
+    b.add_argument("--freshness-seconds", type=float, default=15.0)
+    b.set_defaults(func=cmd_bench_ingest)
+
 
 def _apply_local_overrides(args, settings):
     if getattr(args, "port", None):
@@ -41,7 +57,8 @@ def _apply_local_overrides(args, settings):
 
 
 def cmd_kafka(args, settings) -> int:
-    from streaming.broker import BrokerError, LocalKafka, ensure_topics
+    from cli.local.kafka import BrokerError, LocalKafka
+    from streaming.topics import ensure_topics
 
     _apply_local_overrides(args, settings)
     broker = LocalKafka(settings)
@@ -86,8 +103,8 @@ def open_source(args, settings):
 
 
 def cmd_produce(args, settings) -> int:
-    from streaming.broker import ensure_topics
     from streaming.produce import produce_events
+    from streaming.topics import ensure_topics
 
     source = open_source(args, settings)
     total = min(args.limit or source.n_events, source.n_events)
@@ -104,4 +121,20 @@ def cmd_readback(args, settings) -> int:
 
     result = read_back(settings, topic=args.topic)
     print(json.dumps(result.to_dict()))
+    return 0
+
+
+def cmd_ingest(args, settings) -> int:
+    from streaming.ingest import run_ingest
+
+    if args.online_store:
+        settings.feast.online_store = args.online_store
+    return run_ingest(settings, args.processes, args.item_shards, args.max_events, args.until_idle)
+
+
+def cmd_bench_ingest(args, settings) -> int:
+    from cli.bench.ingest import bench_ingest
+    from cli.output import emit_json
+
+    emit_json(bench_ingest(settings, args.events, args.consumers, args.online_store, args.rate, args.freshness_seconds))
     return 0

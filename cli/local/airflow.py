@@ -1,14 +1,14 @@
-"""`sassflow airflow up|down|status`: a local Airflow 3 running the project's DAGs.
+"""A local Airflow 3 running the project's DAGs (`sassflow airflow up|down|status`).
 
 Three processes, as in production: ``api-server`` (UI + REST API + the execution API tasks talk to),
 ``scheduler`` (with the LocalExecutor, which forks the task workers) and ``dag-processor`` (parses
 ``dags/``).  ``AIRFLOW_HOME`` is ``settings.airflow.home``; the metadata database is
 ``settings.airflow.sql_alchemy_conn``, else a throwaway local PostgreSQL with ``--postgres``
-(``sassflow.local_postgres``), else SQLite in the home folder.
+(``cli.local.postgres``), else SQLite in the home folder.
 
 Every Airflow process gets the same environment (``LocalAirflow.env``): the Airflow configuration as
 ``AIRFLOW__*`` variables and the whole sassflow ``Settings`` as ``SASSFLOW_*`` variables
-(``serving.process.child_env``), so a task that builds ``Settings()`` sees exactly the settings of
+(``sassflow.processes.child_env``), so a task that builds ``Settings()`` sees exactly the settings of
 whoever started Airflow.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from sassflow.settings import PROJECT_ROOT, Settings
-from sassflow.processes import pid_alive
+from sassflow.processes import child_env, pid_alive
 
 DAGS_FOLDER = PROJECT_ROOT / "dags"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
@@ -49,7 +49,7 @@ class LocalAirflow:
             postgres = self._state().get("postgres", False)
         self.postgres = None
         if postgres and not self.cfg.sql_alchemy_conn:
-            from sassflow.local_postgres import LocalPostgres
+            from cli.local.postgres import LocalPostgres
 
             self.postgres = LocalPostgres(self.home / "postgres", port=self.cfg.postgres_port)
 
@@ -81,8 +81,6 @@ class LocalAirflow:
         return f"sqlite:///{self.home / 'airflow.db'}"
 
     def env(self) -> dict[str, str]:
-        from serving.process import child_env  # the one way to hand Settings to a child process
-
         # Tasks see exactly these settings (not a sassflow.toml of their cwd) and no AIRFLOW* of ours.
         env = child_env(self.settings, drop=("AIRFLOW", "SASSFLOW_"))
         env.update({
@@ -218,32 +216,3 @@ class LocalAirflow:
         return httpx.Client(base_url=f"{self.url}/api/v2", timeout=30,
                             headers={"Authorization": f"Bearer {self.token()}"})
 
-
-def register(commands, benches) -> None:
-    p = commands.add_parser("airflow", help="run Airflow 3 locally with the project's DAGs")
-    p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--postgres", action="store_true",
-                   help="metadata DB in a local PostgreSQL (default: settings.airflow.sql_alchemy_conn or SQLite)")
-    p.add_argument("--port", type=int, help="api-server/UI port (default: settings.airflow.port)")
-    p.set_defaults(func=cmd_airflow)
-
-
-def cmd_airflow(args, settings: Settings) -> int:
-    if args.port:
-        settings.airflow.port = args.port
-    local = LocalAirflow(settings, postgres=True if args.postgres else None)
-    try:
-        if args.action == "up":
-            status = local.up()
-            print(f"Airflow UI: {status['ui']}  (user '{ADMIN_USER}', password in {local.passwords_file}); "
-                  f"DAGs from {DAGS_FOLDER}, paused at creation: unpause them in the UI", file=sys.stderr)
-        elif args.action == "down":
-            status = local.down()
-            print("airflow stopped", file=sys.stderr)
-        else:
-            status = local.status()
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(status))
-    return 0 if status["healthy"] or args.action == "down" else 3

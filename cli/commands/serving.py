@@ -33,7 +33,7 @@ def register(commands, benches) -> None:
     sub.add_parser("rollback", help="serve the previous good bundle again").set_defaults(func=cmd_bundle_rollback)
     sub.add_parser("list", help="bundles on disk, the current one marked").set_defaults(func=cmd_bundle_list)
 
-    from serving.bench import add_bench_parsers
+    from cli.bench.serving import add_bench_parsers
 
     add_bench_parsers(benches)
 
@@ -59,13 +59,13 @@ def cmd_serve(args, settings) -> int:
     return 0
 
 
-def _registry(settings):
-    """Training's model registry (``mark_published``), or None before training is installed."""
-    try:
-        from training.registry import ModelRegistry
-    except ModuleNotFoundError:
-        return None
-    return ModelRegistry(settings.training.registry_url.get_secret_value())
+def _mark_published(settings, manifest: dict) -> None:
+    """Record the publication in the model registry when the bundle holds a registered model."""
+    from training.registry import ModelRegistry
+
+    version = manifest.get("model_version")
+    if isinstance(version, int):
+        ModelRegistry.from_settings(settings).mark_published(version, manifest["bundle_id"])
 
 
 def cmd_bundle_build(args, settings) -> int:
@@ -78,19 +78,21 @@ def cmd_bundle_build(args, settings) -> int:
         path = build_synthetic_bundle(settings, args.synthetic, args.dim, seed=args.seed,
                                       publish=not args.no_publish, progress=progress)
     else:
-        registry = _registry(settings)
+        from training.registry import ModelRegistry
+
         artifact_dir = args.artifact_dir
         if artifact_dir is None:
-            if registry is None:
-                print("--artifact-dir is needed: training's model registry is not available", file=sys.stderr)
-                return 2
             try:
-                artifact_dir = Path(registry.get(args.model_version).artifact_path)
+                artifact_dir = Path(ModelRegistry.from_settings(settings).get(args.model_version).artifact_path)
             except KeyError as exc:
                 print(f"cannot build: {exc.args[0]}", file=sys.stderr)
                 return 2
-        path = build_bundle(settings, artifact_dir, args.model_version, registry=registry,
-                            publish=not args.no_publish, progress=progress)
+        path = build_bundle(settings, artifact_dir, args.model_version, publish=not args.no_publish,
+                            progress=progress)
+        if not args.no_publish:
+            from serving.bundle import read_manifest
+
+            _mark_published(settings, read_manifest(path))
     print(json.dumps({"bundle_id": path.name, "path": str(path), "published": not args.no_publish}))
     return 0
 
@@ -98,7 +100,7 @@ def cmd_bundle_build(args, settings) -> int:
 def cmd_bundle_publish(args, settings) -> int:
     from serving.bundle import publish_bundle
 
-    publish_bundle(settings, args.bundle_id, registry=_registry(settings))
+    _mark_published(settings, publish_bundle(settings, args.bundle_id))
     print(json.dumps({"published": args.bundle_id}))
     return 0
 

@@ -1,0 +1,1 @@
+"""The benchmarks (`sassflow bench ...`); each prints one JSON object last (BENCHMARKS.md keys)."""

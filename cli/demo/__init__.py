@@ -1,0 +1,1 @@
+"""`sassflow demo`: the main job end to end."""

@@ -1,0 +1,123 @@
+"""The feature contract: online views, their entity keys, feature names and types, the windows and
+the click-sequence length.  Declared once here; the Feast definitions (``features.definitions``),
+the stream aggregation (``streaming.aggregate``), the replay, the training-set builder
+(``training.data``) and the serving reader (``serving.feature_reader``) all derive from it.
+
+Windows are tiled: ``*_1h`` sums the 60 one-minute tiles ending with the tile of the window's end,
+``*_24h`` and ``*_7d`` the 24 and 168 one-hour tiles (UTC).  ``window_start_ms`` is the one
+definition of which events a window holds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+
+SEQ_LEN = 20  # length of the click sequences (recent_clicks, recent_clicks_all)
+
+
+@dataclass(frozen=True)
+class Window:
+    name: str  # the feature-name suffix: clk_<name>
+    tile_ms: int
+    tiles: int
+
+    @property
+    def span_ms(self) -> int:
+        return self.tile_ms * self.tiles
+
+
+WINDOW_1H = Window("1h", MINUTE_MS, 60)
+WINDOW_24H = Window("24h", HOUR_MS, 24)
+WINDOW_7D = Window("7d", HOUR_MS, 168)
+WINDOWS = (WINDOW_1H, WINDOW_24H, WINDOW_7D)
+
+
+def window_start_ms(window: Window, end_ms: int) -> int:
+    """The first event time inside ``window`` when it ends at ``end_ms``: the start of the oldest of
+    its tiles (the newest tile is the one holding ``end_ms``)."""
+    return (end_ms // window.tile_ms - (window.tiles - 1)) * window.tile_ms
+
+
+# Feature value types (the Feast schema and the stores' encodings follow them).
+INT64, FLOAT32, INT64_LIST, FLOAT32_LIST, STRING = "int64", "float32", "int64_list", "float32_list", "string"
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class View:
+    """One online feature view: rows keyed by ``entity_keys`` (join key, dtype)."""
+
+    name: str
+    entity_keys: tuple[tuple[str, str], ...]
+    features: tuple[Feature, ...]
+    description: str = ""
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def join_keys(self) -> list[str]:
+        return [k for k, _ in self.entity_keys]
+
+    def entity(self, key) -> dict:
+        """A row key (a tuple in ``entity_keys`` order, or the one value) as {join key: value}."""
+        return dict(zip(self.join_keys, key if isinstance(key, tuple) else (key,)))
+
+
+USER_ID, ITEM_ID, SCENARIO = ("user_id", INT64), ("item_id", INT64), ("scenario", STRING)
+
+WINDOW_COUNTS = tuple(Feature(f"{kind}_{w.name}", INT64, f"{kind_name} in the last {w.name}")
+                      for kind, kind_name in (("imp", "impressions"), ("clk", "clicks")) for w in WINDOWS)
+CTRS = tuple(Feature(f"ctr_{w.name}", FLOAT32, f"clicks / impressions over {w.name} (0 without impressions)")
+             for w in (WINDOW_24H, WINDOW_7D))
+
+USER_SCENARIO_STATS = View(
+    "user_scenario_stats", (USER_ID, SCENARIO),
+    WINDOW_COUNTS + CTRS + (
+        Feature("recent_clicks", INT64_LIST, f"the {SEQ_LEN} newest clicked items in the scenario, newest first"),
+        Feature("last_click_ms", INT64, "event time of the newest click in the scenario"),
+    ),
+    "a user's activity in one scenario",
+)
+USER_PROFILE = View(
+    "user_profile", (USER_ID,),
+    (
+        Feature("total_imp_7d", INT64, "impressions over every scenario in the last 7d"),
+        Feature("total_clk_7d", INT64, "clicks over every scenario in the last 7d"),
+        Feature("scenario_click_share", FLOAT32_LIST, "7d clicks per scenario / all 7d clicks, settings order"),
+        Feature("recent_clicks_all", INT64_LIST, f"the {SEQ_LEN} newest clicked items in any scenario"),
+    ),
+    "a user across scenarios",
+)
+ITEM_SCENARIO_STATS = View(
+    "item_scenario_stats", (ITEM_ID, SCENARIO),
+    WINDOW_COUNTS + CTRS + (
+        Feature("trending", FLOAT32, "(clk_1h + 1) / (clk_24h / 24 + 1): last hour against the day's hourly mean"),
+    ),
+    "an item's activity in one scenario",
+)
+VIEWS = (USER_SCENARIO_STATS, USER_PROFILE, ITEM_SCENARIO_STATS)
+VIEWS_BY_NAME = {v.name: v for v in VIEWS}
+
+# What the request-time user tower reads: one (user, scenario) row joins these two views.
+USER_VIEWS = (USER_SCENARIO_STATS, USER_PROFILE)
+USER_FEATURE_NAMES = [n for v in USER_VIEWS for n in v.feature_names]
+
+# The inputs of the SASS user tower (a subset of the user features) and of its item tower.
+MODEL_USER_INPUTS = ("user_id", "scenario", "recent_clicks", "recent_clicks_all", "scenario_click_share")
+MODEL_ITEM_INPUTS = ("item_id", "scenario")
+
+
+def model_feature_spec(scenarios: list[str]) -> dict:
+    """What a trained model was fed: recorded in its artifact, hashed into the registry."""
+    return {"user": list(MODEL_USER_INPUTS), "item": list(MODEL_ITEM_INPUTS), "seq_len": SEQ_LEN,
+            "scenarios": list(scenarios), "point_in_time": "strictly before"}

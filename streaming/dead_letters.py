@@ -1,0 +1,72 @@
+"""The dead-letter topic: malformed records, with their original bytes and the reason.
+
+Headers: ``reason`` (``EventError.reason``), ``error`` (the message, at most 1000 bytes),
+``source_topic``, ``source_partition``, ``source_offset``.  Exact across crashes: at the first bad
+record after a partition is assigned, the dead-letter topic is scanned once for records already
+dead-lettered from that partition at or after that offset (a replay after a crash), and those are
+not sent again.
+"""
+from __future__ import annotations
+
+import time
+
+from sassflow.contracts.events import EventError
+from streaming import metrics
+
+
+class DeadLetters:
+    def __init__(self, settings, producer, source_topic: str):
+        self.s = settings
+        self.producer = producer
+        self.source_topic = source_topic
+        self._sent: dict[int, set[int]] = {}  # partition -> offsets already on the topic (replay guard)
+
+    def forget(self, partition: int) -> None:
+        """A (re)assigned partition is scanned again at its first bad record."""
+        self._sent.pop(partition, None)
+
+    def send(self, record, err: EventError) -> None:
+        sent = self._sent.get(record.partition)
+        if sent is None:  # first bad record of this partition since assignment
+            sent = self._sent[record.partition] = self._already_sent(record.partition, record.offset)
+        if record.offset in sent:
+            return
+        headers = [("reason", err.reason.encode()), ("error", err.message.encode()[:1000]),
+                   ("source_topic", self.source_topic.encode()),
+                   ("source_partition", str(record.partition).encode()),
+                   ("source_offset", str(record.offset).encode())]
+        self.producer.send(self.s.kafka.dlq_topic, key=record.key,
+                           value=record.value if record.value is not None else b"", headers=headers)
+        metrics.DEAD_LETTERED.labels(err.reason).inc()
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def _already_sent(self, partition: int, from_offset: int) -> set[int]:
+        from kafka import KafkaConsumer, TopicPartition
+
+        dlq = self.s.kafka.dlq_topic
+        c = KafkaConsumer(**self.s.kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
+        try:
+            tps = [TopicPartition(dlq, q) for q in (c.partitions_for_topic(dlq) or set())]
+            if not tps:
+                return set()
+            c.assign(tps)
+            c.seek_to_beginning(*tps)
+            end = c.end_offsets(tps)
+            done, found = set(), set()
+            deadline = time.monotonic() + 60
+            while len(done) < len(tps) and time.monotonic() < deadline:
+                for tp in tps:
+                    if c.position(tp) >= end[tp]:
+                        done.add(tp)
+                for recs in c.poll(timeout_ms=200).values():
+                    for r in recs:
+                        h = dict(r.headers or [])
+                        if (h.get("source_topic") == self.source_topic.encode()
+                                and int(h.get("source_partition", b"-1")) == partition
+                                and int(h.get("source_offset", b"-1")) >= from_offset):
+                            found.add(int(h["source_offset"]))
+            return found
+        finally:
+            c.close()
