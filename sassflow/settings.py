@@ -275,8 +275,10 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``SASSFLOW_...`` variables that rebuild ``settings`` in a child process (secrets included)."""
+def settings_env(settings: Settings, include_secrets: bool = True) -> dict[str, str]:
+    """``SASSFLOW_...`` variables that rebuild ``settings`` in a child process (secrets included
+    unless ``include_secrets`` is False: then a file can hold them; a derived default, e.g. the
+    SQLite registry URL, is derived again from ``state_dir``)."""
     env: dict[str, str] = {}
 
     def put(prefix: str, model: BaseModel) -> None:
@@ -288,7 +290,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             elif value is None:
                 continue
             elif isinstance(value, SecretStr):
-                env[key] = value.get_secret_value()
+                if include_secrets:
+                    env[key] = value.get_secret_value()
             elif isinstance(value, (list, dict)):
                 env[key] = json.dumps(value)
             else:
