@@ -96,9 +96,9 @@ def quality_gate(model: dict, metrics: dict) -> dict:
 
         return register_and_gate(settings(), model["model_dir"], metrics["candidate"])
 
-    context = get_current_context()
     from training.registry import ModelRegistry
 
+    context = get_current_context()
     with ModelRegistry.from_settings(settings()).promotion_lock():  # read champion -> promote, atomically
         result = run_once(context, work)
     show_decision(context, result)

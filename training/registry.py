@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text, create_engine, select
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from training.locks import promotion_lock
@@ -137,7 +137,9 @@ class ModelRegistry:
         self.lock_timeout_s = lock_timeout_s
         try:
             Base.metadata.create_all(self.engine)
-        except (IntegrityError, ProgrammingError):  # another process created the tables at the same moment
+        except (IntegrityError, OperationalError, ProgrammingError):
+            # Another process created the tables at the same moment (PostgreSQL: duplicate type or table;
+            # SQLite: "table already exists"): they exist now, and the second pass checks first.
             Base.metadata.create_all(self.engine)
 
     @classmethod
