@@ -1,5 +1,6 @@
-"""What both sassflow DAGs share: retries, the bundle Asset, the run folder of a task and its
-idempotency marker, and the backfill/retrain window arithmetic.
+"""What both sassflow DAGs share: retries, the heavy tasks' pool and timeout, the bundle Asset (and
+the alias that emits it only for a new bundle), the run folder of a task and its idempotency marker,
+the conf check, the gate's decision summary, and the backfill/retrain window arithmetic.
 
 Nothing heavy here: the DAG files import this module at parse time.  Heavy libraries (torch, faiss,
 feast, pandas) are imported inside the task functions only.
@@ -7,18 +8,25 @@ feast, pandas) are imported inside the task functions only.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, AssetAlias
+from airflow.sdk.exceptions import AirflowFailException
 
 from sassflow.files import write_text_atomic
 
+log = logging.getLogger(__name__)
+
 # The running service picks new bundles up from the bundle folder's pointer; this Asset is Airflow's
-# record of each publication (other DAGs can schedule on it).
+# record of each publication (other DAGs can schedule on it).  The publish task emits it through the
+# alias, and only when it published a new bundle: a cleared, re-run publish that finds its work done
+# emits nothing, so nothing scheduled on the Asset fires twice.
 BUNDLE_ASSET = Asset("sassflow://bundles/current")
+BUNDLE_ALIAS = AssetAlias("sassflow-bundle-publications")
 
 DEFAULT_ARGS = {
     "owner": "sassflow",
@@ -38,6 +46,13 @@ DAG_ARGS = {
 }
 
 DAY_MS = 86_400_000
+
+
+def heavy(**over) -> dict:
+    """Task arguments of the heavy tasks: the training pool (one heavy task at a time across all runs
+    of both DAGs, backfill runs included) and a timeout (``settings.airflow``)."""
+    cfg = settings().airflow
+    return {"pool": cfg.training_pool, "execution_timeout": timedelta(minutes=cfg.task_timeout_minutes), **over}
 
 
 def settings():
@@ -88,10 +103,41 @@ def checked_scenarios(scenarios: list[str] | None) -> list[str] | None:
     return scenarios
 
 
-def trailing_window(end: datetime, days: int) -> tuple[int, int]:
-    """``days`` whole UTC days ending at ``end`` (exclusive), in epoch ms."""
-    end_ms = int(end.timestamp() * 1000)
-    return end_ms - days * DAY_MS, end_ms
+def check_conf(context) -> None:
+    """Fail (no retry) on a conf key the DAG does not declare, listing the valid ones: a misspelled
+    ``"retrian": true`` must not end green.  (Airflow merges unknown keys into the params without a
+    word, and a per-Param schema cannot see them, so the first task checks.)"""
+    valid = set(context["dag"].params)
+    unknown = sorted(set((context["dag_run"].conf or {})) - valid)
+    if unknown:
+        raise AirflowFailException(f"unknown conf keys {unknown}; valid keys: {sorted(valid)}")
+
+
+def decision_summary(result: dict) -> str:
+    """One line for a gate result dict, whatever numbers it carries: the decision, the reason and
+    every numeric field (e.g. candidate, champion re-scored, popularity)."""
+    verdict = "promoted" if result.get("promoted") else "rejected"
+    numbers = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in _numbers(result)
+                        if k != "version")
+    line = f"candidate v{result.get('version')} {verdict}: {result.get('reason')}"
+    return f"{line} [{numbers}]" if numbers else line
+
+
+def _numbers(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _numbers(v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield f"{prefix}{k}", v
+
+
+def show_decision(context, result: dict) -> str:
+    """The gate's decision where an operator looks: the task log's top level (not a collapsed group)
+    and the ``decision`` XCom, shown in the task instance's XCom tab."""
+    summary = decision_summary(result)
+    log.log(logging.INFO if result.get("promoted") else logging.WARNING, "gate decision: %s", summary)
+    context["ti"].xcom_push(key="decision", value=summary)
+    return summary
 
 
 def run_key(context) -> str:

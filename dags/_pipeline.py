@@ -6,34 +6,42 @@ Each task is a thin wrapper: it calls one plain function of ``streaming``/``trai
 (imported inside the task, so parsing stays fast), writes under its run folder and is idempotent for
 its logical run (``_common.run_once``).  A rejected candidate skips the bundle tasks with the gate's
 reason, so the served bundle stays as it was.
+
+Concurrency: the heavy tasks share one pool (``settings.airflow.training_pool``), and the registry's
+promotion lock makes the gate (read the champion, decide, promote) and the publish (only while the
+version is still the promoted one) atomic, so concurrent runs see one promotion order and ``CURRENT``
+always ends on the newest promoted model's bundle.  Run folders are scratch: the gate registers the
+model into the registry's model store, and the bundle is built from that copy.
 """
 from __future__ import annotations
 
 from airflow.sdk import get_current_context, task, task_group
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
-from _common import BUNDLE_ASSET, run_once, settings
+from _common import BUNDLE_ALIAS, BUNDLE_ASSET, heavy, run_once, settings, show_decision
 
 
-@task
+@task(**heavy())
 def build_training_set(window: dict) -> dict:
     """Snapshot the window of the offline history into this run's folder (``training.pipeline``): the
     later tasks, and their retries, see exactly these events even while late events keep arriving.
-    Point-in-time features are computed from this snapshot (strictly before each example)."""
+    Point-in-time features are computed from this snapshot (strictly before each example).  A window
+    without events skips the run, saying which days it looked at."""
     def work(out):
         from training.pipeline import build_training_set as snapshot
 
-        info = snapshot(settings(), window["start_ms"], window["end_ms"], str(out))
-        if not info["events"]:
-            raise AirflowFailException(
-                f"no events in the offline history for [{window['start_ms']}, {window['end_ms']}): "
-                f"nothing to train on, the served bundle is unchanged")
-        return {**info, "dataset_dir": str(out)}
+        return {**snapshot(settings(), window["start_ms"], window["end_ms"], str(out)), "dataset_dir": str(out)}
 
-    return run_once(get_current_context(), work)
+    info = run_once(get_current_context(), work)
+    if not info["events"]:
+        from training.windows import days_label
+
+        raise AirflowSkipException(f"no events in the offline history for {days_label(window['start_ms'], window['end_ms'])}: "
+                                   f"nothing to train on, the served bundle is unchanged")
+    return info
 
 
-@task
+@task(**heavy())
 def pretrain(dataset: dict) -> dict:
     """Stage 1: scenario-contrastive pre-training."""
     def work(out):
@@ -44,7 +52,7 @@ def pretrain(dataset: dict) -> dict:
     return run_once(get_current_context(), work)
 
 
-@task
+@task(**heavy())
 def finetune(dataset: dict, pretrained: dict) -> dict:
     """Stage 2: scenario-specific fine-tuning from the pre-trained weights."""
     def work(out):
@@ -56,7 +64,7 @@ def finetune(dataset: dict, pretrained: dict) -> dict:
     return run_once(get_current_context(), work)
 
 
-@task
+@task(**heavy())
 def evaluate(dataset: dict, model: dict) -> dict:
     """The candidate's validation/test recall, next to the popularity baseline on the same split
     (the gate then compares the candidate with the promoted model's recorded validation recall)."""
@@ -79,7 +87,7 @@ def _log_comparison(candidate: dict, baselines: dict) -> None:
                 print(f"{split} {metric}: candidate {value['mean']:.4f}; {others}")
 
 
-@task
+@task(**heavy())
 def quality_gate(model: dict, metrics: dict) -> dict:
     """Register the candidate and promote it only if it passes the gate (``training.registry``); a
     rejection, recorded in the registry with its reason, skips the bundle tasks."""
@@ -88,8 +96,12 @@ def quality_gate(model: dict, metrics: dict) -> dict:
 
         return register_and_gate(settings(), model["model_dir"], metrics["candidate"])
 
+    from training.registry import ModelRegistry
+
     context = get_current_context()
-    result = run_once(context, work)
+    with ModelRegistry.from_settings(settings()).promotion_lock():  # read champion -> promote, atomically
+        result = run_once(context, work)
+    show_decision(context, result)
     if not result["promoted"]:
         context["ti"].xcom_push(key="return_value", value=result)  # the decision stays visible on a skip
         raise AirflowSkipException(f"candidate {result.get('version')} rejected: {result['reason']}; "
@@ -98,36 +110,53 @@ def quality_gate(model: dict, metrics: dict) -> dict:
     return result
 
 
-@task
-def build_bundle(model: dict, gate: dict) -> dict:
-    """Per-scenario FAISS indexes + the user tower, written as an immutable bundle (not yet served)."""
+@task(**heavy())
+def build_bundle(gate: dict) -> dict:
+    """Per-scenario FAISS indexes + the user tower, written as an immutable bundle (not yet served),
+    from the registry's checked copy of the model (not the run folder, which is scratch)."""
     def work(out):
         from serving.bundle import build_bundle as build
+        from training.registry import ModelRegistry
 
-        path = build(settings(), model["model_dir"], gate["version"], publish=False)
+        s = settings()
+        path = build(s, ModelRegistry.from_settings(s).artifact(gate["version"]), gate["version"], publish=False)
         return {"bundle_id": path.name, "path": str(path), "model_version": gate["version"]}
 
     return run_once(get_current_context(), work)
 
 
-@task(outlets=[BUNDLE_ASSET])
+@task(outlets=[BUNDLE_ALIAS], **heavy())
 def publish(bundle: dict) -> dict:
-    """Point the bundle folder at the new bundle; the running service hot-swaps to it."""
+    """Point the bundle folder at the new bundle (the running service hot-swaps to it) while its model
+    is still the promoted one, and emit the bundle Asset, once: a re-run that finds the work done
+    publishes nothing and emits nothing.  A model superseded by a newer promotion is skipped."""
     context = get_current_context()
+    published_now = []
 
     def work(out):
         from serving.bundle import current_bundle_id, publish_bundle
-        from training.registry import ModelRegistry
+        from training.registry import ModelRegistry, Superseded
 
         s = settings()
-        before = current_bundle_id(s)
-        publish_bundle(s, bundle["bundle_id"])
-        ModelRegistry.from_settings(s).mark_published(bundle["model_version"], bundle["bundle_id"])
-        return {**bundle, "previous_bundle_id": before}
+        registry = ModelRegistry.from_settings(s)
+        try:
+            with registry.holding_promotion(bundle["model_version"]):
+                before = current_bundle_id(s)
+                publish_bundle(s, bundle["bundle_id"])
+                registry.mark_published(bundle["model_version"], bundle["bundle_id"])
+        except Superseded as exc:
+            return {**bundle, "published": False, "reason": f"{exc}: its newer run publishes instead"}
+        published_now.append(True)
+        return {**bundle, "published": True, "previous_bundle_id": before}
 
     result = run_once(context, work)
-    context["outlet_events"][BUNDLE_ASSET].extra = {"bundle_id": result["bundle_id"],
-                                                    "model_version": str(result["model_version"])}
+    if not result["published"]:
+        raise AirflowSkipException(result["reason"])
+    if published_now:
+        context["outlet_events"][BUNDLE_ALIAS].add(BUNDLE_ASSET, extra={
+            "bundle_id": result["bundle_id"], "model_version": str(result["model_version"])})
+    else:
+        print(f"bundle {result['bundle_id']} was published by an earlier try of this run: no new Asset event")
     return result
 
 
@@ -139,4 +168,4 @@ def retrain(window):
     stage2 = finetune(dataset, stage1)
     metrics = evaluate(dataset, stage2)
     gate = quality_gate(stage2, metrics)
-    publish(build_bundle(stage2, gate))  # no return: callers then get the group itself, for `>>`
+    publish(build_bundle(gate))  # no return: callers then get the group itself, for `>>`

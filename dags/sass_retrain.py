@@ -1,42 +1,78 @@
-"""sass_retrain: retrain SASS on the recent offline history, on a schedule (settings.airflow.schedule,
-default daily).
+"""
+# sass_retrain
 
-Window: the ``window_days`` (default settings.airflow.train_window_days) whole days up to the end of the
-run's data interval, or ``start``..``end`` (inclusive dates) when both are given; every scenario.  The tasks (see
-``_pipeline``) snapshot the window, build the point-in-time training set, pre-train, fine-tune,
-evaluate against the promoted model and the baselines, gate + register, build and publish the bundle
-(emitting the ``sassflow://bundles/current`` Asset).  A failed or rejected run leaves the served bundle
-as it was; the reason is in the failed task's log or in the gate's skip message.
+Retrains the SASS recall model on the recent offline history, on a schedule
+(`SASSFLOW_AIRFLOW__SCHEDULE`, default `@daily`), and publishes the new bundle if the gate passes it.
 
-``airflow backfill create --dag-id sass_retrain --from-date … --to-date …`` retrains for past dates.
+**Tasks**: `training_window` → `retrain.build_training_set` (snapshot) → `pretrain` → `finetune` →
+`evaluate` (vs the promoted model and the baselines) → `quality_gate` (register + decide) →
+`build_bundle` → `publish` (emits the `sassflow://bundles/current` Asset for a new bundle only).
+
+**Window** (every scenario):
+
+- the `window_days` whole UTC days up to the end of the run's data interval;
+- when the offline history ends before that (a replayed dataset, a stopped stream), the same number of
+  days up to the history's newest event, in data time; the run says so in `training_window`'s log,
+  and skips when a registered model was already trained on data up to that event;
+- `start` and `end` (inclusive dates) override both.
+
+A window without events, or with nothing new, ends as a **skip** whose message gives the dates and
+the Params to set.  A rejected candidate skips the bundle tasks; the gate's decision and numbers are
+in `quality_gate`'s `decision` XCom and at the top of its log.
+
+**Params**
+
+| Param | Default | Meaning |
+|---|---|---|
+| `window_days` | `train_window_days` (28) | days of history up to the run |
+| `start` | none | first day (YYYY-MM-DD, UTC), with `end` |
+| `end` | none | last day, inclusive (YYYY-MM-DD, UTC) |
+
+Any other conf key fails the run at once, listing the valid ones.
+
+**Backfills**: `airflow backfill create --dag-id sass_retrain --from-date … --to-date … --max-active-runs 1`
+(Airflow's backfills default to 10 runs at once, independent of this DAG's `max_active_runs=1`; the
+heavy tasks share the `training_pool`, and the registry's promotion lock serialises gate and publish
+whatever the concurrency).
 """
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from _common import DAG_ARGS, settings, trailing_window, window_from_params
+from _common import DAG_ARGS, check_conf, settings, window_from_params
 from _pipeline import retrain
 
 
 @task
 def training_window() -> dict:
+    """The window to train on (``training.windows``), or a skip saying why there is none."""
+    from streaming.history import time_range
+    from training.registry import ModelRegistry
+    from training.windows import NoEvents, NoNewData, resolve_train_window
+
     context = get_current_context()
-    params = context["params"]
+    check_conf(context)
+    params, s = context["params"], settings()
     try:
-        if params.get("start") or params.get("end"):
-            start_ms, end_ms, _ = window_from_params(params)
-        else:
-            end = context.get("data_interval_end") or context["dag_run"].run_after
-            days = params.get("window_days") or settings().airflow.train_window_days
-            start_ms, end_ms = trailing_window(end, days)
+        explicit = window_from_params(params)[:2] if params.get("start") or params.get("end") else None
     except ValueError as exc:  # a bad conf does not get better on retry
         raise AirflowFailException(str(exc)) from exc
-    return {"start_ms": start_ms, "end_ms": end_ms}
+    run_end = context.get("data_interval_end") or context["dag_run"].run_after
+    trained = [v.data_end_ms for v in ModelRegistry.from_settings(s).list() if v.data_end_ms is not None]
+    try:
+        window = resolve_train_window(int(run_end.timestamp() * 1000),
+                                      params.get("window_days") or s.airflow.train_window_days,
+                                      time_range(s.streaming.offline_dir), explicit, max(trained, default=None))
+    except (NoEvents, NoNewData) as exc:
+        raise AirflowSkipException(str(exc)) from exc
+    print(window.note)
+    return window.as_dict()
 
 
 @dag(
     dag_id="sass_retrain",
+    description="Retrain SASS on the recent offline history; publish the bundle if the gate passes it",
     schedule=settings().airflow.schedule,
     tags=["sassflow", "training"],
     doc_md=__doc__,

@@ -156,6 +156,9 @@ class TrainingSettings(BaseModel):
     seed: int = 0
     torch_threads: int = 1  # small matmuls gain nothing from intra-op threads; scale out with torchrun
     log_q_correction: bool = True
+    # How long a promotion (the gate's compare-and-promote, a publish) waits for another one to
+    # finish before giving up: a gate re-scores the champion, so it must cover the slowest gate.
+    promotion_lock_timeout_s: float = Field(3600.0, gt=0)
 
 
 class ServingSettings(BaseModel):
@@ -185,6 +188,14 @@ class AirflowSettings(BaseModel):
     sql_alchemy_conn: SecretStr | None = None  # default: sqlite in home (or the local Postgres with --postgres)
     postgres_port: int = 15432  # the throwaway local PostgreSQL of `sassflow airflow up --postgres`
     train_window_days: int = Field(28, ge=1)  # the retrain DAG trains on this many days up to its run
+    # The Airflow pool of the heavy tasks (snapshot, training, evaluation, gate, bundle, publish):
+    # with one slot, runs of both DAGs (backfills included, whose own max_active_runs Airflow does not
+    # tie to the DAG's) never train at once.  `sassflow airflow up` creates it; a deployment must
+    # create it too (README), or set "default_pool" to opt out.
+    training_pool: str = "sassflow_training"
+    # execution_timeout of every heavy task: a hung task fails (and retries) instead of holding the
+    # pool slot for ever; generous, since a full MovieLens-1M training takes minutes on 2 cores.
+    task_timeout_minutes: int = Field(180, ge=1)
 
 
 # Paths that default to a place under state_dir: (section, field, path below state_dir).
@@ -264,8 +275,10 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``SASSFLOW_...`` variables that rebuild ``settings`` in a child process (secrets included)."""
+def settings_env(settings: Settings, include_secrets: bool = True) -> dict[str, str]:
+    """``SASSFLOW_...`` variables that rebuild ``settings`` in a child process (secrets included
+    unless ``include_secrets`` is False: then a file can hold them; a derived default, e.g. the
+    SQLite registry URL, is derived again from ``state_dir``)."""
     env: dict[str, str] = {}
 
     def put(prefix: str, model: BaseModel) -> None:
@@ -277,7 +290,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             elif value is None:
                 continue
             elif isinstance(value, SecretStr):
-                env[key] = value.get_secret_value()
+                if include_secrets:
+                    env[key] = value.get_secret_value()
             elif isinstance(value, (list, dict)):
                 env[key] = json.dumps(value)
             else:

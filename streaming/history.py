@@ -86,3 +86,20 @@ def read_history(offline_dir, start_ms: int | None = None, end_ms: int | None = 
     df["dwell_ms"] = df["dwell_ms"].astype("Int64")
     df = df.sort_values(["event_time", "kafka_partition", "kafka_offset"], kind="stable")
     return df.drop_duplicates("event_id", keep="first").reset_index(drop=True)
+
+
+def time_range(offline_dir) -> tuple[int, int] | None:
+    """(oldest, newest) event_time in the history, None when it holds no event (reads that column only:
+    the retrain DAG asks it to place its window before snapshotting anything)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    root = events_dir(offline_dir)
+    files = sorted(str(p) for p in root.glob("date=*/*.parquet")) if root.exists() else []
+    if not files:
+        return None
+    times = ds.dataset(files, schema=SCHEMA, format="parquet").to_table(columns=["event_time"])["event_time"]
+    if len(times) == 0:
+        return None
+    bounds = pc.min_max(times)
+    return int(bounds["min"].as_py()), int(bounds["max"].as_py())

@@ -2,12 +2,23 @@
 
 Used by the backfill DAG (``replay_history_to_stores``) and by tests/benchmarks as the batch
 recomputation the live consumer must match exactly.
+
+A backfill of a window never moves the online store backwards.  The online store holds each key's
+*present* row (the stream's state after every event it has seen), so a backfill recomputes, for
+every key the window's events touch, its present row from the full history of its entities (every
+scenario: a user's profile spans all of them; every event before the window: windows and click
+sequences are exact) and writes it only where the store does not already hold a newer row (the
+stream may be ahead of the history between two checkpoints).  A scenario filter limits which keys
+are touched, never what a touched key is computed from.
 """
 from __future__ import annotations
 
 import pandas as pd
 
+from sassflow.contracts.features import SCENARIO, VIEWS, VIEWS_BY_NAME
 from streaming.aggregate import Ev, FeatureRows, batch_features
+
+READ_CHUNK = 2000  # keys per online-store read
 
 
 def frame_to_evs(df: pd.DataFrame) -> list[Ev]:
@@ -33,18 +44,75 @@ def write_rows(writer, rows: FeatureRows, batch: int = 5000) -> None:
 
 
 def replay_history_to_stores(settings, start_ms: int | None, end_ms: int | None, scenarios=None) -> dict:
-    """Recompute features from the history in [start_ms, end_ms) and write them to the online
-    store.  Windows end at each key's newest event in the range, as in the live consumer."""
+    """Backfill the online store for the window [start_ms, end_ms) of ``scenarios`` (default all):
+    every key the window's events touch gets its present row, recomputed from the whole history of
+    its entities with the stream's code, unless the store already holds a newer row."""
     from features.store import OnlineWriter, apply_definitions
     from streaming.history import read_history
 
-    df = read_history(settings.streaming.offline_dir, start_ms, end_ms, scenarios)
-    rows = recompute(df, settings.scenarios)
-    writer = OnlineWriter(apply_definitions(settings))
-    write_rows(writer, rows)
-    return {"events": len(df), "user_scenario_rows": len(rows.user_scenario),
-            "user_profile_rows": len(rows.user_profile), "item_scenario_rows": len(rows.item_scenario),
-            "start_ms": start_ms, "end_ms": end_ms}
+    history = read_history(settings.streaming.offline_dir)  # up to now: a key's present state needs it all
+    window = history[in_window(history, start_ms, end_ms, scenarios)]
+    touched = touched_keys(window)
+    needed = history[events_of_entities(history, window)]
+    rows = present_rows(needed, touched, settings.scenarios)
+    written = write_newer_rows(OnlineWriter(apply_definitions(settings)), rows)
+    return {"events": len(window), "history_events": len(history), "recomputed_from_events": len(needed),
+            "views": written, "start_ms": start_ms, "end_ms": end_ms, "scenarios": scenarios}
+
+
+def in_window(history: pd.DataFrame, start_ms: int | None, end_ms: int | None, scenarios=None) -> pd.Series:
+    """Which events lie in [start_ms, end_ms) (None: unbounded) and in ``scenarios`` (None: all)."""
+    mask = pd.Series(True, index=history.index)
+    if start_ms is not None:
+        mask &= history["event_time"] >= start_ms
+    if end_ms is not None:
+        mask &= history["event_time"] < end_ms
+    if scenarios:
+        mask &= history["scenario"].isin(list(scenarios))
+    return mask
+
+
+def touched_keys(window: pd.DataFrame) -> dict[str, set[tuple]]:
+    """Per online view, the row keys (tuples in join-key order) that the window's events touch."""
+    return {view.name: set(zip(*(window[k].tolist() for k in view.join_keys))) for view in VIEWS}
+
+
+def events_of_entities(history: pd.DataFrame, window: pd.DataFrame) -> pd.Series:
+    """Every event, of any scenario and any time, of an entity (user, item) that has an event in
+    ``window``: what the present rows of the touched keys are computed from."""
+    columns = sorted({k for view in VIEWS for k in view.join_keys} - {SCENARIO[0]})
+    mask = pd.Series(False, index=history.index)
+    for col in columns:
+        mask |= history[col].isin(window[col].unique())
+    return mask
+
+
+def present_rows(events: pd.DataFrame, touched: dict[str, set[tuple]], scenarios: list[str]) -> list[tuple[str, list]]:
+    """The rows of the touched keys, per view, recomputed with the stream's code from ``events``
+    (which must hold every event of the touched keys' entities); rows of other keys are dropped,
+    since ``events`` holds only part of their history."""
+    out = []
+    for view_name, data in view_rows(recompute(events, scenarios)):
+        keys, join_keys = touched.get(view_name, set()), VIEWS_BY_NAME[view_name].join_keys
+        out.append((view_name, [r for r in data if tuple(r[0][k] for k in join_keys) in keys]))
+    return out
+
+
+def write_newer_rows(writer, rows: list[tuple[str, list]]) -> dict:
+    """Write each row unless the store holds a newer one for its key (event time of the row vs the
+    stored row's; equal times are written: a late event changes values without moving the time).
+    Returns, per view, how many rows were written and how many were kept because the store was newer."""
+    counts = {}
+    for view_name, data in rows:
+        written = kept = 0
+        for k in range(0, len(data), READ_CHUNK):
+            chunk = data[k:k + READ_CHUNK]
+            stored = writer.read(view_name, [entity for entity, _, _ in chunk])
+            fresh = [row for row, (stored_ts, _) in zip(chunk, stored) if stored_ts is None or row[2] >= stored_ts]
+            writer.write(view_name, fresh)
+            written, kept = written + len(fresh), kept + len(chunk) - len(fresh)
+        counts[view_name] = {"touched": len(data), "written": written, "kept_newer": kept}
+    return counts
 
 
 def compare_online(writer, expected: FeatureRows) -> dict:

@@ -12,6 +12,8 @@ JSON-able dicts out, every intermediate result in a folder so each step can run 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import pandas as pd
 
 from sassflow.contracts.artifacts import ModelArtifact
 from sassflow.contracts.features import model_feature_spec
+
+log = logging.getLogger(__name__)
 
 
 def set_threads(settings) -> None:
@@ -63,6 +67,24 @@ def new_model(settings, data, **over):
     return SASS(model_config(data, settings.training)), cfg
 
 
+def show_progress() -> bool:
+    """Progress bars only on a terminal: in a task log (Airflow records stderr at error level) a bar
+    is a stream of error lines; the per-epoch losses are logged at info instead."""
+    return sys.stderr.isatty()
+
+
+def epoch_losses(losses: list[float], epochs: int) -> list[float]:
+    """The mean loss of each epoch (a stage takes the same number of steps every epoch)."""
+    if not losses or epochs < 1:
+        return []
+    return [float(np.mean(c)) for c in np.array_split(np.asarray(losses, dtype=float), epochs)]
+
+
+def log_epoch_losses(stage: str, losses: list[float], epochs: int) -> None:
+    for k, loss in enumerate(epoch_losses(losses, epochs), 1):
+        log.info("%s epoch %d/%d: mean loss %.4f", stage, k, epochs, loss)
+
+
 def _write_history(out_dir, hist) -> None:
     (Path(out_dir) / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": hist.seconds}))
 
@@ -97,8 +119,9 @@ def pretrain(settings, dataset_dir, out_dir) -> dict:
     from training.trainer import pretrain as stage1
 
     data = load_data(settings, dataset_dir)
-    model, cfg = new_model(settings, data)
+    model, cfg = new_model(settings, data, progress=show_progress())
     hist = stage1(model, data, cfg)
+    log_epoch_losses("pretrain", hist.losses.get("pretrain", []), cfg.pretrain_epochs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "pretrained.pt")
@@ -117,10 +140,11 @@ def finetune(settings, dataset_dir, pretrained_dir, out_dir) -> dict:
     from training.trainer import finetune as stage2
 
     data = load_data(settings, dataset_dir)
-    model, cfg = new_model(settings, data)
+    model, cfg = new_model(settings, data, progress=show_progress())
     if pretrained_dir:
         model.load_state_dict(torch.load(Path(pretrained_dir) / "pretrained.pt", weights_only=True))
     hist = stage2(model, data, cfg)
+    log_epoch_losses("finetune", hist.losses.get("finetune", []), cfg.finetune_epochs)
     shas = export_artifacts(model, out_dir, data, extra={"feature_spec": model_feature_spec(settings.scenarios),
                                                          "window": list(data.window)})
     _write_history(out_dir, hist)

@@ -5,16 +5,30 @@ is (metrics JSON), where its artifact lives (path + sha256) and its status:
 candidate -> promoted | rejected; a promoted version becomes retired when another is promoted;
 ``rollback`` re-promotes the previous one. ``quality_gate`` promotes a candidate only if its
 validation recall is not worse than the promoted model's by more than ``tolerance``.
+
+The registry owns its models' files: ``register`` copies the artifact into the model store
+(``<store>/sha256-<digest>/``, content-addressed, read-only) and records that copy, so the folder a
+training run wrote is scratch; ``artifact(version)`` hands out the stored copy after checking its
+checksum.  Promotions are serialised by ``promotion_lock`` (``training.locks``): ``set_status``,
+``rollback`` and ``holding_promotion`` (publishing the promoted model's bundle) take it, and a gate
+holds it from reading the champion to promoting, so concurrent retrains see one promotion order.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text, create_engine, select
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from training.locks import promotion_lock
 
 STATUSES = ("candidate", "promoted", "rejected", "retired", "failed")
 GATE_METRIC = "recall@50"
@@ -67,17 +81,96 @@ def feature_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class ArtifactError(Exception):
+    """A registered model's files are missing or no longer match their checksum."""
+
+
+class Superseded(Exception):
+    """The version is no longer the promoted one (another promotion happened since)."""
+
+
+def store_artifact(store, src) -> tuple[Path, str]:
+    """Copy the artifact at ``src`` into ``store/sha256-<digest>/`` (once: the same content lands in
+    the same folder) and return (that folder, digest).  The copy is written to a hidden folder,
+    checked against the source's digest and renamed into place, so the store never holds a partial
+    or mislabelled model; its files are made read-only."""
+    src = Path(src)
+    digest = artifact_digest(src)
+    dest = Path(store) / f"sha256-{digest}"
+    if dest.is_dir() and artifact_digest(dest) == digest:
+        return dest, digest
+    tmp = Path(store) / f".incoming-{digest[:16]}-{secrets.token_hex(4)}"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if src.is_file():
+            tmp.mkdir()
+            shutil.copyfile(src, tmp / src.name)
+        else:
+            shutil.copytree(src, tmp)
+        if artifact_digest(tmp) != digest:
+            raise ArtifactError(f"{src} changed while it was copied into the model store")
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                f.chmod(0o444)
+        if dest.exists():
+            if artifact_digest(dest) == digest:  # another process stored it meanwhile
+                return dest, digest
+            shutil.rmtree(dest)  # a damaged earlier copy: replace it
+        os.rename(tmp, dest)
+    except OSError:
+        if dest.is_dir() and artifact_digest(dest) == digest:  # another process stored it first
+            return dest, digest
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest, digest
+
+
 class ModelRegistry:
-    def __init__(self, url: str):
+    def __init__(self, url: str, store=None, lock_timeout_s: float = 3600.0):
+        """``store``: the model store folder that registered artifacts are copied into (required to
+        register; reading needs none)."""
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, future=True)
-        Base.metadata.create_all(self.engine)
+        self.store = Path(store) if store is not None else None
+        self.lock_timeout_s = lock_timeout_s
+        try:
+            Base.metadata.create_all(self.engine)
+        except (IntegrityError, OperationalError, ProgrammingError):
+            # Another process created the tables at the same moment (PostgreSQL: duplicate type or table;
+            # SQLite: "table already exists"): they exist now, and the second pass checks first.
+            Base.metadata.create_all(self.engine)
 
     @classmethod
     def from_settings(cls, settings) -> "ModelRegistry":
-        """The registry at ``settings.training.registry_url``."""
-        return cls(settings.training.registry_url.get_secret_value())
+        """The registry at ``settings.training.registry_url``, storing models in ``training.artifact_dir``."""
+        t = settings.training
+        return cls(t.registry_url.get_secret_value(), store=t.artifact_dir, lock_timeout_s=t.promotion_lock_timeout_s)
+
+    def promotion_lock(self, name: str = "sass"):
+        """Hold the promotion lock of ``name`` (reentrant in a thread; see ``training.locks``)."""
+        return promotion_lock(self.engine, name, self.lock_timeout_s)
+
+    @contextmanager
+    def holding_promotion(self, version: int):
+        """Run the body only while ``version`` is the promoted version of its name, holding the
+        promotion lock (so no other promotion can slip in): raises ``Superseded`` otherwise."""
+        v = self.get(version)
+        with self.promotion_lock(v.name):
+            current = self.promoted(v.name)
+            if current is None or current.id != v.id:
+                raise Superseded(f"version {v.id} is no longer promoted (promoted now: "
+                                 f"{current.id if current else 'none'})")
+            yield current
+
+    def artifact(self, version: int) -> Path:
+        """The stored artifact folder of ``version``, after checking it against its checksum."""
+        v = self.get(version)
+        if not self.verify_artifact(v.id):
+            raise ArtifactError(f"version {v.id}: artifact at {v.artifact_path} is missing or does not "
+                                f"match its sha256 {v.artifact_sha256[:12]}…")
+        return Path(v.artifact_path)
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -86,13 +179,17 @@ class ModelRegistry:
                  data_start_ms: int | None = None, data_end_ms: int | None = None,
                  config: dict | None = None, feature_hash: str | None = None,
                  status: str = "candidate") -> ModelVersion:
+        """A new version whose artifact is a copy of ``artifact_path`` in the model store."""
         if status not in STATUSES:
             raise ValueError(f"status {status!r} not in {STATUSES}")
+        if self.store is None:
+            raise ValueError("this registry has no model store to copy the artifact into "
+                             "(ModelRegistry.from_settings, or store=...)")
+        stored, digest = store_artifact(self.store, artifact_path)
         v = ModelVersion(name=name, created_at=dt.datetime.now(dt.timezone.utc), status=status,
                          metrics=metrics or {}, data_start_ms=data_start_ms, data_end_ms=data_end_ms,
                          config=config or {}, feature_hash=feature_hash,
-                         artifact_path=str(Path(artifact_path).absolute()),
-                         artifact_sha256=artifact_digest(artifact_path))
+                         artifact_path=str(stored.absolute()), artifact_sha256=digest)
         with self._session() as s, s.begin():
             s.add(v)
         return v
@@ -128,10 +225,11 @@ class ModelRegistry:
         return self.latest("promoted", name)
 
     def set_status(self, version: int, status: str, reason: str | None = None) -> ModelVersion:
-        """Promoting retires the currently promoted version of the same name (one at a time)."""
+        """Promoting retires the currently promoted version of the same name (one at a time).  Runs
+        under the promotion lock, so it waits for a gate or publish in progress."""
         if status not in STATUSES:
             raise ValueError(f"status {status!r} not in {STATUSES}")
-        with self._session() as s, s.begin():
+        with self.promotion_lock(self.get(version).name), self._session() as s, s.begin():
             v = self._get(s, version)
             if status == "promoted":
                 for old in s.scalars(select(ModelVersion).where(ModelVersion.status == "promoted",
@@ -157,14 +255,15 @@ class ModelRegistry:
 
     def rollback(self, name: str = "sass", reason: str = "rollback") -> ModelVersion:
         """Retire the promoted version and re-promote the newest retired one before it."""
-        cur = self.promoted(name)
-        if cur is None:
-            raise LookupError("nothing is promoted")
-        prev = [v for v in self.list(name) if v.status == "retired" and v.id < cur.id]
-        if not prev:
-            raise LookupError(f"no earlier version of {name!r} to roll back to")
-        self.set_status(cur.id, "retired", reason)
-        return self.set_status(prev[-1].id, "promoted", f"{reason} from version {cur.id}")
+        with self.promotion_lock(name):
+            cur = self.promoted(name)
+            if cur is None:
+                raise LookupError("nothing is promoted")
+            prev = [v for v in self.list(name) if v.status == "retired" and v.id < cur.id]
+            if not prev:
+                raise LookupError(f"no earlier version of {name!r} to roll back to")
+            self.set_status(cur.id, "retired", reason)
+            return self.set_status(prev[-1].id, "promoted", f"{reason} from version {cur.id}")
 
 
 def quality_gate(registry: ModelRegistry, candidate, tolerance: float,

@@ -26,7 +26,8 @@ def cmd_airflow(args, settings: Settings) -> int:
         if args.action == "up":
             status = local.up()
             print(f"Airflow UI: {status['ui']}  (user '{ADMIN_USER}', password in {local.passwords_file}); "
-                  f"DAGs from {DAGS_FOLDER}, paused at creation: unpause them in the UI", file=sys.stderr)
+                  f"DAGs from {DAGS_FOLDER}, paused at creation: unpause them in the UI; "
+                  f"the bare CLI: `source {status['env_file']}` then `airflow ...`", file=sys.stderr)
         elif args.action == "down":
             status = local.down()
             print("airflow stopped", file=sys.stderr)

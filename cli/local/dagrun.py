@@ -44,6 +44,7 @@ def run_airflow_python(settings, code: str, timeout: float = 600, log_name: str 
     from cli.local.airflow import LocalAirflow
 
     local = LocalAirflow(settings, postgres=False)
+    local.write_config()
     r = subprocess.run([sys.executable, "-c", code], env=local.env(), capture_output=True, text=True,
                        timeout=timeout, cwd=local.home)
     log = Path(settings.state_dir) / f"{log_name}.log"

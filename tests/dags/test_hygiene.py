@@ -1,6 +1,8 @@
-"""DAG hygiene: the DAG files parse without errors or cycles, import fast, and their Params reject
-bad confs."""
+"""DAG hygiene: the DAG files parse without errors or cycles, import fast, document themselves in
+Markdown with a description, give every heavy task a pool and a timeout, and reject bad confs."""
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -40,7 +42,14 @@ def rejects(dag_id, conf):
     except ParamValidationError as exc:
         return str(exc).splitlines()[0]
 
-from _common import window_from_params
+from types import SimpleNamespace
+from _common import check_conf, decision_summary, window_from_params
+def conf_error(dag_id, conf):
+    try:
+        check_conf({"dag": bag.dags[dag_id], "dag_run": SimpleNamespace(conf=conf)}); return None
+    except Exception as exc:
+        return str(exc)
+
 def window_error(conf):
     try:
         window_from_params(conf); return None
@@ -61,6 +70,15 @@ print(json.dumps({
     "bad_flag": rejects("sass_backfill", {**ok, "retrain": "yes"}),
     "end_before_start": window_error({"start": "2024-01-07", "end": "2024-01-01"}),
     "window": window_from_params({**ok, "scenarios": ["drama"]}),
+    "misspelled_key": conf_error("sass_backfill", {**ok, "retrian": True}),
+    "known_keys": conf_error("sass_backfill", {**ok, "retrain": True}),
+    "description": {d: dag.description for d, dag in bag.dags.items()},
+    "doc_md": {d: dag.doc_md for d, dag in bag.dags.items()},
+    "tasks": {d: {t.task_id: {"pool": t.pool, "timeout_s": t.execution_timeout and t.execution_timeout.total_seconds(),
+                              "outlets": [type(o).__name__ for o in t.outlets]} for t in dag.tasks}
+              for d, dag in bag.dags.items()},
+    "summary": decision_summary({"version": 3, "promoted": False, "reason": "worse than the champion",
+                                 "metrics": {"candidate": 0.41, "champion": 0.45, "popularity": 0.39}}),
 }))
 """
 
@@ -94,3 +112,30 @@ def test_params_accept_a_good_conf_and_reject_bad_ones(report):
     assert "before start" in report["end_before_start"]
     start_ms, end_ms, scenarios = report["window"]
     assert (start_ms, end_ms, scenarios) == (1704067200000, 1704672000000, ["drama"])  # end day inclusive
+    assert "['retrian']" in report["misspelled_key"] and "'retrain'" in report["misspelled_key"]
+    assert report["known_keys"] is None
+
+
+def test_dags_document_themselves_in_markdown_with_a_description(report):
+    for dag_id, doc in report["doc_md"].items():
+        assert report["description"][dag_id], dag_id
+        assert doc.lstrip().startswith(f"# {dag_id}") and "| Param |" in doc, dag_id  # a heading, a Params table
+        assert not re.search(r"``[^`\n]+``", doc), dag_id  # no RST literals
+
+
+HEAVY = ["build_training_set", "pretrain", "finetune", "evaluate", "quality_gate", "build_bundle", "publish"]
+
+
+def test_heavy_tasks_share_the_training_pool_and_have_a_timeout(report):
+    tasks = report["tasks"]
+    for dag_id in ("sass_retrain", "sass_backfill"):
+        for name in HEAVY:
+            t = tasks[dag_id][f"retrain.{name}"]
+            assert t["pool"] == "sassflow_training" and t["timeout_s"] == 180 * 60, (dag_id, name, t)
+        assert tasks[dag_id]["retrain.publish"]["outlets"] == ["AssetAlias"]  # emits the Asset only for a new bundle
+    assert tasks["sass_backfill"]["replay_features"]["pool"] == "sassflow_training"
+
+
+def test_the_gate_summary_shows_the_decision_and_every_number(report):
+    assert report["summary"] == ("candidate v3 rejected: worse than the champion "
+                                 "[metrics.candidate 0.4100, metrics.champion 0.4500, metrics.popularity 0.3900]")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,13 +91,15 @@ def test_corrupted_artifact_is_refused(artifact, settings):
     _, out = artifact
     reg = _registry(settings)
     v = reg.register(out, metrics=_metrics(0.5))
-    raw = (out / "model.pt").read_bytes()
-    (out / "model.pt").write_bytes(raw[: len(raw) // 2] + b"\x00" * 64)
+    stored = Path(v.artifact_path)  # the registry's own copy (read-only): damage it on disk
+    (stored / "model.pt").chmod(0o644)
+    raw = (stored / "model.pt").read_bytes()
+    (stored / "model.pt").write_bytes(raw[: len(raw) // 2] + b"\x00" * 64)
     assert not reg.verify_artifact(v.id)
     ok, reason = quality_gate(reg, v, 0.02)
     assert not ok and "checksum" in reason and reg.get(v.id).status == "rejected"
     with pytest.raises(ArtifactError):
-        load_user_encoder(out)
+        load_user_encoder(stored)
 
 
 def test_mismatched_or_unsafe_artifact_is_refused(artifact, tmp_path):
