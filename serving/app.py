@@ -11,7 +11,7 @@ from sassflow.settings import Settings
 from serving.docs import install_openapi, mount_docs
 from serving.errors import install_error_handlers
 from serving.feature_reader import FeatureReader
-from serving.middleware import HttpMetricsMiddleware
+from serving.middleware import DeclaredBodyLimit, HttpMetricsMiddleware
 from serving.routes import router
 from serving.schemas import RequestModels
 from serving.service import RecommendationService
@@ -47,5 +47,6 @@ def create_app(settings: Settings, feature_reader: FeatureReader | None = None) 
     install_openapi(app, models, settings.serving.max_body_bytes)
     install_error_handlers(app)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.serving.max_body_bytes)
-    app.add_middleware(HttpMetricsMiddleware)  # outermost: sees the body limit's 413s too
+    app.add_middleware(DeclaredBodyLimit, max_body_bytes=settings.serving.max_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: sees the body limits' 413s too
     return app

@@ -17,20 +17,32 @@ from serving.service import NotReady, RecommendationService
 
 router = APIRouter()
 
-_ERRORS = {
-    400: "unknown scenario, k above k_max, or more requests than the batch limit",
-    401: "missing or wrong admin token",
-    403: "admin endpoints are disabled (no admin token configured)",
-    409: "nothing to swap to: the bundle was refused, or no earlier bundle validates",
-    413: "the body is larger than serving.max_body_bytes (refused before it is read)",
-    415: "the body is not application/json",
-    422: "a malformed, missing or unknown parameter or field",
-    503: "no bundle loaded yet, or the feature store is unavailable (Retry-After: 1)",
+_ERRORS = {  # status -> (when, an example body as the service returns it)
+    400: ("unknown scenario, k above k_max, or more requests than the batch limit",
+          {"detail": "unknown scenario 'horror'; known: ['action', 'comedy', 'drama', 'family', 'thriller']",
+           "reason": "unknown_scenario"}),
+    401: ("missing or wrong admin token",
+          {"detail": "missing or wrong 'Authorization: Bearer <admin token>'", "reason": "unauthorized"}),
+    403: ("admin endpoints are disabled (no admin token configured)",
+          {"detail": "admin endpoints are disabled: set SASSFLOW_SERVING__ADMIN_TOKEN", "reason": "admin_disabled"}),
+    409: ("nothing to swap to: the bundle was refused, or no earlier bundle validates",
+          {"detail": "no earlier published bundle validates (current: 20261125T184202509-mv7-cd2286)",
+           "reason": "no_rollback_target"}),
+    413: ("the body is larger than serving.max_body_bytes (refused before it is read)",
+          {"detail": "the request body is larger than 65536 bytes", "reason": "body_too_large"}),
+    415: ("the body is not application/json",
+          {"detail": "send the body as 'Content-Type: application/json' (UTF-8)", "reason": "unsupported_media_type"}),
+    422: ("a malformed, missing or unknown parameter or field",
+          {"detail": "query parameter user_id must be written with ASCII digits 0-9 only (no sign, space or "
+                     "underscore), got '1_000'", "reason": "validation"}),
+    503: ("no bundle loaded yet, or the feature store is unavailable (Retry-After: 1)",
+          {"detail": "feature store read timed out after 1s", "reason": "features_unavailable"}),
 }
 
 
 def errors(*codes: int) -> dict:
-    return {code: {"model": ErrorResponse, "description": _ERRORS[code]} for code in codes}
+    return {code: {"model": ErrorResponse, "description": _ERRORS[code][0],
+                   "content": {"application/json": {"example": _ERRORS[code][1]}}} for code in codes}
 
 
 async def answer(request: Request, service: RecommendationService, fields: list[dict]):

@@ -151,6 +151,10 @@ class ErrorResponse(BaseModel):
 
 
 class RecommendResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user_id": 1, "scenario": "family", "items": [2975, 1265, 2650], "scores": [0.9752, 0.9738, 0.9669],
+        "fallback": False, "model_version": "7", "bundle_id": "20261125T184202509-mv7-cd2286"}]})
+
     user_id: int
     scenario: str
     items: list[int] = Field(description="raw item ids, best first; items the user just clicked are left out")
@@ -169,6 +173,12 @@ class HealthResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"ready": True, "bundle_id": "20261125T184202509-mv7-cd2286", "scenarios": ["action", "drama"],
+         "reasons": [], "refused": {}},
+        {"ready": False, "bundle_id": "20261125T184202509-mv7-cd2286", "scenarios": ["action", "drama"],
+         "reasons": ["feature store read timed out after 1s"], "refused": {}}]})
+
     ready: bool
     bundle_id: str | None = Field(None, description="the bundle being served")
     scenarios: list[str] = []
@@ -182,6 +192,16 @@ class ScenarioInfo(BaseModel):
 
 
 class VersionResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "bundle_id": "20261125T184202509-mv7-cd2286", "model_version": "7", "kind": "sass",
+        "created_at": "2026-11-25T18:42:02Z", "dim": 64,
+        "scenarios": {"drama": {"count": 881, "index": {"type": "flat"}},
+                      "action": {"count": 120000, "index": {"type": "ivf", "nlist": 1385, "nprobe": 32}}},
+        "previous_bundle_id": "20261124T101500000-mv6-a1b2c3",
+        "refused": {"20261125T190000000-mv8-d4e5f6": "bundle 20261125T190000000-mv8-d4e5f6: checksum mismatch on "
+                                                     "drama/index.faiss"},
+        "pointer_problem": None}]})
+
     bundle_id: str
     model_version: str
     kind: str = Field(description="the user tower's kind (sass, two_tower, mean_history)")
@@ -194,6 +214,10 @@ class VersionResponse(BaseModel):
 
 
 class AdminResult(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "swapped", "bundle_id": "20261124T101500000-mv6-a1b2c3", "load_s": 0.42,
+        "previous": "20261125T184202509-mv7-cd2286"}]})
+
     status: Literal["swapped", "unchanged"]
     bundle_id: str
     load_s: float | None = None
