@@ -31,11 +31,10 @@ from pydantic import ValidationError
 
 from sassflow.contracts.artifacts import BundleLayout, BundleManifest, ModelArtifact
 from sassflow.settings import Settings
-from serving.index import ScenarioCatalog, item_vectors, read_index
+from serving.index import ScenarioCatalog, read_index, vectors_finite
 
 MANIFEST = BundleLayout.MANIFEST
 SMOKE_USERS = 8  # users per scenario in the load-time smoke query
-_VECTOR_CHUNK = 65_536  # rows per finiteness check: bounded extra memory on million-item catalogs
 
 
 class BundleError(Exception):
@@ -149,13 +148,6 @@ def verify_bundle(path: Path, scenarios: list[str] | None = None) -> dict:
 
 # ---------------------------------------------------------------- the catalogs
 
-def _check_finite_vectors(name: str, catalog: ScenarioCatalog) -> None:
-    for start in range(0, catalog.size, _VECTOR_CHUNK):
-        rows = np.arange(start, min(start + _VECTOR_CHUNK, catalog.size))
-        if not np.isfinite(item_vectors(catalog.index, rows)).all():
-            raise BundleError(f"bundle {name}: {catalog.scenario} has non-finite item vectors")
-
-
 def _read_catalog(path: Path, scenario: str, meta: dict) -> ScenarioCatalog:
     sdir = BundleLayout(path).scenario_dir(scenario)
     try:
@@ -185,7 +177,8 @@ def load_catalogs(path: Path, manifest: dict | None = None, scenarios: list[str]
             raise BundleError(f"bundle {path.name}: {scenario} index dim {catalog.index.d} != {manifest['dim']}")
         if len(catalog.popular) == 0 or not np.isin(catalog.popular, catalog.item_ids).all():
             raise BundleError(f"bundle {path.name}: {scenario} popular items are empty or not in the catalog")
-        _check_finite_vectors(path.name, catalog)
+        if not vectors_finite(catalog.index):
+            raise BundleError(f"bundle {path.name}: {scenario} has non-finite item vectors")
         catalogs[scenario] = catalog
     return catalogs
 
