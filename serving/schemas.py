@@ -66,8 +66,9 @@ class RequestModels:
             requests=(list[self.entry], Field(min_length=1, max_length=self.batch_max,
                                               description=f"1 … {self.batch_max} requests")),
         )
-        self.integer_fields = {name for name, spec in self.entry.model_json_schema()["properties"].items()
-                               if spec.get("type") == "integer"}
+        self.fields = frozenset(self.entry.model_fields)
+        self.integer_fields = frozenset(name for name, spec in self.entry.model_json_schema()["properties"].items()
+                                        if spec.get("type") == "integer")
 
     def example_query(self) -> dict:
         return {"user_id": 1, "scenario": self.scenarios[0], "k": 10}
@@ -81,9 +82,8 @@ def parse_query(models: RequestModels, items: list[tuple[str, str]]) -> dict:
     """A GET query (name, value pairs) -> the request's fields; raises ``ApiError``."""
     values: dict = {}
     for name, text in items:
-        if name not in models.entry.model_fields:
-            raise ApiError(422, "validation", f"unknown query parameter {preview(name)}; "
-                                              f"known: {sorted(models.entry.model_fields)}")
+        if name not in models.fields:
+            raise ApiError(422, "validation", f"unknown query parameter {preview(name)}; known: {sorted(models.fields)}")
         if name in values:
             raise ApiError(422, "validation", f"query parameter {name} is given more than once")
         if name in models.integer_fields:
@@ -94,7 +94,7 @@ def parse_query(models: RequestModels, items: list[tuple[str, str]]) -> dict:
         else:
             values[name] = text
     try:
-        return models.entry.model_validate(values).model_dump()
+        return dict(models.entry.model_validate(values).__dict__)  # the fields (model_dump costs 2x more)
     except ValidationError as exc:
         raise _api_error(models, exc, query=True) from None
 
@@ -102,7 +102,7 @@ def parse_query(models: RequestModels, items: list[tuple[str, str]]) -> dict:
 def parse_batch(models: RequestModels, body: bytes) -> list[dict]:
     """A batch body -> each request's fields; raises ``ApiError``."""
     try:
-        return models.batch.model_validate_json(body).model_dump()["requests"]
+        return [dict(r.__dict__) for r in models.batch.model_validate_json(body).requests]
     except ValidationError as exc:
         raise _api_error(models, exc, query=False) from None
 

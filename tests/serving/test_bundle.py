@@ -15,6 +15,8 @@ from serving.bundle import (
     publish_bundle, read_history, read_manifest, read_pointer, rollback_bundle, verify_bundle, write_bundle,
 )
 from serving.bundle_reader import smoke_rows
+from serving.feature_reader import StaticFeatureReader
+from serving.service import RecommendationService
 from serving.index import build_index, configure_search, index_spec, recall_at_k, write_index
 from serving.synthetic import synthetic_catalog, synthetic_users
 from tests.serving.conftest import drop, edit_manifest, put, serving_settings, tamper, write_pointer
@@ -328,6 +330,15 @@ def test_bundle_from_a_real_sass_artifact(tmp_path):
     tamper(nan_bundle, "tower/model.pt", buf.getvalue())
     with pytest.raises(BundleError, match=r"non-finite weights in \['emb.user.weight'\]"):
         load_bundle(nan_bundle, settings)
+    # A NaN in a user's online features (the tower then gives a NaN vector): the flagged popular
+    # fallback, never an empty personal answer.
+    service = RecommendationService(settings, StaticFeatureReader({(3, "comedy"): {
+        "recent_clicks": [1004, 1009], "scenario_click_share": [float("nan")] * len(S)}}))
+    assert service.swap_to(path.name)["status"] == "swapped"
+    assert not np.isfinite(loaded.tower.encode([{"user_id": 3, "recent_clicks": [1004, 1009],
+                                                 "scenario_click_share": [float("nan")] * len(S)}], "comedy")).all()
+    rec = service.recommend(3, "comedy", 5)
+    assert rec.fallback is True and len(rec.items) == 5
     # A damaged tower is refused like a damaged index.
     corrupt(path / "tower" / "model.pt")
     with pytest.raises(BundleError, match="checksum mismatch on tower/model.pt"):
