@@ -184,9 +184,11 @@ class ServingSettings(BaseModel):
     # batch (batch_max_requests entries with 19-digit ids, pretty-printed) is about 26 KiB; the rest
     # is headroom for new request fields, while parsing a body this size costs about a millisecond.
     max_body_bytes: int = Field(65_536, ge=1024)
-    # A healthy online-store read takes milliseconds; one that takes a second means the store is in
-    # trouble: the request gets a 503 then, well before any client's own timeout.
-    feature_timeout_s: float = Field(1.0, gt=0)
+    # An online-store read still pending after this is answered with a 503.  Above 5 s because the
+    # embedded SQLite store makes a read wait up to 5 s (Python's sqlite3 busy timeout) while the
+    # ingest commits a write, and such a read still succeeds; with Redis, whose reads take
+    # milliseconds, set it well below a second.
+    feature_timeout_s: float = Field(6.0, gt=0)
     # Threads doing online-store reads; when all are stuck on a hung store, further reads time
     # out at once instead of piling up.
     feature_read_threads: int = Field(8, ge=1)

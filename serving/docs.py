@@ -60,7 +60,7 @@ def _batch_body(models: RequestModels, max_body_bytes: int) -> tuple[dict, dict]
                        "(a larger body is refused with 413 before it is read). Ids are JSON integers.",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"},
                                          "example": models.example_batch()}},
-    }, {name: s for name, s in schema.pop("$defs", {}).items()} | {"BatchRequest": schema}
+    }, dict(schema.pop("$defs", {})) | {"BatchRequest": schema}
 
 
 def openapi_document(app: FastAPI, models: RequestModels, max_body_bytes: int) -> dict:

@@ -36,7 +36,7 @@ _ERRORS = {  # status -> (when, an example body as the service returns it)
           {"detail": "query parameter user_id must be written with ASCII digits 0-9 only (no sign, space or "
                      "underscore), got '1_000'", "reason": "validation"}),
     503: ("no bundle loaded yet, or the feature store is unavailable (Retry-After: 1)",
-          {"detail": "feature store read timed out after 1s", "reason": "features_unavailable"}),
+          {"detail": "feature store read timed out after 6s", "reason": "features_unavailable"}),
 }
 
 

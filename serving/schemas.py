@@ -177,7 +177,7 @@ class ReadyResponse(BaseModel):
         {"ready": True, "bundle_id": "20261125T184202509-mv7-cd2286", "scenarios": ["action", "drama"],
          "reasons": [], "refused": {}},
         {"ready": False, "bundle_id": "20261125T184202509-mv7-cd2286", "scenarios": ["action", "drama"],
-         "reasons": ["feature store read timed out after 1s"], "refused": {}}]})
+         "reasons": ["feature store read timed out after 6s"], "refused": {}}]})
 
     ready: bool
     bundle_id: str | None = Field(None, description="the bundle being served")

@@ -109,6 +109,8 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         swapped = f"swapped to {h.get('new_bundle')}" if h.get("swapped") else "no new bundle to swap to"
         rows.append(("hot swap under load", f"{h['requests']:,} requests, {h['failed']} failed, p50 {h['p50_ms']} ms, "
                                            f"p99 {h['p99_ms']} ms; {swapped}"))
+        for n, failure in enumerate(h.get("failures") or [], start=1):
+            rows.append((f"failed request {n}", str(failure)[:200]))
     rows.append(("wall time", f"{summary.get('wall_s', '—')} s"))
     rows.append(("ok", str(summary.get("ok"))))
     return rows

@@ -56,6 +56,15 @@ def test_the_gate_numbers_show_when_the_summary_has_them():
     assert rows["retrain2 (DAG success, 22.1 s)"].endswith("(candidate 0.2036; champion 0.2725; popularity 0.4810)")
 
 
+def test_a_failed_run_says_what_failed():
+    summary = json.loads(SUMMARY.read_text())
+    summary["ok"] = False
+    summary["hot_swap"].update(failed=1, failures=['HTTP 503: {"detail":"no bundle loaded yet","reason":"not_ready"}'])
+    page = render_report(summary, latency_sample())
+    assert "the run did not succeed" in page
+    assert table_rows(page)["failed request 1"] == 'HTTP 503: {"detail":"no bundle loaded yet","reason":"not_ready"}'
+
+
 def test_a_partial_run_still_renders(tmp_path):
     summary = {"run_id": "x", "source": "MovieLensSource", "ok": False, "interrupted": True, "wall_s": 3.2}
     page = render_report(summary, [])
