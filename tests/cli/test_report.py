@@ -1,6 +1,6 @@
-"""The demo's report.html tells the run's story: rendered from a stored demo summary (a
-``sassflow demo --quick --source synthetic`` run with test_demo's sizes; its wall time, printed on the
-demo's JSON line, added) and looked at in headless Chromium."""
+"""The demo's report.html tells the run's story: rendered from a stored demo summary (the JSON line of
+a ``sassflow demo --quick --source synthetic --limit 30000 --users 800 --items 1500`` run, test_demo's
+sizes) and looked at in headless Chromium."""
 from __future__ import annotations
 
 import html
@@ -19,7 +19,7 @@ SUMMARY = Path(__file__).parent / "data" / "demo_summary.json"
 
 
 def latency_sample() -> list[float]:
-    return np.random.default_rng(0).lognormal(np.log(9.0), 0.6, 14_631).tolist()
+    return np.random.default_rng(0).lognormal(np.log(15.0), 0.6, 14_083).tolist()  # the run's count, p50
 
 
 def table_rows(page: str) -> dict[str, str]:
@@ -33,13 +33,13 @@ def test_the_summary_table_tells_the_run_at_a_glance():
     rows = table_rows(page)
     assert rows["data source"].startswith("SyntheticSource: synthetic events: a deterministic generated stream")
     assert rows["events"] == "30,000"
-    assert rows["ingest phase1"] == "24,000 events in 14.4 s, 1,667 events/s (history now 24,000)"
-    assert rows["retrain1 (DAG success, 15.3 s)"] == "promoted v1: first promoted model (val recall@50 0.2725)"
-    assert rows["retrain2 (DAG success, 22.1 s)"] == (
+    assert rows["ingest phase1"] == "24,000 events in 83.4 s, 288 events/s (history now 24,000)"
+    assert rows["retrain1 (DAG success, 60.2 s)"] == "promoted v1: first promoted model (val recall@50 0.2725)"
+    assert rows["retrain2 (DAG success, 40.0 s)"] == (
         "rejected v2: val recall@50 0.2036 < promoted v1 0.2725 - tolerance 0.02")
-    assert rows["hot swap under load"] == ("14,631 requests, 0 failed, p50 9.17 ms, p99 33.93 ms; "
+    assert rows["hot swap under load"] == ("14,083 requests, 0 failed, p50 15.63 ms, p99 79.67 ms; "
                                            "no new bundle to swap to")
-    assert rows["wall time"] == "98.7 s" and "the run succeeded</b>\nin 98.7 s" in page
+    assert rows["wall time"] == "264.0 s" and "the run succeeded</b>\nin 264.0 s" in page
     # SASS below popularity is said, not left for the reader to spot
     assert "retrain2: SASS test recall@50 0.2439 is below the popularity baseline (0.5076)" in html.unescape(page)
     # the plots: latency, quality per retrain, losses; the raw JSON collapsed at the bottom
@@ -53,7 +53,7 @@ def test_the_gate_numbers_show_when_the_summary_has_them():
     summary = json.loads(SUMMARY.read_text())
     summary["retrain2"]["gate"].update(candidate=0.2036, champion=0.2725, popularity=0.4810)
     rows = table_rows(render_report(summary, latency_sample()))
-    assert rows["retrain2 (DAG success, 22.1 s)"].endswith("(candidate 0.2036; champion 0.2725; popularity 0.4810)")
+    assert rows["retrain2 (DAG success, 40.0 s)"].endswith("(candidate 0.2036; champion 0.2725; popularity 0.4810)")
 
 
 def test_a_failed_run_says_what_failed():
