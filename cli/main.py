@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from cli.commands import airflow, data, features, serving, streaming, training
 from cli.demo import run as demo
 from sassflow.settings import Settings, get_settings
@@ -30,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings: Settings = get_settings()
+    try:
+        settings: Settings = get_settings()
+    except ValidationError as exc:  # one line per problem, without the values (they may be secrets)
+        for e in exc.errors(include_input=False, include_url=False):
+            print(f"invalid setting {'.'.join(map(str, e['loc']))}: {e['msg']}", file=sys.stderr)
+        return 2
     try:
         rc = args.func(args, settings)
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -161,11 +161,16 @@ class TrainingSettings(BaseModel):
     promotion_lock_timeout_s: float = Field(3600.0, gt=0)
 
 
+MIN_ADMIN_TOKEN_CHARS = 32
+
+
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     bundle_dir: Path | None = None  # default: <state_dir>/bundles
-    admin_token: SecretStr | None = None  # admin endpoints refuse every request while unset
+    # Admin endpoints refuse every request while unset.  At least 32 characters when set: the token
+    # is all that guards rollback/reload, so it must not be guessable (`secrets.token_urlsafe(32)`).
+    admin_token: SecretStr | None = None
     omp_threads: int = 1
     torch_threads: int = 1
     watch_interval_s: float = 1.0
@@ -178,6 +183,28 @@ class ServingSettings(BaseModel):
     ivf_nprobe: int = 32
     ann_index: Literal["hnsw", "ivf"] = "ivf"  # above exact_index_max_items; IVF builds faster than HNSW at 1M items (`bench ann`)
     batch_max_requests: int = 256  # POST /recommend/batch size limit
+    # Request bodies larger than this are refused with 413 before they are read.  The largest valid
+    # batch (batch_max_requests entries with 19-digit ids, pretty-printed) is about 26 KiB; the rest
+    # is headroom for new request fields, while parsing a body this size costs about a millisecond.
+    max_body_bytes: int = Field(65_536, ge=1024)
+    # An online-store read still pending after this is answered with a 503.  Above 5 s because the
+    # embedded SQLite store makes a read wait up to 5 s (Python's sqlite3 busy timeout) while the
+    # ingest commits a write, and such a read still succeeds; with Redis, whose reads take
+    # milliseconds, set it well below a second.
+    feature_timeout_s: float = Field(6.0, gt=0)
+    # Threads doing online-store reads; when all are stuck on a hung store, further reads time
+    # out at once instead of piling up.
+    feature_read_threads: int = Field(8, ge=1)
+    # /readyz probes the online store at most this often (it is unauthenticated and polled).
+    feature_probe_interval_s: float = Field(1.0, ge=0)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _guessable_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters (or unset to disable the "
+                             "admin endpoints); e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return v
 
 
 class AirflowSettings(BaseModel):

@@ -12,12 +12,14 @@ PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
-# --- system packages: Java 17 + Maven (Kafka broker), Redis and PostgreSQL (production-config tests)
+# --- system packages: Java 17 + Maven (Kafka broker), Redis and PostgreSQL (production-config tests),
+#     headless Chromium (the test that renders /docs offline, cli/local/browser.py)
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 [ -x /usr/bin/redis-server ] || need+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   log "installing Debian packages: ${need[*]}"

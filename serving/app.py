@@ -1,16 +1,19 @@
-"""The HTTP service's app factory: it only wires (lifespan resources, routes, error handlers)."""
+"""The HTTP service's app factory: it only wires (lifespan resources, middleware, routes, error
+handlers, docs)."""
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from sassflow.settings import Settings
+from serving.docs import install_openapi, mount_docs
+from serving.errors import install_error_handlers
 from serving.feature_reader import FeatureReader
-from serving.routes import recommend_parameters, router
+from serving.middleware import DeclaredBodyLimit, HttpMetricsMiddleware
+from serving.routes import router
+from serving.schemas import RequestModels
 from serving.service import RecommendationService
 from serving.watcher import BundleWatcher
 
@@ -35,19 +38,15 @@ def create_app(settings: Settings, feature_reader: FeatureReader | None = None) 
         title="sassflow recall service",
         version="0.1.0",
         description="Per-scenario candidate retrieval from SASS user/item towers and FAISS indexes.",
-        lifespan=lifespan,
+        lifespan=lifespan, docs_url=None, redoc_url=None,  # /docs is served offline by serving.docs
     )
-    app.state.settings = settings
+    models = RequestModels(settings)
+    app.state.settings, app.state.models = settings, models
     app.include_router(router)
-    for route in app.routes:
-        if getattr(route, "path", None) == "/recommend":
-            route.openapi_extra = {"parameters": recommend_parameters(settings)}
-    app.add_exception_handler(RequestValidationError, validation_error)
+    mount_docs(app)
+    install_openapi(app, models, settings.serving.max_body_bytes)
+    install_error_handlers(app)
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.serving.max_body_bytes)
+    app.add_middleware(DeclaredBodyLimit, max_body_bytes=settings.serving.max_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: sees the body limits' 413s too
     return app
-
-
-async def validation_error(request: Request, exc: RequestValidationError):
-    request.app.state.service.metrics.bad_requests.labels("validation").inc()
-    messages = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": "; ".join(messages),
-                                                  "errors": jsonable_encoder(exc.errors())})

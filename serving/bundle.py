@@ -1,11 +1,20 @@
-"""Serving bundles: immutable, versioned, checksummed snapshots of a model for retrieval.
+"""Serving bundles: building them, and the pointer files that say which one is served.
 
 Layout: ``sassflow.contracts.artifacts.BundleLayout`` (files read-only once written).  A bundle is
-built from a model artifact (``ModelArtifact``) or from a synthetic catalog.  A bundle is written to a hidden temp folder, fsynced and renamed into place, so
-readers see all of it or nothing; an existing bundle is never overwritten.
-Publishing writes ``<bundle_dir>/CURRENT`` (one line: the bundle id) atomically
-and pushes the id on ``<bundle_dir>/HISTORY``; rollback pops it.  The service
-watches ``CURRENT``.
+built from a model artifact (``ModelArtifact``) or from a synthetic catalog, written to a hidden
+temp folder, fsynced and renamed into place, so readers see all of it or nothing; an existing
+bundle is never overwritten.  What makes a bundle servable is checked in ``serving.bundle_reader``.
+
+The pointer files in the bundle dir, and the one meaning of each operation on them:
+
+* ``CURRENT`` -- one line, the id of the bundle every service should serve (the services watch it);
+* ``HISTORY`` -- the ids published so far, oldest first.  Only bundles that passed the same checks
+  a service runs before serving (``validate_bundle``) are ever written to either file;
+* publish -- validate the bundle, append it to ``HISTORY``, point ``CURRENT`` at it;
+* rollback -- move ``CURRENT`` back to the newest bundle published before the current one that
+  still validates; the current bundle and any that fail are dropped from ``HISTORY``.  The CLI
+  (``sassflow bundle rollback``) and ``POST /admin/rollback`` do exactly this (the service that
+  received the call swaps at once, the others when their watcher sees the pointer move).
 """
 from __future__ import annotations
 
@@ -19,23 +28,24 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from pydantic import ValidationError
 
-from sassflow.contracts.artifacts import BundleLayout, ModelArtifact, ScenarioItems
+from sassflow.contracts.artifacts import BundleLayout, BundleManifest, ModelArtifact, ScenarioItems
 from sassflow.files import fsync_dir, sha256_file, write_text_atomic
 from sassflow.settings import Settings
-from serving.index import ScenarioCatalog, build_index, index_spec, read_index, write_index
+from serving.bundle_reader import (  # noqa: F401  (re-exported: the bundle API is this module)
+    BundleError, LoadedBundle, describe_errors, load_bundle, load_catalogs, read_manifest, verify_bundle,
+)
+from serving.index import build_index, index_spec, write_index
 
 MANIFEST = BundleLayout.MANIFEST
 CURRENT = BundleLayout.CURRENT
 HISTORY = BundleLayout.HISTORY
 FORMAT_VERSION = 1
 SCENARIO_FILES = BundleLayout.SCENARIO_FILES
-
-
-class BundleError(Exception):
-    """A bundle that is missing, corrupt or does not match this service."""
 
 
 # ---------------------------------------------------------------- small file helpers
@@ -59,7 +69,7 @@ def _pointer_lock(bundle_dir: Path):
 
 
 def new_bundle_id(model_version) -> str:
-    """Sortable by creation time, unique, safe as a folder name."""
+    """Sortable by creation time, unique, safe as a folder name (``BundleLayout.ID_PATTERN``)."""
     now = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1000) % 1000:03d}"
     version = re.sub(r"[^A-Za-z0-9_.-]", "_", str(model_version))[:40]
@@ -90,9 +100,10 @@ def write_bundle(
         dims = {items.vectors.shape[1] for items in scenarios.values()}
         if len(dims) != 1:
             raise BundleError(f"scenarios disagree on the vector dimension: {sorted(dims)}")
-        manifest = {"format": FORMAT_VERSION, "bundle_id": bundle_id, "model_version": model_version,
+        manifest = {"format": FORMAT_VERSION, "bundle_id": bundle_id,
+                    "model_version": model_version if isinstance(model_version, (int, str)) else str(model_version),
                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "kind": tower_config["kind"], "dim": dims.pop(), "scenarios": {}, "files": {}}
+                    "kind": tower_config["kind"], "dim": int(dims.pop()), "scenarios": {}, "files": {}}
         tmp.tower_dir.mkdir()
         for name, src in tower_files.items():
             shutil.copyfile(src, tmp.tower_dir / name)
@@ -102,7 +113,7 @@ def write_bundle(
         for path in sorted(p for p in tmp.root.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp.root).as_posix()
             manifest["files"][rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        tmp.manifest_path.write_text(json.dumps(manifest, indent=1))
+        tmp.manifest_path.write_text(_checked_manifest(manifest).model_dump_json(indent=1))
         for path in tmp.root.rglob("*"):
             if path.is_file():
                 path.chmod(0o444)
@@ -116,6 +127,14 @@ def write_bundle(
     return final
 
 
+def _checked_manifest(manifest: dict) -> BundleManifest:
+    """Through the schema the readers validate against: a bundle is built valid or not at all."""
+    try:
+        return BundleManifest.model_validate(manifest)
+    except ValidationError as exc:
+        raise BundleError(f"cannot build a valid manifest: {describe_errors(exc)}") from None
+
+
 def _write_scenario(settings: Settings, layout: BundleLayout, scenario: str, items: ScenarioItems,
                     progress) -> dict:
     """One scenario's index, ids and popularity; returns its manifest entry."""
@@ -123,6 +142,8 @@ def _write_scenario(settings: Settings, layout: BundleLayout, scenario: str, ite
     vectors = np.asarray(items.vectors, dtype=np.float32)
     if len(item_ids) != len(vectors) or len(item_ids) == 0:
         raise BundleError(f"{scenario}: {len(item_ids)} item ids for {len(vectors)} vectors")
+    if not np.isfinite(vectors).all():
+        raise BundleError(f"{scenario}: the item vectors hold NaN or inf")
     spec = index_spec(len(item_ids), settings.serving)
     if progress:
         progress(f"{scenario}: {spec['type']} index over {len(item_ids)} items")
@@ -140,8 +161,11 @@ def _write_scenario(settings: Settings, layout: BundleLayout, scenario: str, ite
 def build_bundle(settings: Settings, artifact_dir, model_version, publish: bool = True, progress=None) -> Path:
     """A bundle from a model artifact folder; published (``publish_bundle``) unless ``publish`` is False."""
     artifact = ModelArtifact(artifact_dir)
-    config = artifact.read_config()
-    if "kind" not in config:
+    try:
+        config = artifact.read_config()
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{artifact.root / ModelArtifact.CONFIG} is unreadable: {exc}") from None
+    if not isinstance(config, dict) or "kind" not in config:
         raise BundleError(f"{artifact.root / ModelArtifact.CONFIG} has no 'kind'")
     try:
         scenarios = {s: artifact.read_scenario(s) for s in settings.scenarios}
@@ -178,52 +202,104 @@ def build_synthetic_bundle(
 
 # ---------------------------------------------------------------- publishing
 
-def _read_history(bundle_dir: Path) -> list[str]:
-    p = bundle_dir / HISTORY
-    return [line.strip() for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+def bundle_path(settings: Settings, bundle_id: str) -> Path:
+    """The folder of ``bundle_id``: refused unless the id is a plain bundle id (no path) naming a
+    real folder (not a symlink) directly inside the bundle dir."""
+    if not BundleLayout.is_bundle_id(bundle_id):
+        raise BundleError("not a bundle id: a bundle id is a plain folder name "
+                          f"({BundleLayout.ID_PATTERN}), never a path")
+    path = Path(settings.serving.bundle_dir) / bundle_id
+    if path.is_symlink() or not path.is_dir():
+        raise BundleError(f"bundle {bundle_id} is not a folder in the bundle dir")
+    return path
+
+
+def validate_bundle(settings: Settings, bundle_id: str) -> LoadedBundle:
+    """Every check a service runs before serving ``bundle_id`` (``load_bundle`` without warming)."""
+    return load_bundle(bundle_path(settings, bundle_id), settings, warm_queries=0)
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What ``CURRENT`` says: a bundle id, nothing (never published), or a problem."""
+
+    bundle_id: str | None
+    problem: str | None = None
+
+
+def read_pointer(settings: Settings) -> Pointer:
+    try:
+        with open(Path(settings.serving.bundle_dir) / CURRENT, "rb") as f:
+            raw = f.read(BundleLayout.MAX_POINTER_BYTES + 1)
+    except FileNotFoundError:
+        return Pointer(None)
+    except OSError as exc:
+        return Pointer(None, f"{CURRENT} is unreadable ({type(exc).__name__})")
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        text = None
+    if not text:
+        return Pointer(None, None if raw.strip() == b"" else f"{CURRENT} does not hold a bundle id")
+    if not BundleLayout.is_bundle_id(text):
+        return Pointer(None, f"{CURRENT} does not hold a bundle id (a plain folder name, never a path)")
+    return Pointer(text)
 
 
 def current_bundle_id(settings: Settings) -> str | None:
-    p = Path(settings.serving.bundle_dir) / CURRENT
+    """The id ``CURRENT`` points at; None when nothing valid was published."""
+    return read_pointer(settings).bundle_id
+
+
+def read_history(settings: Settings) -> list[str]:
+    """The published ids, oldest first (lines that are not bundle ids are ignored)."""
+    p = Path(settings.serving.bundle_dir) / HISTORY
     try:
-        return p.read_text().strip() or None
+        lines = p.read_bytes().decode("ascii", errors="replace").splitlines()
     except FileNotFoundError:
-        return None
+        return []
+    return [line.strip() for line in lines if BundleLayout.is_bundle_id(line.strip())]
+
+
+def _write_pointers(bundle_dir: Path, history: list[str], current: str) -> None:
+    write_text_atomic(bundle_dir / HISTORY, "\n".join(history) + "\n")
+    write_text_atomic(bundle_dir / CURRENT, current + "\n")
 
 
 def publish_bundle(settings: Settings, bundle_id: str) -> dict:
-    """Make ``bundle_id`` the one the service should serve; returns its manifest."""
+    """Validate ``bundle_id`` exactly as a service would, then make it the one to serve; returns
+    its manifest.  A bundle that fails raises ``BundleError`` and the pointer files stay as they were."""
+    manifest = validate_bundle(settings, bundle_id).manifest
     bundle_dir = Path(settings.serving.bundle_dir)
-    manifest = read_manifest(bundle_dir / bundle_id)
     with _pointer_lock(bundle_dir):
-        history = _read_history(bundle_dir)
+        history = read_history(settings)
         if not history or history[-1] != bundle_id:
             history.append(bundle_id)
-        write_text_atomic(bundle_dir / HISTORY, "\n".join(history) + "\n")
-        write_text_atomic(bundle_dir / CURRENT, bundle_id + "\n")
+        _write_pointers(bundle_dir, history, bundle_id)
     return manifest
 
 
-def rollback_bundle(settings: Settings) -> str:
-    """Re-publish the previous good bundle (the one published before the current one
-    whose files still verify); returns its id."""
+def rollback_bundle(settings: Settings, load: Callable[[str], LoadedBundle] | None = None) -> LoadedBundle:
+    """Point ``CURRENT`` at the newest bundle published before the current one that validates
+    (``load``: how to validate; default ``validate_bundle``); returns it, loaded.  The current
+    bundle and those that fail are dropped from ``HISTORY``."""
+    load = load or (lambda bundle_id: validate_bundle(settings, bundle_id))
     bundle_dir = Path(settings.serving.bundle_dir)
     with _pointer_lock(bundle_dir):
-        history = _read_history(bundle_dir)
-        current = current_bundle_id(settings)
+        history, current = read_history(settings), current_bundle_id(settings)
         if current in history:
             history = history[: len(history) - history[::-1].index(current) - 1]
         while history:
-            candidate = history[-1]
-            try:
-                verify_bundle(bundle_dir / candidate)
-            except BundleError:
-                history.pop()  # a corrupt or deleted bundle is no rollback target
+            candidate = history.pop()
+            if candidate == current:
                 continue
-            write_text_atomic(bundle_dir / HISTORY, "\n".join(history) + "\n")
-            write_text_atomic(bundle_dir / CURRENT, candidate + "\n")
-            return candidate
-    raise BundleError(f"no previous good bundle to roll back to (current: {current})")
+            try:
+                loaded = load(candidate)
+            except BundleError:
+                continue  # a corrupt, deleted or refused bundle is no rollback target
+            _write_pointers(bundle_dir, history + [candidate], candidate)
+            return loaded
+    raise BundleError(f"no earlier published bundle validates (current: {current})")
 
 
 def list_bundles(settings: Settings) -> list[dict]:
@@ -231,7 +307,7 @@ def list_bundles(settings: Settings) -> list[dict]:
     current = current_bundle_id(settings)
     out = []
     for path in sorted(bundle_dir.iterdir()) if bundle_dir.exists() else []:
-        if path.is_dir() and not path.name.startswith("."):
+        if path.is_dir() and not path.is_symlink() and BundleLayout.is_bundle_id(path.name):
             try:
                 m = read_manifest(path)
             except BundleError as exc:
@@ -243,125 +319,3 @@ def list_bundles(settings: Settings) -> list[dict]:
                 "current": path.name == current,
             })
     return out
-
-
-# ---------------------------------------------------------------- validation and loading
-
-def read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads((Path(path) / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{path} has no {MANIFEST}") from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}/{MANIFEST} is unreadable: {exc}") from None
-    if manifest.get("format") != FORMAT_VERSION or manifest.get("bundle_id") != Path(path).name:
-        raise BundleError(f"{path}/{MANIFEST}: wrong format or bundle id")
-    return manifest
-
-
-def verify_bundle(path: Path, scenarios: list[str] | None = None) -> dict:
-    """Check every file against the manifest's sha256; return the manifest."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    for scenario in scenarios or []:
-        if scenario not in manifest["scenarios"]:
-            raise BundleError(f"bundle {path.name} has no index for scenario {scenario!r}")
-    for scenario in manifest["scenarios"]:
-        for name in SCENARIO_FILES:
-            if BundleLayout(path).scenario_file(scenario, name) not in manifest["files"]:
-                raise BundleError(f"bundle {path.name}: manifest lists no {scenario}/{name}")
-    for rel, meta in manifest["files"].items():
-        f = path / rel
-        if not f.is_file():
-            raise BundleError(f"bundle {path.name}: {rel} is missing")
-        if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
-            raise BundleError(f"bundle {path.name}: checksum mismatch on {rel}")
-    return manifest
-
-
-def load_catalogs(path: Path, manifest: dict | None = None, scenarios: list[str] | None = None) -> dict[str, ScenarioCatalog]:
-    """Read the per-scenario indexes and id maps, checking counts and dims against the manifest."""
-    path = Path(path)
-    manifest = manifest or read_manifest(path)
-    catalogs = {}
-    for scenario in scenarios or list(manifest["scenarios"]):
-        meta = manifest["scenarios"][scenario]
-        sdir = BundleLayout(path).scenario_dir(scenario)
-        try:
-            index = read_index(sdir / BundleLayout.INDEX, meta["index"])
-            item_ids = np.load(sdir / BundleLayout.ITEM_IDS, allow_pickle=False)
-            popular = np.load(sdir / BundleLayout.POPULAR, allow_pickle=False)
-        except Exception as exc:  # FAISS raises RuntimeError, numpy ValueError on garbage
-            raise BundleError(f"bundle {path.name}: cannot read {scenario}: {exc}") from None
-        if not (index.ntotal == len(item_ids) == meta["count"]):
-            raise BundleError(
-                f"bundle {path.name}: {scenario} has {index.ntotal} vectors, {len(item_ids)} ids, "
-                f"manifest says {meta['count']}"
-            )
-        if index.d != manifest["dim"]:
-            raise BundleError(f"bundle {path.name}: {scenario} index dim {index.d} != {manifest['dim']}")
-        if len(popular) == 0:
-            raise BundleError(f"bundle {path.name}: {scenario} has no popular items for cold start")
-        catalogs[scenario] = ScenarioCatalog(scenario, index, item_ids, popular, meta["index"])
-    return catalogs
-
-
-@dataclass
-class LoadedBundle:
-    """Everything a request needs; immutable once built, swapped as one reference."""
-
-    bundle_id: str
-    path: Path
-    manifest: dict
-    catalogs: dict[str, ScenarioCatalog]
-    tower: object
-
-    @property
-    def model_version(self):
-        return self.manifest["model_version"]
-
-
-def smoke_row(catalog: ScenarioCatalog) -> dict:
-    """A plausible feature row: a user who clicked the scenario's five most popular items."""
-    from serving.feature_reader import empty_row
-
-    row = empty_row(0)
-    row["recent_clicks"] = catalog.popular[:5].tolist()
-    row["recent_clicks_all"] = row["recent_clicks"]
-    return row
-
-
-def load_bundle(path: Path, settings: Settings, warm_queries: int = 64) -> LoadedBundle:
-    """Load, validate (checksums, counts, a smoke query per scenario) and warm a bundle.
-
-    Raises ``BundleError`` for anything that should keep the old bundle serving."""
-    from serving.towers import load_tower
-
-    path = Path(path)
-    manifest = verify_bundle(path, settings.scenarios)
-    catalogs = load_catalogs(path, manifest, settings.scenarios)
-    try:
-        layout = BundleLayout(path)
-        config = json.loads((layout.tower_dir / ModelArtifact.CONFIG).read_text())
-        tower = load_tower(layout.tower_dir, config, catalogs)
-    except BundleError:
-        raise
-    except Exception as exc:  # includes training.export.ArtifactError
-        raise BundleError(f"bundle {path.name}: cannot load the user tower: {exc}") from None
-    rng = np.random.default_rng(0)
-    for scenario, catalog in catalogs.items():
-        try:
-            vec = np.asarray(tower.encode([smoke_row(catalog)], scenario), dtype=np.float32)
-        except Exception as exc:
-            raise BundleError(f"bundle {path.name}: user tower fails on {scenario}: {exc}") from None
-        if vec.shape != (1, manifest["dim"]) or not np.isfinite(vec).all():
-            raise BundleError(f"bundle {path.name}: user tower gave {vec.shape} / non-finite for {scenario}")
-        k = min(10, catalog.size)
-        scores, ids = catalog.search(vec if np.any(vec) else rng.standard_normal((1, manifest["dim"])), k)
-        if not np.isfinite(scores).all() or (ids < 0).all():
-            raise BundleError(f"bundle {path.name}: smoke query on {scenario} found nothing")
-        # Warm: touch the index (page in lists/graph, size FAISS buffers) before real traffic.
-        queries = rng.standard_normal((warm_queries, manifest["dim"])).astype(np.float32)
-        for q in queries:
-            catalog.search(q[None, :], min(100, catalog.size))
-    return LoadedBundle(path.name, path, manifest, catalogs, tower)

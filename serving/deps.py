@@ -1,13 +1,16 @@
-"""What routes receive through FastAPI dependencies: the service, the settings, admin auth."""
+"""What routes receive through FastAPI dependencies: the service, the settings, the request
+models, admin auth."""
 from __future__ import annotations
 
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from sassflow.settings import Settings
+from serving.schemas import ApiError, RequestModels
 from serving.service import RecommendationService
 
 
@@ -19,8 +22,13 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_models(request: Request) -> RequestModels:
+    return request.app.state.models
+
+
 ServiceDep = Annotated[RecommendationService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelsDep = Annotated[RequestModels, Depends(get_models)]
 
 
 async def call(request: Request, fn, *args):
@@ -31,10 +39,16 @@ async def call(request: Request, fn, *args):
     return fn(*args)
 
 
-def require_admin(settings: SettingsDep, authorization: str | None = Header(None)) -> None:
+admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken",
+                          description="`Authorization: Bearer <SASSFLOW_SERVING__ADMIN_TOKEN>`")
+
+
+def require_admin(settings: SettingsDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)]) -> None:
     token = settings.serving.admin_token
     if token is None:
-        raise HTTPException(403, "admin endpoints are disabled: set SASSFLOW_SERVING__ADMIN_TOKEN")
-    expected = f"Bearer {token.get_secret_value()}"
-    if not authorization or not hmac.compare_digest(authorization.encode(), expected.encode()):
-        raise HTTPException(401, "missing or wrong 'Authorization: Bearer <admin token>'")
+        raise ApiError(403, "admin_disabled", "admin endpoints are disabled: set SASSFLOW_SERVING__ADMIN_TOKEN")
+    given = credentials.credentials.encode() if credentials is not None else b""
+    if not hmac.compare_digest(given, token.get_secret_value().encode()):
+        raise ApiError(401, "unauthorized", "missing or wrong 'Authorization: Bearer <admin token>'",
+                       headers={"WWW-Authenticate": "Bearer"})

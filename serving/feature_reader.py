@@ -9,9 +9,17 @@ treats as cold start.
 ``FeastFeatureReader`` is the product path.  ``StaticFeatureReader`` serves a
 fixed table and exists for the synthetic benchmarks, whose simulated users have
 no rows in any Feast store.
+
+Outage policy: a read that fails or takes longer than ``serving.feature_timeout_s`` (a store that
+is down, hung, or was never set up with ``sassflow features apply``) raises
+``FeaturesUnavailable``; the service answers 503 with the reason, and ``health()`` (what
+``/readyz`` reports) says the same until a read succeeds again.  Serving popular items instead would
+hide the outage from clients and from every quality figure.
 """
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +33,13 @@ FEATURE_NAMES = USER_FEATURE_NAMES
 
 class FeatureReader(Protocol):
     def read(self, pairs: list[tuple[int, str]]) -> list[dict]: ...
+
+    def health(self) -> str | None:
+        """None when reads work, else why not."""
+
+
+class FeaturesUnavailable(Exception):
+    """The online store cannot be read (down, hung, not set up); the message says why."""
 
 
 def empty_row(user_id: int) -> dict:
@@ -43,10 +58,59 @@ class FeastFeatureReader:
             store = build_store(settings)
         self.store = store
         self.refs = [f"{view.name}:{f}" for view in USER_VIEWS for f in view.feature_names]
+        sv = settings.serving
+        self.timeout_s, self.probe_interval_s = sv.feature_timeout_s, sv.feature_probe_interval_s
+        self.probe_rows = [{"user_id": 0, "scenario": settings.scenarios[0]}]
+        # Feast's reads have no deadline of their own (SQLite waits on locks, a Redis socket on a
+        # hung server): each runs on a daemon thread that is waited for at most timeout_s, and at
+        # most feature_read_threads of them may be pending at once.
+        self._slots = threading.BoundedSemaphore(sv.feature_read_threads)
+        self._lock = threading.Lock()
+        self._problem: str | None = None
+        self._checked_at = float("-inf")
+
+    def _online_columns(self, entity_rows: list[dict]) -> dict:
+        deadline = time.monotonic() + self.timeout_s
+        if not self._slots.acquire(timeout=self.timeout_s):
+            self._note(f"feature store: every read slot is taken by a read pending for over {self.timeout_s:g}s")
+            raise FeaturesUnavailable(self._problem)
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["columns"] = self.store.get_online_features(features=self.refs, entity_rows=entity_rows).to_dict()
+            except Exception as exc:  # whatever the store raised (not found, connection, lock, ...)
+                outcome["error"] = exc
+            finally:
+                self._slots.release()
+
+        reader = threading.Thread(target=run, name="feast-read", daemon=True)
+        reader.start()
+        reader.join(max(0.0, deadline - time.monotonic()))
+        if "columns" in outcome:
+            self._note(None)
+            return outcome["columns"]
+        exc = outcome.get("error")
+        self._note(f"feature store read timed out after {self.timeout_s:g}s" if exc is None else
+                   f"feature store read failed: {type(exc).__name__}: {str(exc)[:200]}")
+        raise FeaturesUnavailable(self._problem)
+
+    def _note(self, problem: str | None) -> None:
+        with self._lock:
+            self._problem, self._checked_at = problem, time.monotonic()
+
+    def health(self) -> str | None:
+        """None when the store answers; probes it (one entity) at most every probe_interval_s."""
+        if time.monotonic() - self._checked_at >= self.probe_interval_s:
+            try:
+                self._online_columns(self.probe_rows)
+            except FeaturesUnavailable:
+                pass
+        return self._problem
 
     def read(self, pairs: list[tuple[int, str]]) -> list[dict]:
         entity_rows = [{"user_id": int(u), "scenario": s} for u, s in pairs]
-        columns = self.store.get_online_features(features=self.refs, entity_rows=entity_rows).to_dict()
+        columns = self._online_columns(entity_rows)
         rows = []
         for i, (u, _) in enumerate(pairs):
             row = empty_row(int(u))
@@ -64,6 +128,9 @@ class StaticFeatureReader:
 
     def __init__(self, table: dict[tuple[int, str], dict]):
         self.table = table
+
+    def health(self) -> str | None:
+        return None  # in memory: always readable
 
     def read(self, pairs: list[tuple[int, str]]) -> list[dict]:
         rows = []

@@ -93,6 +93,25 @@ def item_vectors(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
     return index.reconstruct_batch(rows)
 
 
+def vectors_finite(index: faiss.Index, chunk: int = 1 << 20) -> bool:
+    """True when every stored vector is finite (no NaN/inf).  Reads the storage in place (flat,
+    HNSW-flat, IVF-flat keep raw float32 rows) instead of reconstructing row by row."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    if isinstance(index, faiss.IndexFlat):
+        stored = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d)
+        return all(np.isfinite(stored[i:i + chunk]).all() for i in range(0, stored.size, chunk))
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    for i in range(ivf.nlist):
+        size = lists.list_size(i)
+        if size and not np.isfinite(faiss.rev_swig_ptr(lists.get_codes(i), size * lists.code_size)
+                                    .view(np.float32)).all():
+            return False
+    return True
+
+
 def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
     """Mean fraction of the exact top-k found by the approximate search."""
     hits = [len(set(a[a >= 0]) & set(e[e >= 0])) / max(1, (e >= 0).sum()) for a, e in zip(approx_rows, exact_rows)]

@@ -48,7 +48,8 @@ class AnnRecall:
         if not personal:
             return out
         vectors = bundle.tower.encode([rows[j] for j in personal], scenario)
-        placed = [n for n in range(len(personal)) if np.any(vectors[n])]
+        # a zero vector (no known click) or a non-finite one is not a query: the next source answers
+        placed = [n for n in range(len(personal)) if np.any(vectors[n]) and np.isfinite(vectors[n]).all()]
         if not placed:
             return out
         searched = [personal[n] for n in placed]
@@ -57,7 +58,7 @@ class AnnRecall:
         scores, ids = bundle.catalogs[scenario].search(vectors[placed], k_search)
         for n, j in enumerate(searched):
             items, kept = _top_unclicked(ids[n].tolist(), scores[n].tolist(), clicked[j], ks[j])
-            out[j] = Candidates(items, kept, self.name)
+            out[j] = Candidates(items, kept, self.name) if items else None
         return out
 
 

@@ -1,138 +1,148 @@
-"""The HTTP routes: thin functions over ``RecommendationService``, resources through ``serving.deps``."""
+"""The HTTP routes: thin functions over ``RecommendationService``, resources through ``serving.deps``,
+requests parsed by ``serving.schemas``, errors raised as ``ApiError`` (one JSON shape, ``serving.errors``)."""
 from __future__ import annotations
 
-import json
-
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from serving.bundle import BundleError
-from serving.deps import ServiceDep, SettingsDep, call, require_admin
-from serving.schemas import DEFAULT_K, MAX_ID, BatchRequest, BatchResponse, RecommendResponse
+from serving.deps import ModelsDep, ServiceDep, call, require_admin
+from serving.feature_reader import FeaturesUnavailable
+from serving.schemas import (
+    AdminResult, ApiError, BatchResponse, ErrorResponse, HealthResponse, ReadyResponse, RecommendResponse,
+    VersionResponse, dumps, parse_batch, parse_query,
+)
 from serving.service import NotReady, RecommendationService
 
 router = APIRouter()
 
-
-def bad_request(service: RecommendationService, reason: str, message: str, status: int = 400):
-    service.metrics.bad_requests.labels(reason).inc()
-    raise HTTPException(status_code=status, detail=message)
-
-
-def check(service: RecommendationService, settings, scenario: str, k: int) -> None:
-    if scenario not in settings.scenarios:
-        bad_request(service, "unknown_scenario", f"unknown scenario {scenario!r}; known: {sorted(settings.scenarios)}")
-    if not 1 <= k <= settings.serving.k_max:
-        bad_request(service, "k_out_of_range", f"k must be between 1 and {settings.serving.k_max}, got {k}")
-
-
-def parse_int(service, query, name: str, default: int | None, low: int, high: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        if default is None:
-            bad_request(service, "validation", f"query parameter {name} is required", 422)
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        bad_request(service, "validation", f"query parameter {name} must be an integer, got {raw[:40]!r}", 422)
-    if not low <= value <= high:
-        reason, status = ("k_out_of_range", 400) if name == "k" else ("validation", 422)
-        bad_request(service, reason, f"{name} must be between {low} and {high}, got {value}", status)
-    return value
+_ERRORS = {  # status -> (when, an example body as the service returns it)
+    400: ("unknown scenario, k above k_max, or more requests than the batch limit",
+          {"detail": "unknown scenario 'horror'; known: ['action', 'comedy', 'drama', 'family', 'thriller']",
+           "reason": "unknown_scenario"}),
+    401: ("missing or wrong admin token",
+          {"detail": "missing or wrong 'Authorization: Bearer <admin token>'", "reason": "unauthorized"}),
+    403: ("admin endpoints are disabled (no admin token configured)",
+          {"detail": "admin endpoints are disabled: set SASSFLOW_SERVING__ADMIN_TOKEN", "reason": "admin_disabled"}),
+    409: ("nothing to swap to: the bundle was refused, or no earlier bundle validates",
+          {"detail": "no earlier published bundle validates (current: 20261125T184202509-mv7-cd2286)",
+           "reason": "no_rollback_target"}),
+    413: ("the body is larger than serving.max_body_bytes (refused before it is read)",
+          {"detail": "the request body is larger than 65536 bytes", "reason": "body_too_large"}),
+    415: ("the body is not application/json",
+          {"detail": "send the body as 'Content-Type: application/json' (UTF-8)", "reason": "unsupported_media_type"}),
+    422: ("a malformed, missing or unknown parameter or field",
+          {"detail": "query parameter user_id must be written with ASCII digits 0-9 only (no sign, space or "
+                     "underscore), got '1_000'", "reason": "validation"}),
+    503: ("no bundle loaded yet, or the feature store is unavailable (Retry-After: 1)",
+          {"detail": "feature store read timed out after 6s", "reason": "features_unavailable"}),
+}
 
 
-async def answer(request: Request, service: RecommendationService, triples: list[tuple[int, str, int]]):
+def errors(*codes: int) -> dict:
+    return {code: {"model": ErrorResponse, "description": _ERRORS[code][0],
+                   "content": {"application/json": {"example": _ERRORS[code][1]}}} for code in codes}
+
+
+async def answer(request: Request, service: RecommendationService, fields: list[dict]):
+    triples = [(f["user_id"], f["scenario"], f["k"]) for f in fields]
     try:
         return await call(request, service.recommend_many, triples)
     except NotReady as exc:
-        raise HTTPException(status_code=503, detail=str(exc)) from None
+        raise ApiError(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
+    except FeaturesUnavailable as exc:
+        raise ApiError(503, "features_unavailable", str(exc), {"Retry-After": "1"}) from None
 
 
-# /recommend is the hot path: its query is parsed here rather than by FastAPI's parameter machinery,
-# and its JSON written directly (FastAPI skips response_model for a Response); together that halves
-# the per-request CPU.  The app factory documents the parameters (``recommend_parameters``).
+# /recommend is the hot path: its query is parsed by serving.schemas rather than by FastAPI's
+# parameter machinery, and its JSON written directly (FastAPI skips response_model for a
+# Response); together that halves the per-request CPU.  serving.docs documents the parameters.
 @router.get("/recommend", response_model=RecommendResponse, summary="Top-k items for one user in one scenario",
-            responses={400: {"description": "unknown scenario or k out of range"},
-                       422: {"description": "malformed or missing parameter"},
-                       503: {"description": "no bundle loaded yet"}})
-async def recommend(request: Request, service: ServiceDep, settings: SettingsDep):
-    query = request.query_params
-    user_id = parse_int(service, query, "user_id", None, 0, MAX_ID)
-    k = parse_int(service, query, "k", DEFAULT_K, 1, settings.serving.k_max)
-    scenario = query.get("scenario")
-    if scenario is None:
-        bad_request(service, "validation", "query parameter scenario is required", 422)
-    check(service, settings, scenario, k)
-    (rec,) = await answer(request, service, [(user_id, scenario, k)])
-    return Response(json.dumps(rec.__dict__).encode(), media_type="application/json")
+            responses=errors(400, 422, 503))
+async def recommend(request: Request, service: ServiceDep, models: ModelsDep):
+    fields = parse_query(models, request.query_params.multi_items())
+    (rec,) = await answer(request, service, [fields])
+    return Response(dumps(rec.__dict__), media_type="application/json")
 
 
-def recommend_parameters(settings) -> list[dict]:
-    """The OpenAPI description of /recommend's query (parsed by hand, see above)."""
-    return [
-        {"name": "user_id", "in": "query", "required": True, "description": "raw user id",
-         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
-        {"name": "scenario", "in": "query", "required": True, "description": "one of the configured scenarios",
-         "schema": {"type": "string", "enum": settings.scenarios}},
-        {"name": "k", "in": "query", "required": False, "description": "number of items",
-         "schema": {"type": "integer", "minimum": 1, "maximum": settings.serving.k_max, "default": DEFAULT_K}},
-    ]
+def require_json(request: Request) -> None:
+    media_type, _, params = request.headers.get("content-type", "").partition(";")
+    charset = params.strip().lower().removeprefix("charset=").strip('"') if params.strip() else "utf-8"
+    if media_type.strip().lower() != "application/json" or charset != "utf-8":
+        raise ApiError(415, "unsupported_media_type", "send the body as 'Content-Type: application/json' (UTF-8)")
 
 
-@router.post("/recommend/batch", response_model=BatchResponse, summary="Many recommendations in one call")
-async def recommend_batch(request: Request, body: BatchRequest, service: ServiceDep, settings: SettingsDep):
-    if len(body.requests) > settings.serving.batch_max_requests:
-        bad_request(service, "batch_too_large", f"at most {settings.serving.batch_max_requests} requests per batch")
-    for r in body.requests:
-        check(service, settings, r.scenario, r.k)
-    recs = await answer(request, service, [(r.user_id, r.scenario, r.k) for r in body.requests])
-    return {"results": [r.__dict__ for r in recs]}
+@router.post("/recommend/batch", response_model=BatchResponse, summary="Many recommendations in one call",
+             responses=errors(400, 413, 415, 422, 503))
+async def recommend_batch(request: Request, service: ServiceDep, models: ModelsDep):
+    require_json(request)
+    body = await request.body()  # at most serving.max_body_bytes: the body limit refuses the rest
+    recs = await answer(request, service, parse_batch(models, body))
+    return Response(dumps({"results": [r.__dict__ for r in recs]}), media_type="application/json")
 
 
-@router.get("/healthz", summary="The process is up")
+@router.get("/healthz", response_model=HealthResponse, summary="The process is up")
 async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Every scenario is loaded and warmed")
-async def readyz(service: ServiceDep):
-    bundle = service.bundle
+@router.get("/readyz", response_model=ReadyResponse, summary="A bundle is loaded and warmed, the feature store answers",
+            responses={503: {"model": ReadyResponse, "description": "not ready; `reasons` says why"}})
+async def readyz(request: Request, service: ServiceDep):
+    bundle, reasons = service.bundle, []
     if bundle is None:
-        return JSONResponse(status_code=503, content={"ready": False, "refused": service.refused})
-    return {"ready": True, "bundle_id": bundle.bundle_id, "scenarios": sorted(bundle.catalogs)}
+        reasons.append("no bundle loaded yet" + (f" ({service.pointer_problem})" if service.pointer_problem else ""))
+    features_problem = await call(request, service.features.health)
+    if features_problem:
+        reasons.append(features_problem)
+    body = ReadyResponse(ready=not reasons, bundle_id=bundle and bundle.bundle_id,
+                         scenarios=sorted(bundle.catalogs) if bundle else [], reasons=reasons, refused=service.refused)
+    return JSONResponse(status_code=503 if reasons else 200, content=body.model_dump())
 
 
-@router.get("/version", summary="Model and bundle being served")
+@router.get("/version", response_model=VersionResponse, summary="Model and bundle being served",
+            responses=errors(503))
 async def version(service: ServiceDep):
     bundle = service.bundle
     if bundle is None:
-        raise HTTPException(status_code=503, detail="no bundle loaded yet")
+        raise ApiError(503, "not_ready", "no bundle loaded yet")
     m = bundle.manifest
     return {
         "bundle_id": bundle.bundle_id, "model_version": str(bundle.model_version), "kind": m["kind"],
         "created_at": m["created_at"], "dim": m["dim"],
         "scenarios": {s: {"count": v["count"], "index": v["index"]} for s, v in m["scenarios"].items()},
         "previous_bundle_id": service.previous_bundle_id, "refused": service.refused,
+        "pointer_problem": service.pointer_problem,
     }
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text exposition format",
+                             "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}})
 async def metrics(service: ServiceDep):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/admin/reload", dependencies=[Depends(require_admin)], summary="Swap to the published bundle now")
+@router.post("/admin/reload", dependencies=[Depends(require_admin)], response_model=AdminResult,
+             summary="Swap to the bundle CURRENT names now (even one refused before)", responses=errors(401, 403, 409))
 async def admin_reload(service: ServiceDep):
-    return await run_in_threadpool(service.reload)
+    result = await run_in_threadpool(service.reload)
+    if result["status"] == "no_bundle_published":
+        raise ApiError(409, "no_bundle_published", "no bundle has been published yet")
+    if result["status"] == "refused":
+        raise ApiError(409, "bundle_refused", result["reason"])
+    return result
 
 
-@router.post("/admin/rollback", dependencies=[Depends(require_admin)], summary="Serve the previous good bundle")
+@router.post("/admin/rollback", dependencies=[Depends(require_admin)], response_model=AdminResult,
+             summary="Move CURRENT back to the newest earlier bundle that validates, and serve it",
+             description="The same rollback as `sassflow bundle rollback`: the shared pointer moves (every "
+                         "service follows); this service swaps at once.", responses=errors(401, 403, 409))
 async def admin_rollback(service: ServiceDep):
     try:
         return await run_in_threadpool(service.rollback)
     except BundleError as exc:
-        raise HTTPException(409, str(exc)) from None
+        raise ApiError(409, "no_rollback_target", str(exc)) from None

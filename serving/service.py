@@ -16,10 +16,9 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 
 from sassflow.settings import Settings
-from serving.bundle import BundleError, LoadedBundle, current_bundle_id, load_bundle, rollback_bundle
+from serving.bundle import BundleError, LoadedBundle, bundle_path, load_bundle, read_pointer, rollback_bundle
 from serving.feature_reader import FeatureReader
 from serving.metrics import ServingMetrics
 from serving.recall import AnnRecall, Candidates, PopularRecall
@@ -67,6 +66,7 @@ class RecommendationService:
         self.bundle: LoadedBundle | None = None
         self.previous_bundle_id: str | None = None
         self.refused: dict[str, str] = {}  # bundle id -> reason; not retried until republished
+        self.pointer_problem: str | None = None  # why CURRENT names no bundle, when it does not
         self.sources = (AnnRecall(), PopularRecall())  # asked in order; the last answers everyone
         self._swap_lock = threading.Lock()
         configure_threads(settings)
@@ -108,8 +108,40 @@ class RecommendationService:
 
     # ------------------------------------------------------------ bundles
 
-    def bundle_path(self, bundle_id: str) -> Path:
-        return Path(self.settings.serving.bundle_dir) / bundle_id
+    def _refuse(self, bundle_id: str, reason: str) -> None:
+        """The one refusal path: remembered (not retried until asked), counted, logged once."""
+        self.refused[bundle_id] = reason
+        self.metrics.refused.inc()
+        log.error("refused bundle %s, still serving %s: %s", bundle_id, self.bundle and self.bundle.bundle_id, reason)
+
+    def _load(self, bundle_id: str) -> LoadedBundle:
+        """Load and validate ``bundle_id``; a bundle that fails is refused and ``BundleError`` raised."""
+        try:
+            return load_bundle(bundle_path(self.settings, bundle_id), self.settings)
+        except BundleError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a check that broke is still a refusal, never a crash loop
+            log.exception("unexpected error while loading bundle %s", bundle_id)
+            reason = f"bundle {bundle_id}: unexpected {type(exc).__name__} while loading"
+        self._refuse(bundle_id, reason)
+        raise BundleError(reason)
+
+    def _install(self, new: LoadedBundle, load_s: float) -> dict:
+        """Make ``new`` the served bundle (call with the swap lock held)."""
+        configure_threads(self.settings)  # a training tower may have just imported torch
+        old = self.bundle
+        self.bundle = new  # the one atomic step
+        self.refused.pop(new.bundle_id, None)
+        if old is not None:
+            self.previous_bundle_id = old.bundle_id
+            weakref.finalize(old, log.info, "released bundle %s", old.bundle_id)
+        del old  # in-flight requests keep it alive until they finish
+        self.metrics.swaps.inc()
+        self.metrics.swap_seconds.observe(load_s)
+        self.metrics.set_bundle(new.bundle_id, new.model_version)
+        log.info("serving bundle %s (model %s), loaded in %.2fs", new.bundle_id, new.model_version, load_s)
+        return {"status": "swapped", "bundle_id": new.bundle_id, "load_s": round(load_s, 3),
+                "previous": self.previous_bundle_id}
 
     def swap_to(self, bundle_id: str) -> dict:
         """Load, validate and warm ``bundle_id``, then make it the served bundle.
@@ -117,48 +149,55 @@ class RecommendationService:
         Refused bundles leave the current one serving and are remembered so the
         watcher does not retry them every tick."""
         with self._swap_lock:
-            old = self.bundle
-            if old is not None and old.bundle_id == bundle_id:
+            if self.bundle is not None and self.bundle.bundle_id == bundle_id:
                 return {"status": "unchanged", "bundle_id": bundle_id}
             start = time.perf_counter()
             try:
-                new = load_bundle(self.bundle_path(bundle_id), self.settings)
+                new = self._load(bundle_id)
             except BundleError as exc:
-                self.refused[bundle_id] = str(exc)
-                self.metrics.refused.inc()
-                log.error("refused bundle %s, still serving %s: %s", bundle_id, old and old.bundle_id, exc)
                 return {"status": "refused", "bundle_id": bundle_id, "reason": str(exc),
-                        "serving": old and old.bundle_id}
-            configure_threads(self.settings)  # a training tower may have just imported torch
-            load_s = time.perf_counter() - start
-            self.bundle = new  # the one atomic step
-            self.refused.pop(bundle_id, None)
-            if old is not None:
-                self.previous_bundle_id = old.bundle_id
-                weakref.finalize(old, log.info, "released bundle %s", old.bundle_id)
-            del old  # in-flight requests keep it alive until they finish
-            self.metrics.swaps.inc()
-            self.metrics.swap_seconds.observe(load_s)
-            self.metrics.set_bundle(new.bundle_id, new.model_version)
-            log.info("serving bundle %s (model %s), loaded in %.2fs", new.bundle_id, new.model_version, load_s)
-            return {"status": "swapped", "bundle_id": bundle_id, "load_s": round(load_s, 3),
-                    "previous": self.previous_bundle_id}
+                        "serving": self.bundle and self.bundle.bundle_id}
+            return self._install(new, time.perf_counter() - start)
+
+    def _note_pointer(self, problem: str | None) -> None:
+        """A ``CURRENT`` that names no bundle is refused like a bad bundle: counted and logged once."""
+        if problem and problem != self.pointer_problem:
+            self.metrics.refused.inc()
+            log.error("refused the bundle pointer, still serving %s: %s", self.bundle and self.bundle.bundle_id, problem)
+        self.pointer_problem = problem
 
     def reload(self) -> dict:
-        """Swap to whatever ``CURRENT`` points to (admin reload; also the watcher's tick)."""
-        target = current_bundle_id(self.settings)
-        if target is None:
+        """Swap to whatever ``CURRENT`` points to, even a bundle refused before (admin reload)."""
+        pointer = read_pointer(self.settings)
+        self._note_pointer(pointer.problem)
+        if pointer.problem:
+            return {"status": "refused", "reason": pointer.problem}
+        if pointer.bundle_id is None:
             return {"status": "no_bundle_published"}
-        return self.swap_to(target)
+        return self.swap_to(pointer.bundle_id)
 
     def check_pointer(self) -> dict | None:
         """The watcher's tick: swap if a bundle we have not refused was published."""
-        target = current_bundle_id(self.settings)
+        pointer = read_pointer(self.settings)
+        self._note_pointer(pointer.problem)
+        target = pointer.bundle_id
         if target is None or target in self.refused or (self.bundle and self.bundle.bundle_id == target):
             return None
         return self.swap_to(target)
 
     def rollback(self) -> dict:
-        """Point ``CURRENT`` at the previous good bundle and serve it."""
+        """The shared rollback (``serving.bundle.rollback_bundle``: ``CURRENT`` moves back to the
+        newest earlier bundle that validates), then serve that bundle here at once.  Raises
+        ``BundleError`` when there is none."""
         self.metrics.rollbacks.inc()
-        return self.swap_to(rollback_bundle(self.settings))
+        with self._swap_lock:
+            start = time.perf_counter()
+            serving = self.bundle
+
+            def load(bundle_id: str) -> LoadedBundle:
+                return serving if serving is not None and serving.bundle_id == bundle_id else self._load(bundle_id)
+
+            new = rollback_bundle(self.settings, load)
+            if new is serving:
+                return {"status": "unchanged", "bundle_id": new.bundle_id}
+            return self._install(new, time.perf_counter() - start)

@@ -11,6 +11,7 @@
 
 Every tower has ``encode(rows, scenario) -> float32 [B, d]``.  A row the tower cannot place (no
 known clicks) encodes to the zero vector; the service answers those with the popular fallback.
+``nonfinite_weights()`` names the parameters holding NaN/inf (a bundle with any is refused).
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ class MeanHistoryTower:
                     out[i] = v / norm
         return out
 
+    def nonfinite_weights(self) -> list[str]:
+        return []  # no parameters: the item vectors it averages are checked with the index
+
 
 class SassUserTower:
     """The trained user tower over online rows: ids through the artifact's vocabularies (unknown ->
@@ -62,6 +66,12 @@ class SassUserTower:
             if seq:
                 out[r, : len(seq)] = self.items.index(np.asarray(seq, np.int64))  # unknown -> 0 = padding
         return out
+
+    def nonfinite_weights(self) -> list[str]:
+        import torch
+
+        return [name for name, t in self.model.state_dict().items()
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
     def encode(self, rows: list[dict], scenario: str) -> np.ndarray:
         import torch

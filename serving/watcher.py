@@ -23,9 +23,14 @@ class BundleWatcher:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        last_failure = None
         while not self._stop.is_set():
             try:
                 self.service.check_pointer()
-            except Exception:  # a watcher that dies silently would freeze the service on one bundle
-                log.exception("bundle watcher tick failed")
+                last_failure = None
+            except Exception as exc:  # a watcher that dies silently would freeze the service on one bundle
+                failure = f"{type(exc).__name__}: {exc}"
+                if failure != last_failure:  # once per distinct failure, not every tick
+                    log.exception("bundle watcher tick failed")
+                last_failure = failure
             self._stop.wait(self.interval_s)

@@ -210,8 +210,8 @@ def bench_swap(args, settings) -> int:
             published = {}
             gap = (args.duration - 5.0) / (args.swaps + 1)
             for i, bundle_id in enumerate(new):
+                publish_bundle(bs, bundle_id)  # validates first (as a service would), then writes CURRENT
                 published[bundle_id] = time.time()
-                publish_bundle(bs, bundle_id)
                 _say(f"published {i + 1}/{args.swaps}: {bundle_id}")
                 time.sleep(gap)
             out, _ = gen.communicate()

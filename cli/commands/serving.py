@@ -27,10 +27,11 @@ def register(commands, benches) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-publish", action="store_true", help="build only; publish later with `bundle publish`")
     b.set_defaults(func=cmd_bundle_build)
-    p = sub.add_parser("publish", help="make a bundle the one served")
+    p = sub.add_parser("publish", help="validate a bundle of the bundle dir and make it the one served")
     p.add_argument("bundle_id")
     p.set_defaults(func=cmd_bundle_publish)
-    sub.add_parser("rollback", help="serve the previous good bundle again").set_defaults(func=cmd_bundle_rollback)
+    sub.add_parser("rollback", help="move CURRENT back to the newest earlier bundle that validates "
+                   "(every service follows)").set_defaults(func=cmd_bundle_rollback)
     sub.add_parser("list", help="bundles on disk, the current one marked").set_defaults(func=cmd_bundle_list)
 
     from cli.bench.serving import add_bench_parsers
@@ -68,7 +69,22 @@ def _mark_published(settings, manifest: dict) -> None:
         ModelRegistry.from_settings(settings).mark_published(version, manifest["bundle_id"])
 
 
+def _refused(action: str, exc: Exception) -> int:
+    """A bad bundle is an expected outcome, not a crash: one line on stderr, exit code 1."""
+    print(f"{action} refused: {exc}", file=sys.stderr)
+    return 1
+
+
 def cmd_bundle_build(args, settings) -> int:
+    from serving.bundle import BundleError
+
+    try:
+        return _build(args, settings)
+    except BundleError as exc:
+        return _refused("bundle build", exc)
+
+
+def _build(args, settings) -> int:
     from serving.bundle import build_bundle, build_synthetic_bundle
 
     def progress(msg):
@@ -98,9 +114,13 @@ def cmd_bundle_build(args, settings) -> int:
 
 
 def cmd_bundle_publish(args, settings) -> int:
-    from serving.bundle import publish_bundle
+    from serving.bundle import BundleError, publish_bundle
 
-    _mark_published(settings, publish_bundle(settings, args.bundle_id))
+    try:
+        manifest = publish_bundle(settings, args.bundle_id)
+    except BundleError as exc:
+        return _refused("publish", exc)
+    _mark_published(settings, manifest)
     print(json.dumps({"published": args.bundle_id}))
     return 0
 
@@ -109,10 +129,9 @@ def cmd_bundle_rollback(args, settings) -> int:
     from serving.bundle import BundleError, rollback_bundle
 
     try:
-        bundle_id = rollback_bundle(settings)
+        bundle_id = rollback_bundle(settings).bundle_id
     except BundleError as exc:
-        print(f"rollback failed: {exc}", file=sys.stderr)
-        return 1
+        return _refused("rollback", exc)
     print(json.dumps({"current": bundle_id}))
     return 0
 

@@ -15,20 +15,28 @@ Model artifact::
 
 Serving bundle (``<bundle_dir>/<bundle_id>/``)::
 
-    manifest.json               bundle id, model version, per-scenario counts and index specs,
-                                sha256 + size of every other file
+    manifest.json               ``BundleManifest``: bundle id, model version, per-scenario counts
+                                and index specs, sha256 + size of every other file
     tower/                      the artifact's tower files (config.json, model.pt, vocabularies)
     <s>/index.faiss             the scenario's index, row i = item_ids[i]
     <s>/item_ids.npy            raw item ids, int64
     <s>/popular.npy             raw item ids by popularity (cold-start fallback)
+
+A bundle id, a scenario folder and every path in the manifest are plain names checked by the
+patterns below, so nothing a manifest or a pointer file says can lead outside the bundle.  A new
+optional part of a bundle (a section, a per-scenario field, a file) is declared here: a field of
+``BundleManifest`` / ``ScenarioEntry``, and its file name on ``BundleLayout``.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, Union
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 
 @dataclass
@@ -102,6 +110,24 @@ class BundleLayout:
     SCENARIO_FILES = (INDEX, ITEM_IDS, POPULAR)
     CURRENT = "CURRENT"  # in the bundle directory: the id of the bundle to serve
     HISTORY = "HISTORY"  # in the bundle directory: published ids, oldest first
+    # A bundle id: a plain folder name (what ``serving.bundle.new_bundle_id`` makes); never ".", ".."
+    # or hidden (the builder's temp folders start with a dot), never a path.
+    ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+    SCENARIO_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a scenario's folder name
+    # A path in the manifest: relative, normalised, '/'-separated plain names (no "", ".", "..").
+    FILE_PATTERN = r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}/){0,3}[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+    MAX_MANIFEST_BYTES = 1 << 20  # a manifest lists a few dozen files; anything bigger is not one
+    MAX_POINTER_BYTES = 4096  # CURRENT holds one id
+
+    @classmethod
+    def is_bundle_id(cls, name: str) -> bool:
+        return isinstance(name, str) and re.fullmatch(cls.ID_PATTERN, name) is not None
+
+    @classmethod
+    def required_files(cls, scenarios) -> list[str]:
+        """The manifest keys a bundle serving ``scenarios`` cannot do without."""
+        return [f"{cls.TOWER}/{ModelArtifact.CONFIG}"] + [
+            f"{s}/{name}" for s in scenarios for name in cls.SCENARIO_FILES]
 
     def __init__(self, root):
         self.root = Path(root)
@@ -120,3 +146,71 @@ class BundleLayout:
     def scenario_file(self, scenario: str, name: str) -> str:
         """The manifest key (relative posix path) of one per-scenario file."""
         return f"{scenario}/{name}"
+
+
+# ---------------------------------------------------------------- the manifest's schema
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+BundleId = Annotated[str, StringConstraints(pattern=f"^{BundleLayout.ID_PATTERN}$")]
+ScenarioName = Annotated[str, StringConstraints(pattern=f"^{BundleLayout.SCENARIO_PATTERN}$")]
+BundleFile = Annotated[str, StringConstraints(pattern=f"^{BundleLayout.FILE_PATTERN}$")]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class FlatIndex(BaseModel):
+    model_config = _STRICT
+    type: Literal["flat"]
+
+
+class HnswIndex(BaseModel):
+    model_config = _STRICT
+    type: Literal["hnsw"]
+    m: Positive
+    ef_construction: Positive
+    ef_search: Positive
+
+
+class IvfIndex(BaseModel):
+    model_config = _STRICT
+    type: Literal["ivf"]
+    nlist: Positive
+    nprobe: Positive
+
+
+IndexSpec = Annotated[Union[FlatIndex, HnswIndex, IvfIndex], Field(discriminator="type")]
+
+
+class FileEntry(BaseModel):
+    model_config = _STRICT
+    sha256: Annotated[str, StringConstraints(pattern="^[0-9a-f]{64}$")]
+    bytes: Annotated[int, Field(ge=0)]
+
+
+class ScenarioEntry(BaseModel):
+    model_config = _STRICT
+    count: Positive  # items in the index
+    index: IndexSpec
+    popular: Positive  # items in popular.npy
+
+
+class BundleManifest(BaseModel):
+    """``manifest.json``: what the bundle holds and the checksum of every other file in it."""
+
+    model_config = _STRICT
+    format: Literal[1]
+    bundle_id: BundleId
+    model_version: int | str
+    created_at: str
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    dim: Positive
+    scenarios: Annotated[dict[ScenarioName, ScenarioEntry], Field(min_length=1)]
+    files: dict[BundleFile, FileEntry]
+
+    @model_validator(mode="after")
+    def _lists_what_it_needs(self) -> "BundleManifest":
+        if BundleLayout.MANIFEST in self.files:
+            raise ValueError(f"files: {BundleLayout.MANIFEST} cannot list itself")
+        missing = [f for f in BundleLayout.required_files(self.scenarios) if f not in self.files]
+        if missing:
+            raise ValueError(f"files: no entry for {', '.join(missing[:3])}")
+        return self

@@ -14,7 +14,8 @@ says exactly what was wrong.
 from __future__ import annotations
 
 import json
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -25,6 +26,23 @@ MIN_EVENT_TIME_MS = 946_684_800_000
 MAX_EVENT_TIME_MS = 4_102_444_800_000
 MAX_ID = 2**63 - 1
 MAX_CONTEXT_KEYS = 32
+
+# An id as a JSON value: an integer, nothing else ("7", 7.0 and true are refused), 0 .. 2^63-1.
+# Every parser of ids (this contract, the HTTP API's bodies) validates through this one type.
+Id = Annotated[int, Field(ge=0, le=MAX_ID, strict=True)]
+
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit and int() also take other scripts' digits
+
+
+def parse_digits(text: str, max_value: int = MAX_ID) -> int:
+    """A non-negative integer written as text (an id or a count in a query string): ASCII digits
+    only -- no sign, space, underscore or non-ASCII digit, all of which ``int()`` would accept.
+    Raises ``ValueError`` with a message that does not repeat the input."""
+    if not _DIGITS.fullmatch(text):
+        raise ValueError("must be written with ASCII digits 0-9 only (no sign, space or underscore)")
+    if len(text) > len(str(max_value)) or int(text) > max_value:
+        raise ValueError(f"must be at most {max_value}")
+    return int(text)
 
 
 class EventError(ValueError):
@@ -45,8 +63,8 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     event_id: str = Field(min_length=1, max_length=128)
-    user_id: int = Field(ge=0, le=MAX_ID)
-    item_id: int = Field(ge=0, le=MAX_ID)
+    user_id: Id
+    item_id: Id
     scenario: str = Field(min_length=1, max_length=64)
     event_type: EventType
     event_time: int = Field(ge=MIN_EVENT_TIME_MS, le=MAX_EVENT_TIME_MS, description="epoch milliseconds")

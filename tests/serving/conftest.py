@@ -17,7 +17,7 @@ from tests.conftest import make_settings
 N_ITEMS = 10_000  # 2,000 per scenario: above the exact threshold below, so IVF is exercised
 DIM = 32
 N_USERS = 200
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # >= 32 characters
 
 
 def serving_settings(state_dir: Path, **serving):
@@ -82,3 +82,51 @@ def served_bundle(client) -> str:
 
 def metric_value(client, name: str) -> float:
     return metrics.metric_value(client.get("/metrics").text, name)
+
+
+def tamper(bundle: Path, rel: str, data: bytes) -> None:
+    """Replace file ``rel`` of a (read-only) bundle and record its new checksum in the manifest:
+    a bundle whose checksums all match but whose content is wrong."""
+    import hashlib
+    import os
+
+    target = bundle / rel
+    if target.exists():
+        os.chmod(target, 0o644)
+    target.write_bytes(data)
+    edit_manifest(bundle, lambda m: put(m, ("files", rel), {"sha256": hashlib.sha256(data).hexdigest(),
+                                                             "bytes": len(data)}))
+
+
+def edit_manifest(bundle: Path, change) -> None:
+    """Replace a bundle's manifest by ``change(manifest_dict)`` (its checksums are left as they are)."""
+    import json
+    import os
+
+    path = bundle / "manifest.json"
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def put(tree: dict, keys: tuple, value) -> dict:
+    """``tree`` with ``tree[k0][k1]...= value``."""
+    node = tree
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    return tree
+
+
+def drop(tree: dict, keys: tuple) -> dict:
+    """``tree`` without ``tree[k0][k1]...``."""
+    node = tree
+    for key in keys[:-1]:
+        node = node[key]
+    del node[keys[-1]]
+    return tree
+
+
+def write_pointer(settings, raw: bytes) -> None:
+    """Write CURRENT as another tool (or a hand) could, bypassing publish's checks."""
+    Path(settings.serving.bundle_dir).mkdir(parents=True, exist_ok=True)
+    (Path(settings.serving.bundle_dir) / "CURRENT").write_bytes(raw)
