@@ -22,7 +22,7 @@ def register(commands, benches) -> None:
     src.add_argument("--model-version", type=int, help="registered model version to bundle")
     src.add_argument("--synthetic", type=int, metavar="N_ITEMS", help="synthetic catalog + mean-history tower")
     b.add_argument("--artifact-dir", type=Path,
-                   help="model artifact folder (default: the version's artifact_path in the registry)")
+                   help="model artifact folder (default: the registry's stored copy of the version)")
     b.add_argument("--dim", type=int, default=64, help="vector size of a synthetic bundle")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-publish", action="store_true", help="build only; publish later with `bundle publish`")
@@ -96,11 +96,13 @@ def _build(args, settings) -> int:
     else:
         from training.registry import ModelRegistry
 
+        from training.export import ArtifactError
+
         artifact_dir = args.artifact_dir
         if artifact_dir is None:
-            try:
-                artifact_dir = Path(ModelRegistry.from_settings(settings).get(args.model_version).artifact_path)
-            except KeyError as exc:
+            try:  # the registry's stored copy, checked against its checksum
+                artifact_dir = ModelRegistry.from_settings(settings).artifact(args.model_version)
+            except (KeyError, ArtifactError) as exc:
                 print(f"cannot build: {exc.args[0]}", file=sys.stderr)
                 return 2
         path = build_bundle(settings, artifact_dir, args.model_version, publish=not args.no_publish,
