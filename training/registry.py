@@ -28,6 +28,8 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Tex
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from training.export import ArtifactError  # the one error for a model's files (re-exported)
+
 from training.locks import promotion_lock
 
 STATUSES = ("candidate", "promoted", "rejected", "retired", "failed")
@@ -79,10 +81,6 @@ def artifact_digest(path) -> str:
 def feature_hash(spec: dict) -> str:
     """A stable hash of the feature definition a model was trained with."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class ArtifactError(Exception):
-    """A registered model's files are missing or no longer match their checksum."""
 
 
 class Superseded(Exception):
