@@ -117,6 +117,11 @@ class StreamingSettings(BaseModel):
     batch_max_events: int = Field(20000, ge=1)  # a micro-batch ends at this many events or batch_max_ms
     batch_max_ms: int = Field(200, ge=1)
     allowed_lateness_ms: int = Field(3_600_000, ge=0)
+    # How long (in event time, behind a partition's newest event) an event_id is remembered to drop
+    # producer duplicates (streaming.dedup).  A producer retry lands within seconds; a day also covers
+    # a producer replaying a day's batch.  The ids of the horizon live in every checkpoint, so memory
+    # and checkpoint size grow with it: the issue asks for at least 24 h.
+    dedup_horizon_ms: int = Field(86_400_000, ge=86_400_000)
     checkpoint_interval_ms: int = Field(2000, ge=0)  # history + checkpoint + commit cadence
     item_shards: int = Field(1, ge=1)  # item-stage processes (each reads every partition)
     # Client-side CRC32C check of fetched record batches (kafka-python's `check_crcs`).  Off by

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from streaming import metrics
 from streaming.commit import commit_checkpoint
+from streaming.kafka_internals import undecodable_batch
 from streaming.stages import ItemStage, Stage, UserStage
 
 log = logging.getLogger("sassflow.ingest")
@@ -193,7 +194,11 @@ class PollLoop:
             left_ms = self.sset.batch_max_ms - (time.monotonic() - t_start) * 1000
             if left_ms <= 0:
                 break
-            batch = self.consumer.poll(timeout_ms=int(left_ms), max_records=self.sset.batch_max_events - n)
+            try:
+                batch = self.consumer.poll(timeout_ms=int(left_ms), max_records=self.sset.batch_max_events - n)
+            except Exception as exc:  # noqa: BLE001 -- only a batch decode failure is handled, the rest re-raised
+                self.quarantine(exc)
+                continue
             if not batch:
                 break
             with self.lock:
@@ -205,6 +210,21 @@ class PollLoop:
         if n and self.result.first_record_at is None:
             self.result.first_record_at = time.time() - (time.monotonic() - t_start)
         return n
+
+    def quarantine(self, exc: Exception) -> None:
+        """A record batch the client could not decode: the stage puts it aside (the user stage
+        dead-letters it) and the consumer seeks past it.  Re-polling would only raise again (or, in
+        kafka-python 3.0.12, spin for ever), so any other error is re-raised."""
+        from kafka import TopicPartition
+
+        bad = undecodable_batch(exc)
+        if bad is None or bad.topic != self.stage.topic:
+            raise exc
+        with self.lock:
+            if self.stage.quarantine(bad):
+                log.error("quarantined records %d..%d of partition %d (%s)", bad.first_offset, bad.next_offset - 1,
+                          bad.partition, bad.error)
+            self.consumer.seek(TopicPartition(bad.topic, bad.partition), bad.next_offset)
 
     def publish_batch(self, n: int, applied: int, seconds: float) -> None:
         """After a micro-batch with records: the online rows, then the metrics."""
