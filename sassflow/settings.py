@@ -57,6 +57,9 @@ class KafkaSettings(BaseModel):
     dlq_topic: str = "sassflow.events.dlq"
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
+    # min.insync.replicas of the topics sassflow creates; default replication_factor - 1 (at least 1):
+    # with replication 3, acks=all writes survive one broker down and are on two brokers when acked.
+    min_insync_replicas: int | None = Field(None, ge=1)
     consumer_group: str = "sassflow-ingest"
     max_event_bytes: int = Field(4096, ge=256)
 
@@ -76,6 +79,9 @@ class KafkaSettings(BaseModel):
             if getattr(self, name):
                 kw[name] = getattr(self, name)
         return kw
+
+    def topic_min_insync_replicas(self) -> int:
+        return self.min_insync_replicas or max(1, self.replication_factor - 1)
 
 
 class LocalKafkaSettings(BaseModel):
