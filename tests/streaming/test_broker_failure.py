@@ -19,9 +19,8 @@ from tests.streaming.test_ingest import (_assert_exact, _events, _in_background,
 def _min_insync(settings, topic: str) -> str:
     admin = KafkaAdminClient(**settings.kafka.client_kwargs())
     try:
-        (resp,) = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        entries = resp.to_object()["results"][0]["configs"]
-        return next(c["config_value"] for c in entries if c["config_name"] == "min.insync.replicas")
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        return found["topic"][topic]["min.insync.replicas"]["value"]
     finally:
         admin.close()
 

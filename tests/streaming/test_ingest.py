@@ -105,7 +105,7 @@ def _in_background(fn, *args, **kw):
     return t, out
 
 
-def _wait_for_checkpoint(settings, timeout=60):
+def _wait_for_checkpoint(settings, timeout=300):  # consumer start-up (imports) is slow on a loaded machine
     root = settings.streaming.checkpoint_dir
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
