@@ -12,6 +12,8 @@ timestamp).  As of an earlier ``t`` the tiles pruned behind that newest event ar
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from sassflow.contracts.features import (HOUR_MS, ITEM_SCENARIO_STATS, MINUTE_MS, TILE_WIDTH, USER_PROFILE,
                                          USER_SCENARIO_STATS, WINDOW_1H, WINDOW_7D, WINDOW_24H, View)
 
@@ -27,26 +29,23 @@ def encode_tiles(tiles: dict[int, list[int]]) -> list[int]:
     return out
 
 
+def _span(tiles, width: int, first_excluded: int, last: int) -> tuple[int, int]:
+    """The slice (in records) of tiles, sorted by index, whose index is in (first_excluded, last]."""
+    index = tiles[0::width]
+    return bisect_right(index, first_excluded), bisect_right(index, last)
+
+
 def window_counts(minute_tiles, hour_tiles, as_of_ms: int) -> tuple[int, int, int, int, int, int]:
-    """(imp_1h, imp_24h, imp_7d, clk_1h, clk_24h, clk_7d) as of ``as_of_ms`` from [idx, imp, clk] tiles."""
+    """(imp_1h, imp_24h, imp_7d, clk_1h, clk_24h, clk_7d) as of ``as_of_ms`` from [idx, imp, clk] tiles
+    (sorted by index, as stored)."""
     m_end, h_end = as_of_ms // MINUTE_MS, as_of_ms // HOUR_MS
-    m0, h24, h7 = m_end - WINDOW_1H.tiles, h_end - WINDOW_24H.tiles, h_end - WINDOW_7D.tiles
-    i1 = c1 = i24 = c24 = i7 = c7 = 0
-    mt = minute_tiles or ()
-    for j in range(0, len(mt), 3):
-        if m0 < mt[j] <= m_end:
-            i1 += mt[j + 1]
-            c1 += mt[j + 2]
-    ht = hour_tiles or ()
-    for j in range(0, len(ht), 3):
-        h = ht[j]
-        if h7 < h <= h_end:
-            i7 += ht[j + 1]
-            c7 += ht[j + 2]
-            if h > h24:
-                i24 += ht[j + 1]
-                c24 += ht[j + 2]
-    return i1, i24, i7, c1, c24, c7
+    mt, ht = minute_tiles or [], hour_tiles or []
+    a, b = _span(mt, 3, m_end - WINDOW_1H.tiles, m_end)
+    i1, c1 = sum(mt[1::3][a:b]), sum(mt[2::3][a:b])
+    a7, b = _span(ht, 3, h_end - WINDOW_7D.tiles, h_end)
+    a24, _ = _span(ht, 3, h_end - WINDOW_24H.tiles, h_end)
+    imp, clk = ht[1::3], ht[2::3]
+    return i1, sum(imp[a24:b]), sum(imp[a7:b]), c1, sum(clk[a24:b]), sum(clk[a7:b])
 
 
 def ctr(clicks: int, impressions: int) -> float:
@@ -75,17 +74,15 @@ def item_window_features(row: dict, as_of_ms: int) -> dict:
 def profile_window_features(row: dict, as_of_ms: int, n_scenarios: int) -> dict:
     """The derived features of ``user_profile``: 7d totals and the per-scenario click share."""
     h_end = as_of_ms // HOUR_MS
-    h7 = h_end - WINDOW_7D.tiles
+    tiles, width = row.get("scenario_hour_tiles") or [], TILE_WIDTH["scenario_hour_tiles"]
+    a, b = _span(tiles, width, h_end - WINDOW_7D.tiles, h_end)
     clicks = [0] * n_scenarios
-    total_imp = 0
-    t = row.get("scenario_hour_tiles") or ()
-    for j in range(0, len(t), TILE_WIDTH["scenario_hour_tiles"]):
-        if h7 < t[j] <= h_end and t[j + 1] < n_scenarios:
-            total_imp += t[j + 2]
-            clicks[t[j + 1]] += t[j + 3]
+    for scenario, c in zip(tiles[1::width][a:b], tiles[3::width][a:b]):
+        if scenario < n_scenarios:
+            clicks[scenario] += c
     total_clk = sum(clicks)
     share = [c / total_clk if total_clk else 0.0 for c in clicks]
-    return {"total_imp_7d": total_imp, "total_clk_7d": total_clk, "scenario_click_share": share}
+    return {"total_imp_7d": sum(tiles[2::width][a:b]), "total_clk_7d": total_clk, "scenario_click_share": share}
 
 
 def evaluate(view: View, row: dict | None, as_of_ms: int, n_scenarios: int) -> dict:
