@@ -229,8 +229,13 @@ def _value(v):
     if t is float:
         return Value(float_val=v)
     if t is list:
-        if all(type(x) is int for x in v):
-            return Value(int64_list_val=Int64List(val=v))
+        # a contract list is homogeneous (int64_list or float32_list): its first element tells which
+        # (tile columns run to hundreds of ints: checking every one cost more than the proto)
+        if not v or type(v[0]) is int:
+            try:
+                return Value(int64_list_val=Int64List(val=v))
+            except TypeError:  # ints then floats: a float list
+                pass
         return Value(float_list_val=FloatList(val=v))
     if v is None:
         return Value()
