@@ -6,7 +6,8 @@ values (never increments) stamped with the key's newest event time.  The file ba
 exist because Feast requires one behind a push source: the high-rate offline record is our own
 partitioned parquet history (``sassflow.contracts.history``).
 
-``ttl=0`` (no expiry): an idle key keeps its last row; windows are the contract's business.
+``ttl=0`` (no expiry): an idle key keeps its last row, whose tiles ``features.windows`` reads as of the
+read time, so its windows empty out as time passes (Feast's TTL is not applied on the online read path).
 """
 from __future__ import annotations
 

@@ -70,9 +70,25 @@ def write_repo_yaml(settings: Settings) -> Path:
     return path
 
 
+def _import_feast():
+    """Import Feast without its side effect on the whole process: its modules call
+    ``warnings.simplefilter("once", DeprecationWarning)`` at import (feast/feature_store.py), which
+    turns every library's deprecation notice (kafka-python's, at its first request) into log lines
+    of every consumer and service process."""
+    import warnings
+
+    saved = warnings.filters[:]
+    try:
+        import feast
+    finally:
+        warnings.filters[:] = saved
+    return feast
+
+
 def build_store(settings: Settings):
     """A ``FeatureStore`` for these settings (the yaml in data_dir is refreshed as a side effect)."""
-    from feast import FeatureStore, RepoConfig
+    feast = _import_feast()
+    FeatureStore, RepoConfig = feast.FeatureStore, feast.RepoConfig
 
     write_repo_yaml(settings)
     registry, online, _, _ = _configs(settings)
@@ -213,8 +229,13 @@ def _value(v):
     if t is float:
         return Value(float_val=v)
     if t is list:
-        if all(type(x) is int for x in v):
-            return Value(int64_list_val=Int64List(val=v))
+        # a contract list is homogeneous (int64_list or float32_list): its first element tells which
+        # (tile columns run to hundreds of ints: checking every one cost more than the proto)
+        if not v or type(v[0]) is int:
+            try:
+                return Value(int64_list_val=Int64List(val=v))
+            except TypeError:  # ints then floats: a float list
+                pass
         return Value(float_list_val=FloatList(val=v))
     if v is None:
         return Value()

@@ -57,6 +57,9 @@ class KafkaSettings(BaseModel):
     dlq_topic: str = "sassflow.events.dlq"
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
+    # min.insync.replicas of the topics sassflow creates; default replication_factor - 1 (at least 1):
+    # with replication 3, acks=all writes survive one broker down and are on two brokers when acked.
+    min_insync_replicas: int | None = Field(None, ge=1)
     consumer_group: str = "sassflow-ingest"
     max_event_bytes: int = Field(4096, ge=256)
 
@@ -76,6 +79,9 @@ class KafkaSettings(BaseModel):
             if getattr(self, name):
                 kw[name] = getattr(self, name)
         return kw
+
+    def topic_min_insync_replicas(self) -> int:
+        return self.min_insync_replicas or max(1, self.replication_factor - 1)
 
 
 class LocalKafkaSettings(BaseModel):
@@ -117,6 +123,11 @@ class StreamingSettings(BaseModel):
     batch_max_events: int = Field(20000, ge=1)  # a micro-batch ends at this many events or batch_max_ms
     batch_max_ms: int = Field(200, ge=1)
     allowed_lateness_ms: int = Field(3_600_000, ge=0)
+    # How long (in event time, behind a partition's newest event) an event_id is remembered to drop
+    # producer duplicates (streaming.dedup).  A producer retry lands within seconds; a day also covers
+    # a producer replaying a day's batch.  The ids of the horizon live in every checkpoint, so memory
+    # and checkpoint size grow with it: the issue asks for at least 24 h.
+    dedup_horizon_ms: int = Field(86_400_000, ge=86_400_000)
     checkpoint_interval_ms: int = Field(2000, ge=0)  # history + checkpoint + commit cadence
     item_shards: int = Field(1, ge=1)  # item-stage processes (each reads every partition)
     # Client-side CRC32C check of fetched record batches (kafka-python's `check_crcs`).  Off by

@@ -6,6 +6,14 @@ row format the user towers encode.  A user the store has never seen comes back
 with every feature ``None`` (that is what Feast returns), which the service
 treats as cold start.
 
+Window features are evaluated when read, as of the reader's clock
+(``features.windows``): the wall clock by default, so a user idle for two hours
+reads ``clk_1h = 0`` and an item whose clicks stopped sees its ``trending``
+decay.  A replay of old data (MovieLens is from 2000) therefore reads empty
+windows at wall-clock time: the SASS user tower then gets a zero
+``scenario_click_share`` and still its (unwindowed) click sequences.  Pass
+``clock`` (epoch ms) to read as of another time (tests, a replay's data clock).
+
 ``FeastFeatureReader`` is the product path.  ``StaticFeatureReader`` serves a
 fixed table and exists for the synthetic benchmarks, whose simulated users have
 no rows in any Feast store.
@@ -21,14 +29,19 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
-from sassflow.contracts.features import USER_FEATURE_NAMES, USER_VIEWS
+from features.windows import evaluate
+from sassflow.contracts.features import ITEM_SCENARIO_STATS, USER_FEATURE_NAMES, USER_VIEWS
 from sassflow.settings import Settings
 
 FEATURE_NAMES = USER_FEATURE_NAMES
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class FeatureReader(Protocol):
@@ -51,13 +64,14 @@ class FeastFeatureReader:
 
     blocking = True  # network/disk I/O: the app calls it from the thread pool
 
-    def __init__(self, settings: Settings, store=None):
+    def __init__(self, settings: Settings, store=None, clock: Callable[[], int] = wall_clock_ms):
         if store is None:
             from features.store import build_store  # heavy (feast): only on the product path
 
             store = build_store(settings)
         self.store = store
-        self.refs = [f"{view.name}:{f}" for view in USER_VIEWS for f in view.feature_names]
+        self.clock = clock
+        self.n_scenarios = len(settings.scenarios)
         sv = settings.serving
         self.timeout_s, self.probe_interval_s = sv.feature_timeout_s, sv.feature_probe_interval_s
         self.probe_rows = [{"user_id": 0, "scenario": settings.scenarios[0]}]
@@ -69,7 +83,8 @@ class FeastFeatureReader:
         self._problem: str | None = None
         self._checked_at = float("-inf")
 
-    def _online_columns(self, entity_rows: list[dict]) -> dict:
+    def _online_columns(self, refs: list[str], entity_rows: list[dict]) -> dict:
+        """Feast's online columns (full feature names), within the timeout, or FeaturesUnavailable."""
         deadline = time.monotonic() + self.timeout_s
         if not self._slots.acquire(timeout=self.timeout_s):
             self._note(f"feature store: every read slot is taken by a read pending for over {self.timeout_s:g}s")
@@ -78,7 +93,8 @@ class FeastFeatureReader:
 
         def run() -> None:
             try:
-                outcome["columns"] = self.store.get_online_features(features=self.refs, entity_rows=entity_rows).to_dict()
+                outcome["columns"] = self.store.get_online_features(
+                    features=refs, entity_rows=entity_rows, full_feature_names=True).to_dict()
             except Exception as exc:  # whatever the store raised (not found, connection, lock, ...)
                 outcome["error"] = exc
             finally:
@@ -103,22 +119,45 @@ class FeastFeatureReader:
         """None when the store answers; probes it (one entity) at most every probe_interval_s."""
         if time.monotonic() - self._checked_at >= self.probe_interval_s:
             try:
-                self._online_columns(self.probe_rows)
+                self._stored(USER_VIEWS, self.probe_rows)
             except FeaturesUnavailable:
                 pass
         return self._problem
 
+    def _stored(self, views, entity_rows: list[dict]) -> list[dict[str, dict | None]]:
+        """Per entity row: {view name: its stored columns, or None without a row}."""
+        refs = [f"{view.name}:{f}" for view in views for f in view.feature_names]
+        columns = self._online_columns(refs, entity_rows)
+        out = []
+        for i in range(len(entity_rows)):
+            per_view = {}
+            for view in views:
+                row = {f: columns[f"{view.name}__{f}"][i] for f in view.feature_names}
+                per_view[view.name] = row if any(v is not None for v in row.values()) else None
+            out.append(per_view)
+        return out
+
     def read(self, pairs: list[tuple[int, str]]) -> list[dict]:
-        entity_rows = [{"user_id": int(u), "scenario": s} for u, s in pairs]
-        columns = self._online_columns(entity_rows)
+        """Rows of (user, scenario) pairs, windows as of the clock's now."""
+        as_of = self.clock()
+        stored = self._stored(USER_VIEWS, [{"user_id": int(u), "scenario": s} for u, s in pairs])
         rows = []
-        for i, (u, _) in enumerate(pairs):
-            row = empty_row(int(u))
-            for name in FEATURE_NAMES:
-                if name in columns:
-                    row[name] = columns[name][i]
+        for (u, _), per_view in zip(pairs, stored):
+            row = {"user_id": int(u)}
+            for view in USER_VIEWS:
+                row.update(evaluate(view, per_view[view.name], as_of, self.n_scenarios))
             rows.append(row)
         return rows
+
+    def read_items(self, pairs: list[tuple[int, str]]) -> list[dict]:
+        """Rows of (item, scenario) pairs -- ``{"item_id", "scenario", <ITEM_FEATURE_NAMES>}``, windows
+        (counts, CTRs, ``trending``) as of the clock's now; every feature None for an item without
+        events in that scenario.  For recall branches and ranking."""
+        as_of = self.clock()
+        stored = self._stored((ITEM_SCENARIO_STATS,), [{"item_id": int(i), "scenario": s} for i, s in pairs])
+        return [{"item_id": int(i), "scenario": s,
+                 **evaluate(ITEM_SCENARIO_STATS, per_view[ITEM_SCENARIO_STATS.name], as_of, self.n_scenarios)}
+                for (i, s), per_view in zip(pairs, stored)]
 
 
 class StaticFeatureReader:

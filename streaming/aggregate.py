@@ -3,29 +3,30 @@
 The same code runs in the live consumer (``streaming.consumer``) and in the batch replay over
 the offline history (``streaming.replay``); exactness means both produce identical rows.
 
-Windows (sizes and tiles from ``sassflow.contracts.features``; chosen so that features depend only on the *set* of events a key has seen, never on
-arrival order — that is what makes replays, rebalances and batch recomputation agree exactly):
+Rows hold tiles, not window totals: the per-key impression/click counts per UTC minute (the last
+hour) and per UTC hour (the last 7 days) behind the key's newest event T (sizes from
+``sassflow.contracts.features``), plus the click sequences.  Every windowed feature (``*_1h``,
+``*_24h``, ``*_7d``, CTRs, ``trending``, the profile's 7d totals and click share) is evaluated from
+those tiles when it is read, as of the read time (``features.windows``), so an idle key's windows
+empty out instead of freezing at its last event.  Rows depend only on the *set* of events a key has
+seen, never on arrival order -- that is what makes replays, rebalances and batch recomputation agree
+exactly:
 
-* every window ends at T, the newest event time seen for the key (the key's own event clock);
-* ``*_1h``  counts events whose UTC minute bucket lies in the 60 minute-buckets ending with T's;
-* ``*_24h`` / ``*_7d`` count events whose UTC hour bucket lies in the 24 / 168 hour-buckets
-  ending with T's;
-* ``ctr_*`` = clicks / impressions over the same window (0.0 when there is no impression);
+* minute tiles are kept for the 60 minutes ending with T's minute, hour tiles for the 168 hours
+  ending with T's hour; T only grows, so a pruned tile can never re-enter a window as of any time
+  at or after T;
 * ``recent_clicks`` = item ids of the ``SEQ_LEN`` newest clicks, ordered by (event_time, event_id) desc;
-* ``trending`` (items) = (clk_1h + 1) / (clk_24h / 24 + 1): last hour's click rate against the
-  hourly average of the day, smoothed so that cold items sit at 1.0.
+* the profile row holds the user's hour tiles of every scenario (scenario index in settings order)
+  within the 168 hours ending with the hour of the user's newest event, and ``recent_clicks_all``.
 
-State keeps 60 minute buckets and 168 hour buckets behind T.  T only grows, so a pruned bucket
-can never re-enter a window, and an event older than a key's horizon lands in no window.
-
-Lateness rule: an event older than (its partition's newest event time − allowed_lateness) is
+Lateness rule: an event older than (its partition's newest event time - allowed_lateness) is
 *late*.  It is counted (metric ``sassflow_ingest_late_events_total``), written to the history
-like any other event, and still applied to every window it falls in — exact, because the state
-covers the whole 7-day horizon.  An event older than its key's horizon changes the counters of
-no window (it still enters ``recent_clicks``/``last_click_ms`` if it ranks there).
+like any other event, and still applied to every tile it falls in -- exact, because the state
+covers the whole 7-day horizon.  An event older than its key's horizon lands in no tile (it still
+enters ``recent_clicks`` if it ranks there).
 
-Producer-side duplicates (one event_id at two offsets) are counted twice here; the consumer
-guarantees that one *offset* is applied exactly once.
+Producer-side duplicates (one event_id at two offsets) never reach this module: the stages drop
+them first (``streaming.dedup``).
 """
 from __future__ import annotations
 
@@ -33,11 +34,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
+from features.windows import encode_tiles
 from sassflow.contracts.features import (HOUR_MS, ITEM_SCENARIO_STATS, MINUTE_MS, SEQ_LEN, USER_PROFILE,
-                                         USER_SCENARIO_STATS, WINDOW_1H, WINDOW_7D, WINDOW_24H, View)
+                                         USER_SCENARIO_STATS, WINDOW_1H, WINDOW_7D, View)
 
 MINUTES_1H = WINDOW_1H.tiles
-HOURS_24H = WINDOW_24H.tiles
 HOURS_7D = WINDOW_7D.tiles
 RECENT_CLICKS = SEQ_LEN
 
@@ -63,7 +64,6 @@ class KeyState:
     """Bucketed impression/click counts of one (entity, scenario) key."""
 
     newest_ms: int = 0
-    last_click_ms: int | None = None
     minutes: dict = field(default_factory=dict)  # minute index -> [imp, clk]
     hours: dict = field(default_factory=dict)  # hour index -> [imp, clk]
     recent: list = field(default_factory=list)  # [(event_time, event_id, item_id)] newest first
@@ -84,11 +84,8 @@ class KeyState:
             if b is None:
                 b = self.hours[h] = [0, 0]
             b[slot] += 1
-        if ev.is_click:
-            if self.last_click_ms is None or t > self.last_click_ms:
-                self.last_click_ms = t
-            if keep_recent:
-                _insert_recent(self.recent, (t, ev.event_id, ev.item_id))
+        if ev.is_click and keep_recent:
+            _insert_recent(self.recent, (t, ev.event_id, ev.item_id))
 
     def prune(self) -> None:
         m0, h0 = self.newest_ms // MINUTE_MS - MINUTES_1H, self.newest_ms // HOUR_MS - HOURS_7D
@@ -97,39 +94,19 @@ class KeyState:
         for k in [k for k in self.hours if k <= h0]:
             del self.hours[k]
 
-    def counts(self, end_ms: int | None = None) -> tuple[int, int, int, int, int, int]:
-        """(imp_1h, imp_24h, imp_7d, clk_1h, clk_24h, clk_7d) for windows ending at end_ms (default T)."""
-        end = self.newest_ms if end_ms is None else end_ms
-        m0, h24, h7 = end // MINUTE_MS - MINUTES_1H, end // HOUR_MS - HOURS_24H, end // HOUR_MS - HOURS_7D
-        i1 = c1 = i24 = c24 = i7 = c7 = 0
-        for m, (i, c) in self.minutes.items():
-            if m > m0:
-                i1 += i
-                c1 += c
-        for h, (i, c) in self.hours.items():
-            if h > h7:
-                i7 += i
-                c7 += c
-                if h > h24:
-                    i24 += i
-                    c24 += c
-        return i1, i24, i7, c1, c24, c7
-
-    def window_row(self) -> dict:
-        """The window counters and CTRs every per-scenario view shares (prunes first)."""
+    def tile_row(self) -> dict:
+        """The tile columns every per-scenario view stores (prunes first)."""
         self.prune()
-        i1, i24, i7, c1, c24, c7 = self.counts()
-        return {"imp_1h": i1, "imp_24h": i24, "imp_7d": i7, "clk_1h": c1, "clk_24h": c24, "clk_7d": c7,
-                "ctr_24h": _ctr(c24, i24), "ctr_7d": _ctr(c7, i7)}
+        return {"minute_tiles": encode_tiles(self.minutes), "hour_tiles": encode_tiles(self.hours)}
 
     def to_json(self) -> list:
-        return [self.newest_ms, self.last_click_ms, [[k, *v] for k, v in self.minutes.items()],
+        return [self.newest_ms, [[k, *v] for k, v in self.minutes.items()],
                 [[k, *v] for k, v in self.hours.items()], [list(r) for r in self.recent]]
 
     @classmethod
     def from_json(cls, d: list) -> "KeyState":
-        return cls(d[0], d[1], {k: [i, c] for k, i, c in d[2]}, {k: [i, c] for k, i, c in d[3]},
-                   [tuple(r) for r in d[4]])
+        return cls(d[0], {k: [i, c] for k, i, c in d[1]}, {k: [i, c] for k, i, c in d[2]},
+                   [tuple(r) for r in d[3]])
 
 
 def _insert_recent(recent: list, entry: tuple) -> None:
@@ -140,10 +117,6 @@ def _insert_recent(recent: list, entry: tuple) -> None:
         i += 1
     recent.insert(i, entry)
     del recent[RECENT_CLICKS:]
-
-
-def _ctr(clk: int, imp: int) -> float:
-    return clk / imp if imp else 0.0
 
 
 class _ScenarioKeys:
@@ -177,6 +150,7 @@ class UserFeatures(_ScenarioKeys):
     def __init__(self, scenarios: list[str]):
         super().__init__()
         self.scenarios = list(scenarios)
+        self.scenario_index = {s: k for k, s in enumerate(self.scenarios)}
         self.user_scenarios: dict[int, set[str]] = {}
 
     def add(self, ev: Ev) -> None:
@@ -185,26 +159,23 @@ class UserFeatures(_ScenarioKeys):
 
     def scenario_row(self, user_id: int, scenario: str) -> tuple[dict, int]:
         st = self.keys[(user_id, scenario)]
-        row = st.window_row()
+        row = st.tile_row()
         row["recent_clicks"] = [r[2] for r in st.recent]
-        row["last_click_ms"] = st.last_click_ms
         return row, st.newest_ms
 
     def profile_row(self, user_id: int) -> tuple[dict, int]:
         states = {s: self.keys[(user_id, s)] for s in self.user_scenarios[user_id]}
         end = max(st.newest_ms for st in states.values())
-        clicks = {s: 0 for s in self.scenarios}
-        total_imp = 0
+        first_hour = end // HOUR_MS - HOURS_7D  # tiles at or before it are in no window as of >= end
+        tiles: list = []
         merged: list = []
         for s, st in states.items():
-            _, _, i7, _, _, c7 = st.counts(end)
-            total_imp += i7
-            clicks[s] = c7
+            index = self.scenario_index[s]
+            tiles.extend((h, index, i, c) for h, (i, c) in st.hours.items() if h > first_hour)
             merged.extend(st.recent)
         merged.sort(key=lambda r: r[:2], reverse=True)
-        total_clk = sum(clicks.values())
-        share = [clicks[s] / total_clk if total_clk else 0.0 for s in self.scenarios]
-        row = {"total_imp_7d": total_imp, "total_clk_7d": total_clk, "scenario_click_share": share,
+        tiles.sort()
+        row = {"scenario_hour_tiles": [x for tile in tiles for x in tile],
                "recent_clicks_all": [r[2] for r in merged[:RECENT_CLICKS]]}
         return row, end
 
@@ -230,9 +201,7 @@ class ItemFeatures(_ScenarioKeys):
 
     def row(self, item_id: int, scenario: str) -> tuple[dict, int]:
         st = self.keys[(item_id, scenario)]
-        row = st.window_row()
-        row["trending"] = (row["clk_1h"] + 1) / (row["clk_24h"] / HOURS_24H + 1)
-        return row, st.newest_ms
+        return st.tile_row(), st.newest_ms
 
     def rows(self, touched: Iterable[tuple[int, str]]) -> list:
         return [(i, s, *self.row(i, s)) for i, s in sorted(set(touched))]

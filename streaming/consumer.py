@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from streaming import metrics
 from streaming.commit import commit_checkpoint
+from streaming.kafka_internals import undecodable_batch
 from streaming.stages import ItemStage, Stage, UserStage
 
 log = logging.getLogger("sassflow.ingest")
@@ -128,6 +129,7 @@ def _rebalance_listener(consumer, stage: Stage, lock, shutdown: Shutdown):
             parts = sorted(tp.partition for tp in revoked if tp.topic == topic)
             if not parts:
                 return
+            t0 = time.perf_counter()
             with lock:  # held across the revoke: no batch of these partitions may slip in between
                 try:
                     commit_checkpoint(stage, lambda o: consumer.commit_async(_offsets(topic, o)), parts, lock,
@@ -135,17 +137,34 @@ def _rebalance_listener(consumer, stage: Stage, lock, shutdown: Shutdown):
                 except Stopping:
                     pass
                 stage.revoke(parts)
-            log.info("revoked %s", parts)
+            log.info("revoked %s (commit protocol: %.3fs)", parts, time.perf_counter() - t0)
 
         async def on_partitions_assigned(self, assigned):
             parts = sorted(tp.partition for tp in assigned if tp.topic == topic)
+            t0 = time.perf_counter()
             with lock:
                 seeks = stage.assign(parts)
                 for p, o in seeks.items():
                     consumer.seek(TopicPartition(topic, p), o)
-            log.info("assigned %s at %s", parts, seeks)
+            log.info("assigned %s at %s (state restored in %.3fs)", parts, seeks, time.perf_counter() - t0)
 
     return Listener()
+
+
+def quiet_client_logs() -> None:
+    """kafka-python 3 warns whenever one step of its IO thread's event loop takes over 0.1 s of wall
+    time ("Task ... ran for 0.873s (>0.100s threshold). It is blocking the event loop").  In these
+    consumers such steps are, by design, the rebalance listeners: kafka-python runs them on that thread,
+    and the revoke listener must finish the commit protocol (history, online rows, checkpoint) before
+    the partitions move, while the assign listener restores the partitions' checkpointed state --
+    up to about a second for a big partition, waiting first for the lock if the poll loop is
+    mid-checkpoint.  The rest are GIL hand-offs while the main thread is in a long C call (a parquet
+    write, a checkpoint's JSON) or the process waits for a CPU on a loaded machine.  Heartbeats
+    tolerate it (session timeout 6 s), so the notice is noise at the default verbosity: it is shown
+    from INFO (SASSFLOW_LOG_LEVEL=INFO) on, and ``revoked``/``assigned`` log their own durations."""
+    selector_log = logging.getLogger("kafka.net.selector")
+    if selector_log.getEffectiveLevel() > logging.INFO:
+        selector_log.setLevel(logging.ERROR)
 
 
 def _calm_gc() -> None:
@@ -193,7 +212,11 @@ class PollLoop:
             left_ms = self.sset.batch_max_ms - (time.monotonic() - t_start) * 1000
             if left_ms <= 0:
                 break
-            batch = self.consumer.poll(timeout_ms=int(left_ms), max_records=self.sset.batch_max_events - n)
+            try:
+                batch = self.consumer.poll(timeout_ms=int(left_ms), max_records=self.sset.batch_max_events - n)
+            except Exception as exc:  # noqa: BLE001 -- only a batch decode failure is handled, the rest re-raised
+                self.quarantine(exc)
+                continue
             if not batch:
                 break
             with self.lock:
@@ -205,6 +228,21 @@ class PollLoop:
         if n and self.result.first_record_at is None:
             self.result.first_record_at = time.time() - (time.monotonic() - t_start)
         return n
+
+    def quarantine(self, exc: Exception) -> None:
+        """A record batch the client could not decode: the stage puts it aside (the user stage
+        dead-letters it) and the consumer seeks past it.  Re-polling would only raise again (or, in
+        kafka-python 3.0.12, spin for ever), so any other error is re-raised."""
+        from kafka import TopicPartition
+
+        bad = undecodable_batch(exc)
+        if bad is None or bad.topic != self.stage.topic:
+            raise exc
+        with self.lock:
+            if self.stage.quarantine(bad):
+                log.error("quarantined records %d..%d of partition %d (%s)", bad.first_offset, bad.next_offset - 1,
+                          bad.partition, bad.error)
+            self.consumer.seek(TopicPartition(bad.topic, bad.partition), bad.next_offset)
 
     def publish_batch(self, n: int, applied: int, seconds: float) -> None:
         """After a micro-batch with records: the online rows, then the metrics."""
@@ -253,6 +291,7 @@ def run_stage(settings, stage_name: str = "user", shard: int = 0, shards: int = 
     shutdown = shutdown or Shutdown()
     if install_signals:
         shutdown.install()
+    quiet_client_logs()
     port = settings.streaming.metrics_port
     metrics.serve(port + index if port else 0)
     stage = make_stage(settings, stage_name, OnlineWriter(open_store(settings)), shard, shards)

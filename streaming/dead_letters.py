@@ -1,7 +1,11 @@
 """The dead-letter topic: malformed records, with their original bytes and the reason.
 
 Headers: ``reason`` (``EventError.reason``), ``error`` (the message, at most 1000 bytes),
-``source_topic``, ``source_partition``, ``source_offset``.  Exact across crashes: at the first bad
+``source_topic``, ``source_partition``, ``source_offset``.  A record batch the client could not
+decode (``reason`` = ``undecodable_batch``: its codec library is missing or its bytes are corrupt)
+is dead-lettered as one message: the value is the batch exactly as fetched (Kafka's record batch
+v2 format, still compressed: decode it with any client that has the codec), ``source_offset`` its
+first offset and ``source_last_offset`` its last.  Exact across crashes: at the first bad
 record after a partition is assigned, the dead-letter topic is scanned once for records already
 dead-lettered from that partition at or after that offset (a replay after a crash), and those are
 not sent again.
@@ -12,6 +16,9 @@ import time
 
 from sassflow.contracts.events import EventError
 from streaming import metrics
+from streaming.kafka_internals import UndecodableBatch
+
+UNDECODABLE = "undecodable_batch"
 
 
 class DeadLetters:
@@ -26,18 +33,27 @@ class DeadLetters:
         self._sent.pop(partition, None)
 
     def send(self, record, err: EventError) -> None:
-        sent = self._sent.get(record.partition)
+        self._send(record.partition, record.offset, err.reason, err.message, record.key,
+                   record.value if record.value is not None else b"")
+
+    def send_batch(self, batch: UndecodableBatch) -> None:
+        """A whole batch the client could not decode, as one message (see the module docstring)."""
+        self._send(batch.partition, batch.first_offset, UNDECODABLE, batch.error, None, batch.raw,
+                   [("source_last_offset", str(batch.next_offset - 1).encode())])
+
+    def _send(self, partition: int, offset: int, reason: str, message: str, key, value: bytes,
+              extra_headers: list | None = None) -> None:
+        sent = self._sent.get(partition)
         if sent is None:  # first bad record of this partition since assignment
-            sent = self._sent[record.partition] = self._already_sent(record.partition, record.offset)
-        if record.offset in sent:
+            sent = self._sent[partition] = self._already_sent(partition, offset)
+        if offset in sent:
             return
-        headers = [("reason", err.reason.encode()), ("error", err.message.encode()[:1000]),
+        headers = [("reason", reason.encode()), ("error", message.encode()[:1000]),
                    ("source_topic", self.source_topic.encode()),
-                   ("source_partition", str(record.partition).encode()),
-                   ("source_offset", str(record.offset).encode())]
-        self.producer.send(self.s.kafka.dlq_topic, key=record.key,
-                           value=record.value if record.value is not None else b"", headers=headers)
-        metrics.DEAD_LETTERED.labels(err.reason).inc()
+                   ("source_partition", str(partition).encode()),
+                   ("source_offset", str(offset).encode())] + (extra_headers or [])
+        self.producer.send(self.s.kafka.dlq_topic, key=key, value=value, headers=headers)
+        metrics.DEAD_LETTERED.labels(reason).inc()
 
     def flush(self) -> None:
         self.producer.flush()

@@ -7,6 +7,10 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 EVENTS_IN = Counter("sassflow_ingest_events_in_total", "records read from Kafka", ["stage"])
 APPLIED = Counter("sassflow_ingest_events_applied_total", "valid events applied to features", ["stage"])
 DEAD_LETTERED = Counter("sassflow_ingest_dead_lettered_total", "malformed events sent to the DLQ", ["reason"])
+DUPLICATES = Counter("sassflow_ingest_duplicates_total",
+                     "events whose event_id was already applied within the dedup horizon (dropped)", ["stage"])
+UNDECODABLE = Counter("sassflow_ingest_undecodable_records_total",
+                      "records of batches the client could not decode (quarantined to the DLQ)", ["stage"])
 LATE = Counter("sassflow_ingest_late_events_total",
                "events older than the partition's newest event time minus allowed lateness")
 LAG = Gauge("sassflow_ingest_consumer_lag", "high water mark minus position", ["stage", "partition"])

@@ -115,11 +115,13 @@ def write_newer_rows(writer, rows: list[tuple[str, list]]) -> dict:
     return counts
 
 
-def compare_online(writer, expected: FeatureRows) -> dict:
+def compare_online(writer, expected: FeatureRows, max_examples: int = 3) -> dict:
     """Read every expected key back from the online store; count keys whose row differs.
 
     Values are compared after the store's own round trip of the expected row (float32), so the
-    comparison is exact; event timestamps at whole seconds (the SQLite store keeps seconds).  Returns {"keys": n, "mismatched": m, "missing": k, "examples": [...]}."""
+    comparison is exact; event timestamps at whole seconds (the SQLite store keeps seconds).  Returns
+    {"keys": n, "mismatched": m, "missing": k, "examples": [...]} (up to ``max_examples`` differing or
+    missing keys with both rows)."""
     import numpy as np
 
     out = {"keys": 0, "mismatched": 0, "missing": 0, "examples": []}
@@ -131,11 +133,12 @@ def compare_online(writer, expected: FeatureRows) -> dict:
                 out["keys"] += 1
                 if got_feats is None:
                     out["missing"] += 1
-                    continue
-                same = got_ts // 1000 == ts // 1000 and all(_same(feats[n], got_feats.get(n), np) for n in feats)
+                same = got_feats is not None and got_ts // 1000 == ts // 1000 and \
+                    all(_same(feats[n], got_feats.get(n), np) for n in feats)
                 if not same:
-                    out["mismatched"] += 1
-                    if len(out["examples"]) < 3:
+                    if got_feats is not None:
+                        out["mismatched"] += 1
+                    if len(out["examples"]) < max_examples:
                         out["examples"].append({"view": view, "entity": entity, "expected": [feats, ts],
                                                 "got": [got_feats, got_ts]})
     return out

@@ -13,6 +13,13 @@
 A stage never touches Kafka offsets itself: the poll loop (``streaming.consumer``) feeds it records
 and runs the commit protocol (``streaming.commit``) over the steps it exposes.  A record below a
 partition's next offset is skipped, so a stale fetch after a rebalance cannot be applied twice.
+
+Both stages drop producer duplicates (``streaming.dedup``, one deduper per partition, checkpointed
+with the window state) with the same rule over the same valid records, so the user rows, the item
+rows and the history agree on which copy counted.  Record headers are ignored (the event is the
+value).  A batch the client cannot decode reaches ``quarantine``: the user stage dead-letters it
+whole (its raw bytes, partition and offsets, and the reason), the item stage skips it; both move
+their next offset past it.
 """
 from __future__ import annotations
 
@@ -25,7 +32,9 @@ from sassflow.contracts.history import COLUMNS, segment_name
 from streaming import metrics
 from streaming.aggregate import ItemFeatures, UserFeatures, ev_from_fields
 from streaming.dead_letters import DeadLetters
+from streaming.dedup import Deduper
 from streaming.history import append_history, high_water
+from streaming.kafka_internals import UndecodableBatch
 from streaming.state import CheckpointStore, checkpoint_root
 
 
@@ -42,6 +51,9 @@ class Stage(Protocol):
 
     def process(self, partition: int, records) -> int:
         """Apply records of one partition; returns how many valid events were applied."""
+
+    def quarantine(self, batch: UndecodableBatch) -> bool:
+        """Put aside a batch the client could not decode and move past it; False if not owned."""
 
     def flush_outputs(self) -> None:
         """Commit step 1: records produced on the side (dead letters) are on the broker."""
@@ -74,6 +86,7 @@ class UserPartition:
     next_offset: int
     watermark: int
     features: UserFeatures
+    dedup: Deduper
     history_hw: int
     pending: list = field(default_factory=list)  # history rows not yet on disk
     touched: set = field(default_factory=set)
@@ -100,7 +113,8 @@ class UserStage:
                 saved = self.ckpt.load(f"p{p}") or {"next_offset": 0, "watermark": 0, "state": {}}
                 users = UserFeatures(self.s.scenarios)
                 users.load_json(saved["state"])
-                self.parts[p] = UserPartition(saved["next_offset"], saved["watermark"], users,
+                dedup = Deduper.from_json(saved.get("dedup"), self.s.streaming.dedup_horizon_ms)
+                self.parts[p] = UserPartition(saved["next_offset"], saved["watermark"], users, dedup,
                                               high_water(self.s.streaming.offline_dir, self.topic, p))
                 self.dead_letters.forget(p)
             seeks[p] = self.parts[p].next_offset
@@ -127,6 +141,9 @@ class UserStage:
                 self.dead_letters.send(r, err)
                 continue
             ev = ev_from_fields(d)
+            if not part.dedup.admit(ev.event_id, ev.event_time):
+                metrics.DUPLICATES.labels(self.name).inc()
+                continue
             if ev.event_time < part.watermark - lateness:
                 metrics.LATE.inc()
             elif ev.event_time > part.watermark:
@@ -137,6 +154,16 @@ class UserStage:
                 part.pending.append(_event_row(d, partition, r.offset))
             applied += 1
         return applied
+
+    def quarantine(self, batch: UndecodableBatch) -> bool:
+        part = self.parts.get(batch.partition)
+        if part is None:
+            return False
+        if batch.next_offset > part.next_offset:
+            self.dead_letters.send_batch(batch)
+            metrics.UNDECODABLE.labels(self.name).inc(batch.next_offset - max(batch.first_offset, part.next_offset))
+            part.next_offset = batch.next_offset
+        return True
 
     def flush_outputs(self) -> None:
         self.dead_letters.flush()
@@ -167,7 +194,8 @@ class UserStage:
         for p in self._owned(partitions):
             part = self.parts[p]
             self.ckpt.save(f"p{p}", {"topic": self.topic, "partition": p, "next_offset": part.next_offset,
-                                     "watermark": part.watermark}, part.features.snapshot.text())
+                                     "watermark": part.watermark},
+                           state=part.features.snapshot.text(), dedup=part.dedup.snapshot_text())
             offsets[p] = part.next_offset
         return offsets
 
@@ -193,12 +221,15 @@ class ItemStage:
         self.next_offset = {int(p): o for p, o in saved["offsets"].items()}
         self.features = ItemFeatures()
         self.features.load_json(saved["state"])
+        horizon = settings.streaming.dedup_horizon_ms
+        self.dedup = {int(p): Deduper.from_json(d, horizon) for p, d in saved.get("dedup", {}).items()}
         self.touched: set = set()
         self.scenarios = set(settings.scenarios)
 
     def assign(self, partitions: list[int]) -> dict[int, int]:
         for p in partitions:
             self.next_offset.setdefault(p, 0)
+            self.dedup.setdefault(p, Deduper(self.s.streaming.dedup_horizon_ms))
         return {p: self.next_offset[p] for p in partitions}
 
     def revoke(self, partitions: list[int]) -> None:
@@ -207,6 +238,7 @@ class ItemStage:
     def process(self, partition: int, records) -> int:
         applied = 0
         nxt = self.next_offset.get(partition, 0)
+        dedup = self.dedup[partition]
         for r in records:
             if r.offset < nxt:
                 continue
@@ -215,6 +247,9 @@ class ItemStage:
                 d = parse_event_fields(r.value, self.scenarios, self.s.kafka.max_event_bytes)
             except EventError:
                 continue  # the user stage dead-letters it
+            if not dedup.admit(d["event_id"], d["event_time"]):  # every valid event: the user stage's rule
+                metrics.DUPLICATES.labels(self.name).inc()
+                continue
             if d["item_id"] % self.shards != self.shard:
                 continue
             ev = ev_from_fields(d)
@@ -223,6 +258,13 @@ class ItemStage:
             applied += 1
         self.next_offset[partition] = nxt
         return applied
+
+    def quarantine(self, batch: UndecodableBatch) -> bool:
+        if batch.partition not in self.next_offset:
+            return False
+        # the user stage dead-letters the batch; this shard only moves past it
+        self.next_offset[batch.partition] = max(self.next_offset[batch.partition], batch.next_offset)
+        return True
 
     def flush_outputs(self) -> None:
         pass  # produces nothing
@@ -238,8 +280,9 @@ class ItemStage:
             self.touched.clear()
 
     def save_state(self, partitions: list[int] | None) -> dict[int, int]:
+        dedup = "{" + ",".join(f'"{p}":{d.snapshot_text()}' for p, d in sorted(self.dedup.items())) + "}"
         self.ckpt.save("state", {"topic": self.topic, "offsets": {str(p): o for p, o in self.next_offset.items()}},
-                       self.features.snapshot.text())
+                       state=self.features.snapshot.text(), dedup=dedup)
         return dict(self.next_offset)
 
     def close(self) -> None:

@@ -20,9 +20,13 @@ class CheckpointStore:
     def path(self, name: str) -> Path:
         return self.root / f"{name}.json"
 
-    def save(self, name: str, meta: dict, state_text: str = "{}") -> None:
-        """Save ``meta`` (offsets, watermark...) with ``state_text`` (JSON text) as its "state"."""
-        write_text_atomic(self.path(name), json.dumps(meta, separators=(",", ":"))[:-1] + ',"state":' + state_text + "}")
+    def save(self, name: str, meta: dict, **parts: str) -> None:
+        """Save ``meta`` (offsets, watermark...) with each of ``parts`` (JSON texts, e.g. the window
+        state and the dedup state) under its own name, in one atomic file."""
+        body = json.dumps(meta, separators=(",", ":"))[:-1]
+        for key, text in parts.items():
+            body += ("," if len(body) > 1 else "") + json.dumps(key) + ":" + text
+        write_text_atomic(self.path(name), body + "}")
 
     def load(self, name: str) -> dict | None:
         try:

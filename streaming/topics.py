@@ -1,4 +1,5 @@
-"""The topics the ingest needs, created when missing (partitions and replication from settings)."""
+"""The topics the ingest needs, created when missing (partitions, replication and
+``min.insync.replicas`` from settings; producers use acks=all with idempotence, ``streaming.produce``)."""
 from __future__ import annotations
 
 import time
@@ -17,7 +18,8 @@ def ensure_topics(settings: Settings, topics: dict[str, int] | None = None) -> N
     admin = KafkaAdminClient(**k.client_kwargs())
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(name, partitions, k.replication_factor)
+        configs = {"min.insync.replicas": str(k.topic_min_insync_replicas())}
+        new = [NewTopic(name, partitions, k.replication_factor, topic_configs=configs)
                for name, partitions in topics.items() if name not in existing]
         if new:
             try:

@@ -18,7 +18,8 @@ def test_import_linter_contracts_hold():
 
 
 def test_feature_views_derive_from_the_contract():
-    """The Feast views, the rows the stream computes and serving's reader all use the contract's names."""
+    """The Feast views (stored columns), the rows the stream computes and serving's reader (read-time
+    rows) all use the contract's names."""
     from features import definitions
     from sassflow.contracts import features as contract
     from serving.feature_reader import FEATURE_NAMES
@@ -31,7 +32,7 @@ def test_feature_views_derive_from_the_contract():
     for view, keyed in rows.by_view():
         (features, _), = keyed.values()
         assert sorted(features) == sorted(view.feature_names)
-    assert FEATURE_NAMES == [n for v in contract.USER_VIEWS for n in v.feature_names]
+    assert FEATURE_NAMES == [n for v in contract.USER_VIEWS for n in v.row_names]
 
 
 def test_feast_internals_of_the_pinned_version_are_in_place():

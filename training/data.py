@@ -15,8 +15,13 @@ from the online store:
 - ``recent_clicks``: last ``seq_len`` clicked items in the example's scenario, most recent first;
 - ``recent_clicks_all``: last ``seq_len`` clicked items in any scenario, most recent first;
 - ``scenario_click_share``: the user's clicks per scenario / all clicks (settings.scenarios
-  order) in the 7-day window (168 hour buckets) ending with the hour of the user's newest
-  event before t, exactly as the online ``user_profile`` computes it (streaming/aggregate.py).
+  order) in the 7-day window (168 hour tiles) as of the example's time, strictly before it: the
+  window serving evaluates from the online ``user_profile`` tiles as of the request time
+  (``features.windows``; ``tests/training/test_data.py`` compares the two at many times).
+
+As-of times: a train example is as of its click; a pre-training view as of just after the user's
+last train event; an evaluation query as of the user's first event of the evaluated split (the
+request it stands for), seeing every event before the split.
 """
 from __future__ import annotations
 
@@ -107,24 +112,20 @@ def _last_k_before(h_key, h_time, h_item, q_key, q_time, k):
 
 
 def user_features(hist_user, hist_scen, hist_item, hist_time, q_user, q_scen, q_time,
-                  n_scenarios: int, seq_len: int, event_user=None, event_time=None) -> dict[str, np.ndarray]:
+                  n_scenarios: int, seq_len: int, as_of=None) -> dict[str, np.ndarray]:
     """Point-in-time user features of queries (user index, scenario index, time ms) from
-    history clicks (index arrays); ``event_user``/``event_time``: all history events
-    (impressions too, default: the clicks), which set the end of the share window.
+    history clicks (index arrays): the sequences see the clicks before ``q_time``, the click
+    share the clicks before ``as_of`` (default ``q_time``) in the 7d window as of ``as_of``.
     Items and users are vocabulary indices (0 = none)."""
     seq_s, _ = _last_k_before(hist_user * n_scenarios + hist_scen, hist_time, hist_item,
                               q_user * n_scenarios + q_scen, q_time, seq_len)
     seq_a, _ = _last_k_before(hist_user, hist_time, hist_item, q_user, q_time, seq_len)
-    # scenario_click_share as the online profile computes it: clk_7d per scenario / all, the
-    # 168 hour buckets ending with the hour of the user's newest event (before the query)
-    if event_user is None:
-        event_user, event_time = hist_user, hist_time
-    newest, _ = _last_k_before(event_user, event_time, event_time, q_user, q_time, 1)
-    lo = window_start_ms(WINDOW_7D, newest[:, 0])
+    as_of = q_time if as_of is None else as_of
+    lo = window_start_ms(WINDOW_7D, as_of)
     counts = np.zeros((len(q_user), n_scenarios), dtype=np.float64)
     for s in range(n_scenarios):
         m = hist_scen == s
-        _, before_t = _last_k_before(hist_user[m], hist_time[m], hist_item[m], q_user, q_time, 0)
+        _, before_t = _last_k_before(hist_user[m], hist_time[m], hist_item[m], q_user, as_of, 0)
         _, before_lo = _last_k_before(hist_user[m], hist_time[m], hist_item[m], q_user, lo, 0)
         counts[:, s] = before_t - before_lo
     share = (counts / np.maximum(counts.sum(1, keepdims=True), 1)).astype(np.float32)
@@ -185,15 +186,17 @@ def prepare(events: pd.DataFrame, scenarios: list[str], seq_len: int = SEQ_LEN,
     tr = split == TRAIN
     m = click & tr
     hist_train = (u[m], s[m], i[m], t[m])
-    ev_train = (u[tr], t[tr])
-    train = user_features(*hist_train, u[m], s[m], t[m], S, seq_len, *ev_train)
+    train = user_features(*hist_train, u[m], s[m], t[m], S, seq_len)
     train["item"] = i[m]
     train["time"] = t[m]
 
-    # pre-training views: every (user, scenario) the user visited in train (impressions count)
+    # pre-training views: every (user, scenario) the user visited in train (impressions count), as
+    # of just after the user's last train event
     vis = np.unique(np.stack([u[tr], s[tr]], 1), axis=0)
+    last_train = np.zeros(len(users) + 1, np.int64)
+    np.maximum.at(last_train, u[tr], t[tr])
     views = user_features(*hist_train, vis[:, 0], vis[:, 1], np.full(len(vis), NO_TIME), S, seq_len,
-                          *ev_train)
+                          as_of=last_train[vis[:, 0]] + 1)
 
     item_views = np.unique(np.stack([i[tr], s[tr]], 1), axis=0).astype(np.int64)
     catalogs = [np.unique(i[s == k]) for k in range(S)]
@@ -216,8 +219,12 @@ def _eval_set(u, s, i, t, click, split, code, catalogs, n_users, n_items, S, seq
     tgt = click & (split == code)
     pairs = np.unique(np.stack([u[tgt], s[tgt]], 1), axis=0)
     m = click & seen
-    queries = user_features(u[m], s[m], i[m], t[m],
-                            pairs[:, 0], pairs[:, 1], np.full(len(pairs), NO_TIME), S, seq_len, u[seen], t[seen])
+    # as of the request each query stands for: the user's first event of the split (the events before
+    # the split at that same millisecond count, as they would have arrived first)
+    first = np.full(n_users + 1, NO_TIME, np.int64)
+    np.minimum.at(first, u[split == code], t[split == code])
+    queries = user_features(u[m], s[m], i[m], t[m], pairs[:, 0], pairs[:, 1], np.full(len(pairs), NO_TIME),
+                            S, seq_len, as_of=first[pairs[:, 0]] + 1)
     targets, excluded = [], []
     for k in range(S):
         rows = np.flatnonzero(pairs[:, 1] == k)

@@ -13,7 +13,10 @@ Phases, all in one run against a local broker it starts (and stops if it started
    every user and item key, plus history rows missing/duplicated);
 5. freshness: fresh consumers on a second topic, events produced at ``rate`` events/s with
    event_time = now; every 10th event is a probe for a user id never seen before, and a reader
-   polls the online store until the probe's row appears (produce call -> readable).
+   polls the online store until the probe's row appears (produce call -> readable);
+6. ``lz4``: steps 1-4 again with the events produced lz4-compressed (as clients in other languages
+   and Kafka Connect often do) to a third topic: {ingest_eps, raw_consume_eps, ratio, lost_events,
+   double_counted_events}.
 """
 from __future__ import annotations
 
@@ -56,6 +59,8 @@ def _exactness(settings, events) -> dict:
     import pyarrow.dataset as ds
 
     from features.store import OnlineWriter, build_store
+    from features.windows import evaluate
+    from sassflow.contracts.features import VIEWS_BY_NAME
     from streaming.history import events_dir
     from streaming.replay import recompute, view_rows
     from streaming.sources import events_frame
@@ -63,16 +68,20 @@ def _exactness(settings, events) -> dict:
     expected = dict(view_rows(recompute(events_frame(events), settings.scenarios)))
     writer = OnlineWriter(build_store(settings))
     lost = double = mismatched = 0
+    n_scen = len(settings.scenarios)
     for view in ("user_scenario_stats", "item_scenario_stats"):
         rows = expected[view]
         for i in range(0, len(rows), 2000):
             chunk = rows[i:i + 2000]
-            for (_, feats, _), (_, got) in zip(chunk, writer.read(view, [e for e, _, _ in chunk])):
-                want = feats["imp_7d"] + feats["clk_7d"]
-                have = 0 if got is None else got["imp_7d"] + got["clk_7d"]
-                lost += max(0, want - have)
-                double += max(0, have - want)
-                mismatched += int(got is None or any(got[f] != v for f, v in feats.items() if isinstance(v, int)))
+            for (_, feats, ts), (_, got) in zip(chunk, writer.read(view, [e for e, _, _ in chunk])):
+                # the 7d counters as of the key's newest event: every event of the key's last week
+                want = evaluate(VIEWS_BY_NAME[view], feats, ts, n_scen)
+                have = evaluate(VIEWS_BY_NAME[view], got, ts, n_scen) if got is not None else None
+                want_n = want["imp_7d"] + want["clk_7d"]
+                have_n = 0 if have is None else have["imp_7d"] + have["clk_7d"]
+                lost += max(0, want_n - have_n)
+                double += max(0, have_n - want_n)
+                mismatched += int(got is None or any(got[f] != v for f, v in feats.items()))
     hist = ds.dataset(str(events_dir(settings.streaming.offline_dir)), format="parquet").to_table(
         columns=["event_id"]).to_pandas()
     lost_hist = len({e.event_id for e in events} - set(hist["event_id"]))
@@ -153,6 +162,35 @@ def _freshness(settings, consumers: int, rate: float, seconds: float) -> dict:
             "freshness_samples": len(lat), "freshness_unseen": len(pending), "freshness_rate_eps": achieved}
 
 
+def _pipeline(s, events, consumers: int) -> dict:
+    """Phases 2-4 over a topic holding ``events``: raw consume, the pipeline, exactness."""
+    raw_eps = raw_consume(s, s.kafka.events_topic, len(events))
+    raw_nocrc_eps = raw_consume(s, s.kafka.events_topic, len(events), check_crcs=False)
+    _log(f"raw_consume_eps={raw_eps:.0f} (no CRC check: {raw_nocrc_eps:.0f}); "
+         f"running the pipeline with {consumers} consumer(s)")
+    results = mp.get_context("spawn").Queue()
+    procs = spawn_stages(s, consumers, until_idle=3.0, results=results)
+    outs = [results.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join(60)
+
+    def span(stage=None):
+        mine = [r for st, _, r in outs if stage in (None, st)]
+        return (max(r.last_flush_at for r in mine if r.last_flush_at)
+                - min(r.first_record_at for r in mine if r.first_record_at))
+
+    ingest_eps, user_eps = len(events) / span(), len(events) / span("user")
+    _log(f"ingest_eps={ingest_eps:.0f} (user stage alone {user_eps:.0f}); checking exactness")
+    exact = _exactness(s, events)
+    _log(str(exact))
+    return {"raw_consume_eps": raw_eps, "raw_consume_nocrc_eps": raw_nocrc_eps, "ingest_eps": ingest_eps,
+            "user_stage_eps": user_eps, **exact}
+
+
+def _use_topic(s, name: str) -> None:
+    s.kafka.events_topic, s.kafka.dlq_topic, s.kafka.consumer_group = name, f"{name}.dlq", name
+
+
 def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_store: str = "redis",
                  rate: float = 2000.0, freshness_seconds: float = 15.0) -> dict:
     from pydantic import SecretStr
@@ -162,7 +200,7 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
     from features.store import apply_definitions
     from cli.local.kafka import LocalKafka
     from streaming.topics import ensure_topics
-    from streaming.produce import produce_events
+    from streaming.produce import make_producer, produce_events
     from streaming.sources import SyntheticSource
 
     s = settings.model_copy(deep=True)
@@ -182,46 +220,45 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
         s.feast.redis_connection_string = SecretStr(redis.connection_string)
     try:
         run = uuid.uuid4().hex[:8]
-        s.kafka.events_topic, s.kafka.dlq_topic = f"bench-{run}", f"bench-{run}.dlq"
-        s.kafka.consumer_group = f"bench-{run}"
+        _use_topic(s, f"bench-{run}")
         ensure_topics(s)
         apply_definitions(s)
         events = list(SyntheticSource(n_users=max(1000, n_events // 50), n_items=max(2000, n_events // 20),
                                       n_events=n_events, scenarios=s.scenarios, seed=0).events())
         _log(f"producing {len(events)} events to {s.kafka.events_topic}")
         produce_events(s, events, show_progress=False)
+        main = _pipeline(s, events, consumers)
 
-        _log("raw consume")
-        raw_eps = raw_consume(s, s.kafka.events_topic, len(events))
-        raw_nocrc_eps = raw_consume(s, s.kafka.events_topic, len(events), check_crcs=False)
-        _log(f"raw_consume_eps={raw_eps:.0f} (no CRC check: {raw_nocrc_eps:.0f}); "
-             f"running the pipeline with {consumers} consumer(s)")
-
-        results = mp.get_context("spawn").Queue()
-        procs = spawn_stages(s, consumers, until_idle=3.0, results=results)
-        outs = [results.get(timeout=3600) for _ in procs]
-        for p in procs:
-            p.join(60)
-        first = min(r.first_record_at for _, _, r in outs if r.first_record_at)
-        last = max(r.last_flush_at for _, _, r in outs if r.last_flush_at)
-        ingest_eps = len(events) / (last - first)
-        user_eps = len(events) / (max(r.last_flush_at for st, _, r in outs if st == "user" and r.last_flush_at) -
-                                  min(r.first_record_at for st, _, r in outs if st == "user" and r.first_record_at))
-        _log(f"ingest_eps={ingest_eps:.0f} (user stage alone {user_eps:.0f}); checking exactness")
-        exact = _exactness(s, events)
-        _log(str(exact))
-
-        s.kafka.events_topic, s.kafka.dlq_topic = f"fresh-{run}", f"fresh-{run}.dlq"
-        s.kafka.consumer_group = f"fresh-{run}"
+        _use_topic(s, f"fresh-{run}")
         _log(f"freshness at {rate:.0f} events/s for {freshness_seconds:.0f}s")
         fresh = _freshness(s, consumers, rate, freshness_seconds)
-        return {"events": len(events), "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "consumers": consumers, "online_store": online_store,
-                "partitions": s.kafka.partitions, "raw_consume_eps": round(raw_eps, 1),
-                "ingest_eps": round(ingest_eps, 1), "ratio": round(ingest_eps / raw_eps, 3),
-                "raw_consume_nocrc_eps": round(raw_nocrc_eps, 1), "pipeline_check_crcs": s.streaming.check_crcs,
-                "ratio_same_client_settings": round(ingest_eps / (raw_eps if s.streaming.check_crcs else raw_nocrc_eps), 3),
-                "user_stage_eps": round(user_eps, 1), **exact,
-                **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in fresh.items()}}
+
+        # a fresh topic, group, history and feature project (the same events must not find their rows)
+        _use_topic(s, f"lz4-{run}")
+        s.streaming.checkpoint_dir, s.streaming.offline_dir = work / "lz4-checkpoints", work / "lz4-offline"
+        s.feast.data_dir, s.feast.project = work / "lz4-feast", f"lz4{run}"
+        ensure_topics(s)
+        apply_definitions(s)
+        _log(f"producing the {len(events)} events lz4-compressed to {s.kafka.events_topic}")
+        producer = make_producer(s, compression_type="lz4")
+        produce_events(s, events, show_progress=False, producer=producer)
+        producer.close()
+        lz4 = _pipeline(s, events, consumers)
+        r1 = lambda v: round(v, 1)  # noqa: E731
+        return {"events": len(events), "loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+                "consumers": consumers, "online_store": online_store, "partitions": s.kafka.partitions,
+                "raw_consume_eps": r1(main["raw_consume_eps"]), "ingest_eps": r1(main["ingest_eps"]),
+                "ratio": round(main["ingest_eps"] / main["raw_consume_eps"], 3),
+                "raw_consume_nocrc_eps": r1(main["raw_consume_nocrc_eps"]), "pipeline_check_crcs": s.streaming.check_crcs,
+                "ratio_same_client_settings": round(main["ingest_eps"] / main[
+                    "raw_consume_eps" if s.streaming.check_crcs else "raw_consume_nocrc_eps"], 3),
+                "user_stage_eps": r1(main["user_stage_eps"]),
+                **{k: main[k] for k in ("lost_events", "double_counted_events", "mismatched_keys", "history_rows")},
+                **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in fresh.items()},
+                "lz4": {"ingest_eps": r1(lz4["ingest_eps"]), "raw_consume_eps": r1(lz4["raw_consume_eps"]),
+                        "ratio": round(lz4["ingest_eps"] / lz4["raw_consume_eps"], 3),
+                        "lost_events": lz4["lost_events"], "double_counted_events": lz4["double_counted_events"],
+                        "mismatched_keys": lz4["mismatched_keys"]}}
     finally:
         if redis is not None:
             redis.stop()

@@ -1,4 +1,6 @@
-"""A local Apache Kafka 4.x broker (KRaft, combined broker + controller) on loopback.
+"""A local Apache Kafka 4.x broker (KRaft, combined broker + controller) on loopback, or a local
+cluster of several such nodes (``LocalKafkaCluster``: replication 3, ``min.insync.replicas`` 2, a
+static controller quorum of every node) for broker-failure tests.
 
 The broker jars come from Maven Central, resolved once by Maven into
 ``local_kafka.jar_cache_dir/<version>/lib`` (Java 17 runs them).  The data
@@ -93,37 +95,58 @@ def ensure_jars(cfg: LocalKafkaSettings) -> Path:
     return lib
 
 
-class LocalKafka:
-    """Start, stop and inspect the local broker described by ``settings.local_kafka``."""
+@dataclass(frozen=True)
+class Node:
+    """One KRaft node: its id, ports and data directory; ``voters`` is the static controller quorum
+    of a cluster (None: a single node formatted ``--standalone``)."""
 
-    def __init__(self, settings: Settings):
+    node_id: int
+    port: int
+    controller_port: int
+    data_dir: Path
+    voters: str | None = None
+    cluster_id: str | None = None
+    replicas: int = 1  # replication of the internal topics (and the default of new topics)
+
+
+class LocalKafka:
+    """Start, stop and inspect the local broker described by ``settings.local_kafka`` (or one node of
+    a ``LocalKafkaCluster``)."""
+
+    def __init__(self, settings: Settings, node: Node | None = None):
         self.cfg = settings.local_kafka
-        self.data_dir = Path(self.cfg.data_dir)
+        self.node = node or Node(1, self.cfg.port, self.cfg.controller_port, Path(self.cfg.data_dir))
+        self.data_dir = Path(self.node.data_dir)
         self.log_dir = self.data_dir / "log"
         self.pid_file = self.data_dir / "broker.pid"
-        self.bootstrap = f"{self.cfg.host}:{self.cfg.port}"
+        self.bootstrap = f"{self.cfg.host}:{self.node.port}"
 
     # -- files ---------------------------------------------------------------
     def _properties(self) -> str:
-        c = self.cfg
+        c, n = self.cfg, self.node
+        quorum = (f"controller.quorum.voters={n.voters}" if n.voters
+                  else f"controller.quorum.bootstrap.servers={c.host}:{n.controller_port}")
+        min_isr = max(1, n.replicas - 1)  # a cluster of 3 keeps acks=all writes going with one node down
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers={c.host}:{c.controller_port}",
-            f"listeners=PLAINTEXT://{c.host}:{c.port},CONTROLLER://{c.host}:{c.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{c.host}:{c.port}",
+            f"node.id={n.node_id}",
+            quorum,
+            f"listeners=PLAINTEXT://{c.host}:{n.port},CONTROLLER://{c.host}:{n.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{c.host}:{n.port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             f"log.dirs={self.log_dir}",
             "num.partitions=4",
             "auto.create.topics.enable=true",
-            "offsets.topic.replication.factor=1",
+            f"default.replication.factor={n.replicas}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={n.replicas}",
             "offsets.topic.num.partitions=8",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"transaction.state.log.replication.factor={n.replicas}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={n.replicas}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
             "group.initial.rebalance.delay.ms=0",
             "log.retention.hours=-1",
             "message.max.bytes=10485760",
@@ -148,11 +171,10 @@ class LocalKafka:
     def _format_if_needed(self, lib: Path, props: Path) -> None:
         if (self.log_dir / "meta.properties").exists():
             return
-        cid = "-"
-        while cid.startswith("-"):  # as Kafka's Uuid.randomUuid(): a leading '-' reads as a CLI option
-            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cid = self.node.cluster_id or new_cluster_id()
+        quorum = [] if self.node.voters else ["--standalone"]  # static voters: every node formats alike
         proc = subprocess.run(
-            self._java(lib, "kafka.tools.StorageTool", "format", "--standalone", "-t", cid, "-c", str(props)),
+            self._java(lib, "kafka.tools.StorageTool", "format", *quorum, "-t", cid, "-c", str(props)),
             capture_output=True, text=True,
         )
         if proc.returncode != 0:
@@ -168,16 +190,24 @@ class LocalKafka:
 
     def status(self) -> BrokerStatus:
         pid = self.pid()
-        running = pid is not None and port_open(self.cfg.host, self.cfg.port)
+        running = pid is not None and port_open(self.cfg.host, self.node.port)
         return BrokerStatus(running, pid, self.bootstrap, str(self.data_dir), self.cfg.version)
 
     def start(self, timeout: float | None = None) -> BrokerStatus:
-        timeout = timeout or self.cfg.start_timeout_s
+        proc = self.launch()
+        try:
+            self._wait_ready(timeout or self.cfg.start_timeout_s, proc)
+        except BrokerError:
+            self.stop()
+            raise
+        return self.status()
+
+    def launch(self) -> subprocess.Popen | None:
+        """Start the JVM without waiting for it to answer (None if it runs already)."""
         if self.pid() is not None:
-            self._wait_ready(timeout)
-            return self.status()
-        if port_open(self.cfg.host, self.cfg.port):
-            raise BrokerError(f"port {self.cfg.port} is already taken by another process")
+            return None
+        if port_open(self.cfg.host, self.node.port):
+            raise BrokerError(f"port {self.node.port} is already taken by another process")
         lib = ensure_jars(self.cfg)
         props = self._write_config()
         self._format_if_needed(lib, props)
@@ -189,12 +219,7 @@ class LocalKafka:
         )
         out.close()
         self.pid_file.write_text(str(proc.pid))
-        try:
-            self._wait_ready(timeout, proc)
-        except BrokerError:
-            self.stop()
-            raise
-        return self.status()
+        return proc
 
     def _wait_ready(self, timeout: float, proc: subprocess.Popen | None = None) -> None:
         """Ready = the broker answers a metadata request (not just an open port)."""
@@ -207,7 +232,7 @@ class LocalKafka:
             if proc is not None and proc.poll() is not None:
                 tail = (self.data_dir / "broker.out").read_text(errors="replace")[-3000:]
                 raise BrokerError(f"broker exited with code {proc.returncode}:\n{tail}")
-            if port_open(self.cfg.host, self.cfg.port):
+            if port_open(self.cfg.host, self.node.port):
                 try:
                     admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
                     try:
@@ -228,6 +253,60 @@ class LocalKafka:
             return False
         stop_pid(pid, timeout)
         deadline = time.monotonic() + 15
-        while port_open(self.cfg.host, self.cfg.port) and time.monotonic() < deadline:
+        while port_open(self.cfg.host, self.node.port) and time.monotonic() < deadline:
             time.sleep(0.2)
         return True
+
+    def kill(self) -> None:
+        """kill -9: no flush, no controlled shutdown (the broker-failure test)."""
+        import signal
+
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.05)
+
+
+def new_cluster_id() -> str:
+    cid = "-"
+    while cid.startswith("-"):  # as Kafka's Uuid.randomUuid(): a leading '-' reads as a CLI option
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return cid
+
+
+class LocalKafkaCluster:
+    """``brokers`` KRaft nodes (each broker + controller, a static quorum of all of them) on loopback:
+    node k (1-based) listens on ``port + 2(k-1)`` and ``controller_port + 2(k-1)`` and keeps its data
+    in ``<data_dir>/node<k>``.  Internal topics and new topics get replication ``brokers`` and
+    ``min.insync.replicas`` ``brokers - 1``, so acks=all writes go on with one node down."""
+
+    def __init__(self, settings: Settings, brokers: int = 3):
+        cfg = settings.local_kafka
+        root = Path(cfg.data_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        id_file = root / "cluster.id"
+        if not id_file.exists():
+            id_file.write_text(new_cluster_id())
+        cid = id_file.read_text().strip()
+        voters = ",".join(f"{k}@{cfg.host}:{cfg.controller_port + 2 * (k - 1)}" for k in range(1, brokers + 1))
+        self.nodes = [LocalKafka(settings, Node(k, cfg.port + 2 * (k - 1), cfg.controller_port + 2 * (k - 1),
+                                                root / f"node{k}", voters, cid, brokers))
+                      for k in range(1, brokers + 1)]
+        self.bootstrap = ",".join(n.bootstrap for n in self.nodes)
+
+    def start(self, timeout: float | None = None) -> list[BrokerStatus]:
+        """Launch every node, then wait for each (a node answers once the quorum has formed)."""
+        procs = [n.launch() for n in self.nodes]
+        timeout = timeout or self.nodes[0].cfg.start_timeout_s
+        try:
+            for node, proc in zip(self.nodes, procs):
+                node._wait_ready(timeout, proc)
+        except BrokerError:
+            self.stop()
+            raise
+        return [n.status() for n in self.nodes]
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()

@@ -1,11 +1,19 @@
-"""The feature contract: online views, their entity keys, feature names and types, the windows and
-the click-sequence length.  Declared once here; the Feast definitions (``features.definitions``),
-the stream aggregation (``streaming.aggregate``), the replay, the training-set builder
-(``training.data``) and the serving reader (``serving.feature_reader``) all derive from it.
+"""The feature contract: online views, their entity keys, the columns they store, the features read
+from them, the windows and the click-sequence length.  Declared once here; the Feast definitions
+(``features.definitions``), the read-time window evaluation (``features.windows``), the stream
+aggregation (``streaming.aggregate``), the replay, the training-set builder (``training.data``) and
+the serving reader (``serving.feature_reader``) all derive from it.
 
-Windows are tiled: ``*_1h`` sums the 60 one-minute tiles ending with the tile of the window's end,
-``*_24h`` and ``*_7d`` the 24 and 168 one-hour tiles (UTC).  ``window_start_ms`` is the one
+Windows are evaluated when they are read, as of a given time (Chronon-style tiles): a view stores
+per-key *tiles* (impression/click counts per UTC minute for the last hour and per UTC hour for the
+last 7 days, behind the key's newest event) and ``features.windows`` sums the tiles of each window
+as of the read time.  ``*_1h`` sums the 60 one-minute tiles ending with the tile that holds the read
+time, ``*_24h`` and ``*_7d`` the 24 and 168 one-hour tiles.  ``window_start_ms`` is the one
 definition of which events a window holds.
+
+A view's ``features`` are its stored columns (the Feast schema); ``derived`` are the window features
+computed from its tiles at read time.  ``row_names`` is what a reader gets for a key: the stored
+columns that are not tiles, then the derived ones.
 """
 from __future__ import annotations
 
@@ -49,6 +57,7 @@ class Feature:
     name: str
     dtype: str
     description: str = ""
+    tiles: bool = False  # a tile column: read by ``features.windows`` only, never handed to a model
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,19 @@ class View:
 
     name: str
     entity_keys: tuple[tuple[str, str], ...]
-    features: tuple[Feature, ...]
+    features: tuple[Feature, ...]  # stored columns
     description: str = ""
+    derived: tuple[Feature, ...] = ()  # evaluated from the tiles at read time (features.windows)
 
     @property
     def feature_names(self) -> list[str]:
+        """The stored columns (the Feast schema)."""
         return [f.name for f in self.features]
+
+    @property
+    def row_names(self) -> list[str]:
+        """What a reader gets for a key: the stored columns that are not tiles, then the derived ones."""
+        return [f.name for f in self.features if not f.tiles] + [f.name for f in self.derived]
 
     @property
     def join_keys(self) -> list[str]:
@@ -80,37 +96,50 @@ WINDOW_COUNTS = tuple(Feature(f"{kind}_{w.name}", INT64, f"{kind_name} in the la
 CTRS = tuple(Feature(f"ctr_{w.name}", FLOAT32, f"clicks / impressions over {w.name} (0 without impressions)")
              for w in (WINDOW_24H, WINDOW_7D))
 
+# Tile columns: flat int64 lists of fixed-width records, sorted by tile index.
+MINUTE_TILES = Feature("minute_tiles", INT64_LIST, "[minute, impressions, clicks] per UTC minute of the last "
+                       "hour behind the key's newest event, flattened", tiles=True)
+HOUR_TILES = Feature("hour_tiles", INT64_LIST, "[hour, impressions, clicks] per UTC hour of the last 7 days "
+                     "behind the key's newest event, flattened", tiles=True)
+SCENARIO_HOUR_TILES = Feature("scenario_hour_tiles", INT64_LIST, "[hour, scenario index (settings order), "
+                              "impressions, clicks] per UTC hour and scenario of the last 7 days behind the "
+                              "user's newest event, flattened", tiles=True)
+TILE_WIDTH = {MINUTE_TILES.name: 3, HOUR_TILES.name: 3, SCENARIO_HOUR_TILES.name: 4}
+
 USER_SCENARIO_STATS = View(
     "user_scenario_stats", (USER_ID, SCENARIO),
-    WINDOW_COUNTS + CTRS + (
-        Feature("recent_clicks", INT64_LIST, f"the {SEQ_LEN} newest clicked items in the scenario, newest first"),
-        Feature("last_click_ms", INT64, "event time of the newest click in the scenario"),
-    ),
+    (MINUTE_TILES, HOUR_TILES,
+     Feature("recent_clicks", INT64_LIST, f"the {SEQ_LEN} newest clicked items in the scenario, newest first")),
     "a user's activity in one scenario",
+    derived=WINDOW_COUNTS + CTRS,
 )
 USER_PROFILE = View(
     "user_profile", (USER_ID,),
-    (
+    (SCENARIO_HOUR_TILES,
+     Feature("recent_clicks_all", INT64_LIST, f"the {SEQ_LEN} newest clicked items in any scenario")),
+    "a user across scenarios",
+    derived=(
         Feature("total_imp_7d", INT64, "impressions over every scenario in the last 7d"),
         Feature("total_clk_7d", INT64, "clicks over every scenario in the last 7d"),
         Feature("scenario_click_share", FLOAT32_LIST, "7d clicks per scenario / all 7d clicks, settings order"),
-        Feature("recent_clicks_all", INT64_LIST, f"the {SEQ_LEN} newest clicked items in any scenario"),
     ),
-    "a user across scenarios",
 )
 ITEM_SCENARIO_STATS = View(
     "item_scenario_stats", (ITEM_ID, SCENARIO),
-    WINDOW_COUNTS + CTRS + (
+    (MINUTE_TILES, HOUR_TILES),
+    "an item's activity in one scenario",
+    derived=WINDOW_COUNTS + CTRS + (
         Feature("trending", FLOAT32, "(clk_1h + 1) / (clk_24h / 24 + 1): last hour against the day's hourly mean"),
     ),
-    "an item's activity in one scenario",
 )
 VIEWS = (USER_SCENARIO_STATS, USER_PROFILE, ITEM_SCENARIO_STATS)
 VIEWS_BY_NAME = {v.name: v for v in VIEWS}
 
 # What the request-time user tower reads: one (user, scenario) row joins these two views.
 USER_VIEWS = (USER_SCENARIO_STATS, USER_PROFILE)
-USER_FEATURE_NAMES = [n for v in USER_VIEWS for n in v.feature_names]
+USER_FEATURE_NAMES = [n for v in USER_VIEWS for n in v.row_names]
+# What recall branches and ranking read of an item in a scenario (``serving.feature_reader``).
+ITEM_FEATURE_NAMES = ITEM_SCENARIO_STATS.row_names
 
 # The inputs of the SASS user tower (a subset of the user features) and of its item tower.
 MODEL_USER_INPUTS = ("user_id", "scenario", "recent_clicks", "recent_clicks_all", "scenario_click_share")

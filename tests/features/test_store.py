@@ -6,8 +6,9 @@ from pydantic import SecretStr
 from features.store import OnlineWriter, apply_definitions, write_repo_yaml
 from sassflow.settings import Settings
 
-ROW = {"imp_1h": 3, "imp_24h": 4, "imp_7d": 5, "clk_1h": 1, "clk_24h": 1, "clk_7d": 2, "ctr_24h": 0.25,
-       "ctr_7d": 0.4, "recent_clicks": [7, 3], "last_click_ms": 1_700_000_000_500}
+ROW = {"minute_tiles": [28_333_333, 3, 1], "hour_tiles": [472_221, 1, 1, 472_222, 4, 1],
+       "recent_clicks": [7, 3]}
+TILES = {"minute_tiles": [28_333_333, 3, 1], "hour_tiles": [472_222, 4, 1]}
 
 
 def _roundtrip(settings):
@@ -17,17 +18,18 @@ def _roundtrip(settings):
     key = {"user_id": 42, "scenario": "drama"}
     w.write("user_scenario_stats", [(key, ROW, 1_700_000_000_500)])
     # a second absolute update within the same event second must win (late event, same newest time)
-    w.write("user_scenario_stats", [(key, dict(ROW, imp_7d=6), 1_700_000_000_500)])
+    w.write("user_scenario_stats", [(key, dict(ROW, hour_tiles=[472_221, 2, 1, 472_222, 4, 1]), 1_700_000_000_500)])
     ts, got = w.read("user_scenario_stats", [key])[0]
-    assert ts // 1000 == 1_700_000_000 and got["imp_7d"] == 6 and got["recent_clicks"] == [7, 3]
+    assert ts // 1000 == 1_700_000_000 and got["hour_tiles"][1] == 2 and got["recent_clicks"] == [7, 3]
     # serving's one call: user in scenario + profile
-    w.write("user_profile", [({"user_id": 42}, {"total_imp_7d": 6, "total_clk_7d": 2,
-                                                 "scenario_click_share": [0, 0, 0, 0, 1.0],
+    w.write("user_profile", [({"user_id": 42}, {"scenario_hour_tiles": [472_222, 4, 6, 2],
                                                  "recent_clicks_all": [7, 3]}, 1_700_000_000_500)])
     out = store.get_online_features(
-        features=["user_scenario_stats:clk_7d", "user_scenario_stats:recent_clicks", "user_profile:scenario_click_share"],
+        features=["user_scenario_stats:hour_tiles", "user_scenario_stats:recent_clicks",
+                  "user_profile:scenario_hour_tiles"],
         entity_rows=[{"user_id": 42, "scenario": "drama"}]).to_dict()
-    assert out["clk_7d"] == [2] and out["recent_clicks"] == [[7, 3]] and out["scenario_click_share"] == [[0, 0, 0, 0, 1.0]]
+    assert out["hour_tiles"] == [[472_221, 2, 1, 472_222, 4, 1]] and out["recent_clicks"] == [[7, 3]]
+    assert out["scenario_hour_tiles"] == [[472_222, 4, 6, 2]]
     assert w.read("user_scenario_stats", [{"user_id": 43, "scenario": "drama"}]) == [(None, None)]
 
 
@@ -67,12 +69,11 @@ def test_redis_fast_writer_writes_what_feast_writes(tmp_path, redis_server):
     assert w.redis is not None
     rows = {
         "user_scenario_stats": [({"user_id": 42, "scenario": "drama"}, ROW, 1_700_000_000_500),
-                                ({"user_id": 2**40, "scenario": "family"}, dict(ROW, recent_clicks=[], last_click_ms=None,
-                                                                                 ctr_7d=0.0), 1_700_000_001_999)],
-        "user_profile": [({"user_id": 42}, {"total_imp_7d": 6, "total_clk_7d": 2, "scenario_click_share": [0.0, 0.25, 0.75, 0.0, 0.0],
+                                ({"user_id": 2**40, "scenario": "family"}, dict(ROW, recent_clicks=[], minute_tiles=[]),
+                                 1_700_000_001_999)],
+        "user_profile": [({"user_id": 42}, {"scenario_hour_tiles": [472_221, 0, 3, 1, 472_222, 2, 5, 0],
                                             "recent_clicks_all": [7, 3]}, 1_700_000_000_001)],
-        "item_scenario_stats": [({"item_id": 9, "scenario": "action"}, {**{k: ROW[k] for k in ROW if k.startswith(("imp", "clk", "ctr"))},
-                                                                       "trending": 1.375}, 1_699_999_999_000)],
+        "item_scenario_stats": [({"item_id": 9, "scenario": "action"}, TILES, 1_699_999_999_000)],
     }
     host, port = redis_server.connection_string.split(":")
     r = redis.Redis(host=host, port=int(port))

@@ -19,14 +19,16 @@ def test_recommend_reads_online_features_from_feast(tmp_path, users):
     now_ms = int(time.time() * 1000)
     drama = users[(4, "drama")]
     other = users[(4, "comedy")]
+    minute, hour = now_ms // 60_000, now_ms // 3_600_000
     writer.write("user_scenario_stats", [
         ({"user_id": 4, "scenario": "drama"},
-         {"imp_1h": 3, "imp_24h": 9, "imp_7d": 30, "clk_1h": 1, "clk_24h": 2, "clk_7d": len(drama),
-          "ctr_24h": 0.2, "ctr_7d": 0.1, "recent_clicks": drama, "last_click_ms": now_ms}, now_ms),
-        ({"user_id": 5, "scenario": "drama"}, {"imp_1h": 4, "recent_clicks": []}, now_ms),  # seen, never clicked
+         {"minute_tiles": [minute, 3, 1], "hour_tiles": [hour - 30, 21, len(drama) - 2, hour, 9, 2],
+          "recent_clicks": drama}, now_ms),
+        ({"user_id": 5, "scenario": "drama"}, {"minute_tiles": [minute, 4, 0], "hour_tiles": [hour, 4, 0],
+                                               "recent_clicks": []}, now_ms),  # seen, never clicked
     ])
     writer.write("user_profile", [
-        ({"user_id": 4}, {"total_imp_7d": 40, "total_clk_7d": 12, "scenario_click_share": [0.0, 0.0, 0.0, 0.5, 0.5],
+        ({"user_id": 4}, {"scenario_hour_tiles": [hour, 3, 20, 6, hour, 4, 20, 6],
                           "recent_clicks_all": drama[:3] + other}, now_ms),
     ])
     publish_bundle(settings, build_synthetic_bundle(settings, N_ITEMS, DIM, seed=1).name)

@@ -50,12 +50,20 @@ def _events(n, seed):
     return list(SyntheticSource(n_users=150, n_items=200, n_events=n, seed=seed, mean_gap_ms=20_000.0).events())
 
 
-def _produce(settings, events, rate=None, poison_every=None):
-    """Produce events (and poison messages in between) with kafka-python; returns the poison sent."""
-    producer = make_producer(settings, linger_ms=5)
-    sent, start = [], time.monotonic()
+def _produce(settings, events, rate=None, poison_every=None, duplicate_every=None, **producer_kw):
+    """Produce events (and poison messages in between) with kafka-python; returns the poison sent.
+    ``duplicate_every``: a producer-side duplicate (the same event at a later offset, as a retry
+    leaves it) of every n-th event, sent a few events later."""
+    producer = make_producer(settings, **{"linger_ms": 5, **producer_kw})
+    sent, start, retries = [], time.monotonic(), []
     for i, e in enumerate(events):
-        producer.send(settings.kafka.events_topic, key=e.key(), value=e.to_bytes())
+        producer.send(settings.kafka.events_topic, key=e.key(), value=e.to_bytes(),
+                      headers=[("trace", str(i).encode())])  # headers are accepted and ignored
+        if duplicate_every and i % duplicate_every == 0:
+            retries.append(e)
+        if retries and i % 5 == 4:
+            dup = retries.pop(0)
+            producer.send(settings.kafka.events_topic, key=dup.key(), value=dup.to_bytes())
         if poison_every and i % poison_every == poison_every // 2:
             bad = POISON[len(sent) % len(POISON)] + f" #{len(sent)}".encode() if len(sent) % len(POISON) in (0, 3) \
                 else POISON[len(sent) % len(POISON)]
@@ -65,6 +73,8 @@ def _produce(settings, events, rate=None, poison_every=None):
             delay = start + (i + 1) / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+    for dup in retries:
+        producer.send(settings.kafka.events_topic, key=dup.key(), value=dup.to_bytes())
     producer.flush()
     producer.close()
     return sent
@@ -95,7 +105,7 @@ def _in_background(fn, *args, **kw):
     return t, out
 
 
-def _wait_for_checkpoint(settings, timeout=60):
+def _wait_for_checkpoint(settings, timeout=300):  # consumer start-up (imports) is slow on a loaded machine
     root = settings.streaming.checkpoint_dir
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,7 +176,7 @@ def test_cli_ingest_dead_letters_poison_counts_late_events_and_exports_metrics(k
     oldest = min(e.event_time for e in events)
     late = [e.model_copy(update={"event_id": f"late-{i}", "event_time": oldest - 2 * 3_600_000})
             for i, e in enumerate(events[:7])]
-    poison = _produce(s, events, poison_every=100)
+    poison = _produce(s, events, poison_every=100, duplicate_every=50)
     _produce(s, late)
     port = free_port()
     env = dict(os.environ, SASSFLOW_STATE_DIR=str(s.state_dir), SASSFLOW_STREAMING__METRICS_PORT=str(port),
@@ -181,7 +191,7 @@ def test_cli_ingest_dead_letters_poison_counts_late_events_and_exports_metrics(k
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
             m = _scrape(port)
-            if m.get("sassflow_ingest_events_in_total", 0) >= len(events) + len(late) + len(poison):
+            if m.get("sassflow_ingest_events_in_total", 0) >= len(events) + len(late) + len(poison) + len(events[::50]):
                 metrics = m
             time.sleep(0.3)
         assert proc.wait(60) == 0
@@ -191,6 +201,7 @@ def test_cli_ingest_dead_letters_poison_counts_late_events_and_exports_metrics(k
     assert metrics["sassflow_ingest_events_applied_total"] == len(events) + len(late)
     assert metrics["sassflow_ingest_dead_lettered_total"] == len(poison)
     assert metrics["sassflow_ingest_late_events_total"] == len(late)
+    assert metrics["sassflow_ingest_duplicates_total"] == len(events[::50])  # counted, applied once
     assert "sassflow_ingest_batch_seconds_count" in metrics and "sassflow_ingest_freshness_seconds_count" in metrics
     assert "sassflow_ingest_consumer_lag" in metrics
     _assert_exact(s, events + late, poison)
@@ -204,7 +215,7 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka):
     procs = [_spawn(s, "user"), _spawn(s, "item", 1)]
     try:
         _wait_for_checkpoint(s)
-        producer, sent = _in_background(_produce, s, events, rate=1000, poison_every=250)
+        producer, sent = _in_background(_produce, s, events, rate=1000, poison_every=250, duplicate_every=9)
         time.sleep(1.5)
         for p in procs:
             os.kill(p.pid, signal.SIGKILL)  # no flush, no commit, no leave
@@ -226,7 +237,8 @@ def test_two_consumers_one_leaves_mid_stream_is_exact(kafka):
     procs = [_spawn(s, "user", 1, until_idle=5), _spawn(s, "item", 2, until_idle=5)]
     try:
         _wait_for_checkpoint(s)
-        producer, sent = _in_background(_produce, s, events, rate=1000)
+        # slow enough that the leaver (drain, commit, leave) is gone while events still flow, on a loaded machine
+        producer, sent = _in_background(_produce, s, events, rate=400, duplicate_every=11)
         time.sleep(1.5)
         os.kill(leaver.pid, signal.SIGTERM)  # drains, commits and leaves: the other one takes over
         leaver.join(60)

@@ -15,8 +15,6 @@ def test_point_in_time_features_see_only_earlier_clicks(syn_events, syn_data):
     i = d.items.index(click["item_id"].to_numpy())
     t = click["event_time"].to_numpy()
     s = pd.Categorical(click["scenario"], categories=d.scenarios).codes
-    train_ev = ev[split_by_user_time(ev) == TRAIN]
-    u_all, t_all = d.users.index(train_ev["user_id"].to_numpy()), train_ev["event_time"].to_numpy()
     rng = np.random.default_rng(0)
     for row in rng.choice(len(tr["item"]), 50, replace=False):
         uu, ss, tt = tr["user"][row], tr["scenario"][row], tr["time"][row]
@@ -30,9 +28,8 @@ def test_point_in_time_features_see_only_earlier_clicks(syn_events, syn_data):
             assert set(got) <= set(hist_items[hist_t >= hist_t[min(19, len(hist_t) - 1)]])
         n_s = int((hist_scen == ss).sum())
         assert (tr["recent_clicks"][row] > 0).sum() == min(20, n_s)
-        # share: clicks in the 168 hour buckets ending with the hour of the user's newest event
-        newest = t_all[(u_all == uu) & (t_all < tt)].max()
-        lo = (newest // 3_600_000 - 167) * 3_600_000
+        # share: clicks in the 168 hour tiles as of the example's time
+        lo = (tt // 3_600_000 - 167) * 3_600_000
         win = hist_t >= lo
         expect = (hist_scen[win] == ss).sum() / max(win.sum(), 1)
         np.testing.assert_allclose(tr["scenario_click_share"][row][ss], expect, rtol=1e-6)
@@ -91,13 +88,52 @@ def _scenarios(tmp_path):
     return tmp_path / "scenarios.json"
 
 
-def test_click_share_uses_the_7d_window_ending_at_the_newest_event():
+def test_click_share_uses_the_7d_window_as_of_the_query_time():
     H, D = 3_600_000, 86_400_000
-    # user 1: a scenario-0 click 30 days ago, then scenario-1 clicks and a late impression
+    # user 1: a scenario-0 click 30 days ago, then scenario-1 clicks
     hu, hs, hi = np.array([1, 1, 1]), np.array([0, 1, 1]), np.array([5, 6, 7])
     ht = np.array([0, 30 * D, 30 * D + H])
-    eu, et = np.array([1, 1, 1, 1]), np.array([0, 30 * D, 30 * D + H, 31 * D])
-    q_t = np.array([30 * D + 2 * H, NO_TIME, 5 * D])
-    f = user_features(hu, hs, hi, ht, np.ones(3, int), np.zeros(3, int), q_t, 2, 4, eu, et)
-    np.testing.assert_allclose(f["scenario_click_share"], [[0, 1], [0, 1], [1, 0]])
-    assert f["recent_clicks"].tolist()[0] == [5, 0, 0, 0]  # sequences are not windowed
+    q_t = np.array([30 * D + 2 * H, 45 * D, 5 * D])
+    f = user_features(hu, hs, hi, ht, np.ones(3, int), np.zeros(3, int), q_t, 2, 4)
+    # idle for two weeks: the 7d window is empty, as serving reads it as of that time
+    np.testing.assert_allclose(f["scenario_click_share"], [[0, 1], [0, 0], [1, 0]])
+    assert f["recent_clicks"].tolist()[1] == [5, 0, 0, 0]  # sequences are not windowed
+    g = user_features(hu, hs, hi, ht, np.ones(1, int), np.zeros(1, int), np.array([NO_TIME]), 2, 4,
+                      as_of=np.array([30 * D + H]))  # strictly before as_of: the click at 30d + 1h is out
+    np.testing.assert_allclose(g["scenario_click_share"], [[0, 1]])
+
+
+def test_training_features_equal_the_online_tiles_read_as_of_the_same_time():
+    """The vectorised builder and serving's read path (stream aggregation -> stored tiles ->
+    features.windows as of t) give the same click share and sequences, at many times."""
+    from features.windows import evaluate
+    from sassflow.contracts.features import USER_PROFILE, USER_SCENARIO_STATS
+    from streaming.aggregate import batch_features
+    from streaming.replay import frame_to_evs
+    from streaming.sources import SyntheticSource, events_frame
+
+    scen = ["family", "thriller", "action", "comedy", "drama"]
+    ev = events_frame(SyntheticSource(n_users=12, n_items=40, n_events=3000, scenarios=scen, seed=4,
+                                      mean_gap_ms=400_000.0).events())
+    clicks = ev[ev["event_type"] == "click"]
+    cu, ci, ct = (clicks[c].to_numpy(np.int64) for c in ("user_id", "item_id", "event_time"))
+    cs = pd.Categorical(clicks["scenario"], categories=scen).codes.astype(np.int64)
+    rng = np.random.default_rng(0)
+    lo, hi = int(ev["event_time"].min()), int(ev["event_time"].max()) + 10 * 86_400_000
+    times = np.sort(rng.integers(lo, hi, 40))
+    checked = 0
+    for t in times:
+        rows = batch_features(frame_to_evs(ev[ev["event_time"] < t]), scen)  # what the stream holds at t
+        keys = sorted(rows.user_scenario)
+        if not keys:
+            continue
+        q_u = np.array([u for u, _ in keys]); q_s = np.array([scen.index(s) for _, s in keys])
+        f = user_features(cu, cs, ci + 1, ct, q_u, q_s, np.full(len(keys), t), len(scen), 20)  # 0 = none
+        for k, (u, s) in enumerate(keys):
+            online = evaluate(USER_SCENARIO_STATS, rows.user_scenario[(u, s)][0], int(t), len(scen))
+            profile = evaluate(USER_PROFILE, rows.user_profile[u][0], int(t), len(scen))
+            np.testing.assert_allclose(f["scenario_click_share"][k], profile["scenario_click_share"], rtol=1e-6)
+            assert [x - 1 for x in f["recent_clicks"][k] if x] == online["recent_clicks"]
+            assert [x - 1 for x in f["recent_clicks_all"][k] if x] == profile["recent_clicks_all"]
+            checked += 1
+    assert checked > 200
