@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from features.store import OnlineWriter, apply_definitions
+from features.windows import evaluate
 from sassflow.contracts.features import USER_PROFILE
 from streaming.history import append_history, read_history
 from streaming.ingest import run_ingest
@@ -48,8 +49,16 @@ def _middle_window(history, scenarios):
 
 
 def _skewed(feats: dict) -> dict:
-    """Different values of the same features (whatever they are): every integer + 1."""
-    return {k: (v + 1 if type(v) is int else v) for k, v in feats.items()}
+    """Different values of the same features (whatever they are): every integer + 1, also inside
+    integer lists (tiles, click sequences)."""
+    def skew(v):
+        if type(v) is int:
+            return v + 1
+        if isinstance(v, list) and v and all(type(x) is int for x in v):
+            return [x + 1 for x in v]
+        return v
+
+    return {k: skew(v) for k, v in feats.items()}
 
 
 def test_backfill_after_streaming_never_moves_a_row_back_and_equals_a_full_recomputation(kafka):
@@ -131,6 +140,10 @@ def test_scenario_limited_backfill_from_mid_history_rebuilds_touched_keys_exactl
     # counts/sequences missing the history before the window.
     naive, present = _by_key(recompute(window, settings.scenarios)), _by_key(full)
     profiles = [key for key in naive if key[0] == USER_PROFILE.name]
-    differ = [key for key in profiles if naive[key][0]["scenario_click_share"] != present[key][0]["scenario_click_share"]]
+
+    def share(row, as_of):  # the click share a reader gets, both rows read at the present row's time
+        return evaluate(USER_PROFILE, row, as_of, len(settings.scenarios))["scenario_click_share"]
+
+    differ = [key for key in profiles if share(naive[key][0], present[key][1]) != share(*present[key])]
     assert len(differ) > len(profiles) // 2
     assert sum(naive[key] != present[key] for key in naive) > len(naive) // 2
