@@ -87,6 +87,8 @@ class ModelConfig:
     bias_dim: int = 16
     global_dropout: float = 0.1
     user_id_dropout: float = 0.05
+    item_popularity: bool = False  # choice 11; False keeps artifacts written before it loadable
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -231,7 +233,17 @@ class SASS(nn.Module):
         S, d = cfg.n_scenarios, cfg.dim
         self.emb = SharedEmbedding(cfg)
         self.user_tower = Tower(cfg, in_dim=3 * d + S, scen_dim=d + 2)
-        self.item_tower = Tower(cfg, in_dim=d, scen_dim=d)
+        self.item_tower = Tower(cfg, in_dim=d, scen_dim=d + int(cfg.item_popularity))
+        if cfg.item_popularity:  # choice 11: [S, n_items + 1], set from the train clicks
+            self.register_buffer("item_popularity", torch.zeros(S, cfg.n_items + 1))
+
+    @torch.no_grad()
+    def set_item_popularity(self, item_clicks) -> None:
+        """The item tower's popularity feature from train click counts ``[S, n_items + 1]``:
+        log(1 + clicks) / log(1 + the scenario's most clicks), in [0, 1]."""
+        if self.cfg.item_popularity:
+            c = torch.log1p(torch.as_tensor(item_clicks, dtype=torch.float32))
+            self.item_popularity.copy_(c / c.amax(1, keepdim=True).clamp_min(1.0))
 
     def encode_user(self, f: dict[str, torch.Tensor]):
         """f: user (idx) [B], scenario [B], recent_clicks [B,L], recent_clicks_all [B,L],
@@ -248,7 +260,10 @@ class SASS(nn.Module):
         return self.user_tower(x, scen_feats, scen)
 
     def encode_item(self, item: torch.Tensor, scen: torch.Tensor):
-        return self.item_tower(self.emb.item(item), self.emb.scenario(scen), scen)
+        scen_feats = self.emb.scenario(scen)
+        if self.cfg.item_popularity:
+            scen_feats = torch.cat([scen_feats, self.item_popularity[scen, item][:, None]], -1)
+        return self.item_tower(self.emb.item(item), scen_feats, scen)
 
 
 # --------------------------------------------------------------------------- losses

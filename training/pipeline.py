@@ -54,13 +54,12 @@ def new_model(settings, data, **over):
     """A freshly initialised SASS for ``data`` and its ``TrainConfig`` (``over``: overrides)."""
     import torch
 
-    from training.baselines import model_config
-    from training.model import SASS
+    from training.baselines import build_model
     from training.trainer import TrainConfig
 
     cfg = TrainConfig.from_settings(settings.training, **over)
     torch.manual_seed(cfg.seed)
-    return SASS(model_config(data, settings.training)), cfg
+    return build_model(data, settings.training), cfg
 
 
 def _write_history(out_dir, hist) -> None:
