@@ -74,6 +74,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 KINDS = ("sass", "two_tower")
+GATE_INIT_ADAPTIVE = 2.0  # initial bias of the adaptive gate (choice 12)
+GATE_INIT_UPDATE = -1.0  # initial bias of the update gate (choice 12)
 
 
 @dataclass
@@ -126,6 +128,9 @@ class ScenarioAdaptiveGate(nn.Module):
         self.adaptive = nn.Linear(2 * width + bias_dim, 1)  # one value per sample (choice 1)
         self.update = nn.Linear(2 * width, width)
         self.global_dropout = global_dropout
+        with torch.no_grad():  # start global-led (choice 12): a ~ 0.88, z ~ 0.27
+            self.adaptive.bias.fill_(GATE_INIT_ADAPTIVE)
+            self.update.bias.fill_(GATE_INIT_UPDATE)
 
     def forward(self, s: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a = torch.sigmoid(self.adaptive(torch.cat([s, g, b], -1)))  # how much global info flows

@@ -6,7 +6,7 @@ JSON-able dicts out, every intermediate result in a folder so each step can run 
     finetune           -> <dir>/ model artifact         (stage 2, ModelArtifact layout)
     evaluate           -> <dir>/metrics.json            (BENCHMARKS.md protocol, val + test)
     evaluate_with_baselines -> the same + the baselines on the same prepared data
-    register_and_gate  -> registry row + gate decision
+    register_and_gate  -> registry row + gate decision (candidate, re-scored champion, popularity)
     train_pipeline     -> all of it in memory (`sassflow train`)
 """
 from __future__ import annotations
@@ -112,20 +112,23 @@ def finetune(settings, dataset_dir, pretrained_dir, out_dir) -> dict:
     exports the serving artifacts to ``out_dir``."""
     import torch
 
+    from training.baselines import finetune_on_validation
     from training.export import export_artifacts
-    from training.trainer import finetune as stage2
+    from training.trainer import History
 
     data = load_data(settings, dataset_dir)
     model, cfg = new_model(settings, data)
     if pretrained_dir:
         model.load_state_dict(torch.load(Path(pretrained_dir) / "pretrained.pt", weights_only=True))
-    hist = stage2(model, data, cfg)
+        model.set_item_popularity(data.item_clicks)  # the same data: a no-op, unless stage 1 saw other data
+    hist = finetune_on_validation(model, data, cfg, History())
     shas = export_artifacts(model, out_dir, data, extra={"feature_spec": model_feature_spec(settings.scenarios),
                                                          "window": list(data.window)})
     _write_history(out_dir, hist)
     return {"path": str(out_dir), "seconds": hist.seconds.get("finetune", 0.0), "files": len(shas),
             "loss_curve": loss_curve(hist.losses.get("finetune", [])),
-            "window": list(data.window)}
+            "epochs": hist.epochs.get("finetune"), "best_epoch": hist.best_epoch.get("finetune"),
+            "val_curve": hist.val_curve.get("finetune", []), "window": list(data.window)}
 
 
 def evaluate(settings, dataset_dir, model_dir, data=None) -> dict:
@@ -155,21 +158,31 @@ def evaluate_with_baselines(settings, dataset_dir, model_dir, baselines=("pop",)
                           for name, f in fitted.items()}}
 
 
-def register_and_gate(settings, model_dir, metrics: dict | None = None, name: str = "sass") -> dict:
-    """Register an exported model as a candidate and run the quality gate on it."""
-    from training.registry import ModelRegistry, feature_hash, quality_gate
+def register_and_gate(settings, model_dir, metrics: dict | None = None, name: str = "sass", *,
+                      dataset_dir=None, events: pd.DataFrame | None = None, data=None) -> dict:
+    """Register an exported model as a candidate and run the champion/challenger gate on it: the
+    candidate, the promoted model (re-scored from its artifact) and popularity, all scored now on
+    the validation split of the same data (``dataset_dir``, or ``events`` + their prepared ``data``)."""
+    from training.gate import gate_scores
+    from training.registry import ModelRegistry, champion_challenger_gate, feature_hash
 
     d = Path(model_dir)
     if metrics is None:
         metrics = json.loads((d / "metrics.json").read_text())
+    if events is None:
+        set_threads(settings)
+        events = load_events(settings, dataset_dir)
+    data = data or prepare_data(settings, events)
     cfg = ModelArtifact(d).read_config()
     reg = ModelRegistry.from_settings(settings)
     window = cfg.get("window") or [None, None]
     v = reg.register(d, name=name, metrics=metrics, data_start_ms=window[0], data_end_ms=window[1],
                      config=cfg, feature_hash=feature_hash(cfg.get("feature_spec", {})))
-    promoted, reason = quality_gate(reg, v, settings.training.quality_tolerance)
+    scores = gate_scores(events, data, d, reg.promoted(name))
+    promoted, reason = champion_challenger_gate(reg, v, scores, settings.training.quality_tolerance)
     return {"version": v.id, "promoted": promoted, "reason": reason, "artifact_path": v.artifact_path,
-            "artifact_sha256": v.artifact_sha256}
+            "artifact_sha256": v.artifact_sha256, "scores": scores.to_dict(),
+            "candidate": scores.candidate, "champion": scores.champion, "popularity": scores.popularity}
 
 
 def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("pop",),
@@ -199,7 +212,7 @@ def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("
               "baselines": {k: v for k, v in metrics.items() if k != "sass"},
               "seconds": sass.history.seconds, "events": data.n_events, "window": list(data.window)}
     if register:
-        result["registry"] = register_and_gate(settings, out, metrics["sass"])
+        result["registry"] = register_and_gate(settings, out, metrics["sass"], events=events_df, data=data)
     if report:
         from training.report import write_report
 
