@@ -44,10 +44,13 @@ p = tomllib.load(open("pyproject.toml", "rb"))["project"]
 deps = p["dependencies"] + p["optional-dependencies"]["test"] + ["setuptools>=68", "wheel"]
 open(sys.argv[1], "w").write("\n".join(deps) + "\n")
 PYEOF
-  log "fetching wheels into $WHEELS (already-present files are not downloaded again)"
-  .venv/bin/pip download -q -d "$WHEELS" -r "$REQS" -c constraints.txt
-  log "installing into .venv (versions pinned by constraints.txt)"
-  .venv/bin/pip install -q --no-index --find-links "$WHEELS" -r "$REQS" -c constraints.txt
+  # every version is pinned: with a warm wheelhouse the install needs no index at all
+  log "installing into .venv from $WHEELS (versions pinned by constraints.txt)"
+  if ! .venv/bin/pip install -q --no-index --find-links "$WHEELS" -r "$REQS" -c constraints.txt 2>/dev/null; then
+    log "fetching the missing wheels into $WHEELS (already-present files are not downloaded again)"
+    .venv/bin/pip download -q -d "$WHEELS" -r "$REQS" -c constraints.txt
+    .venv/bin/pip install -q --no-index --find-links "$WHEELS" -r "$REQS" -c constraints.txt
+  fi
   .venv/bin/pip install -q --no-index --find-links "$WHEELS" --no-build-isolation --no-deps -e .
   rm -f "$REQS"
   echo "$HASH" > "$STAMP"

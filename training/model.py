@@ -64,6 +64,15 @@ Details the paper leaves open, and what this code chooses:
    its top layer feeds both the gates and this loss.
 10. Out-of-vocabulary ids map to index 0; ``user_id_dropout`` trains that slot (and regularises)
    by replacing a random share of the user ids with 0 during training.
+11. Item popularity (``item_popularity``): the item tower's scenario-specific features include the
+   item's train clicks in that scenario, log(1 + c) / log(1 + the scenario's largest c), a buffer set
+   from the training data (``set_item_popularity``), exported with the weights. Vectors are
+   L2-normalised, so no per-item bias can carry the popularity prior; this feature lets the item
+   vector point it out, which matters most on a small window where the prior is most of the signal.
+12. Gate initialisation: the adaptive gate's bias starts at 2 (a ~ 0.88) and the update gate's at -1
+   (z ~ 0.27), so at first the scenario networks mostly pass the global network on. Each scenario
+   network sees only its scenario's batches; starting global-led lets a sparse scenario lean on the
+   shared network until its own has data, instead of being led by an untrained network.
 """
 from __future__ import annotations
 
