@@ -24,7 +24,7 @@ def test_popularity_bundle_until_a_model_beats_popularity(airflow_home, tmp_path
     settings = make_settings(tmp_path / "state", airflow={"home": airflow_home},
                              training={**SMALL_TRAINING, "finetune_epochs": 10},
                              serving={"watch_interval_s": 0.25})
-    ev = events_frame(SyntheticSource(n_users=40, n_items=80, n_events=8000, seed=11).events())
+    ev = events_frame(SyntheticSource(n_users=100, n_items=300, n_events=30000, seed=11).events())
     append_history(settings.streaming.offline_dir,
                    ev.assign(kafka_partition=np.int32(0), kafka_offset=np.arange(len(ev), dtype=np.int64)))
     day = datetime.fromtimestamp(int(ev["event_time"].max()) / 1000, tz=timezone.utc).date().isoformat()
