@@ -17,6 +17,7 @@ def test_popularity_bundle_until_a_model_beats_popularity(airflow_home, tmp_path
     from cli.local.server import ServerProcess
     from serving.bundle import current_bundle_id
     from streaming.history import append_history
+    from streaming.replay import replay_history_to_stores
     from streaming.sources import SyntheticSource, events_frame
     from tests.conftest import make_settings
     from training.registry import ModelRegistry
@@ -27,6 +28,7 @@ def test_popularity_bundle_until_a_model_beats_popularity(airflow_home, tmp_path
     ev = events_frame(SyntheticSource(n_users=100, n_items=300, n_events=30000, seed=11).events())
     append_history(settings.streaming.offline_dir,
                    ev.assign(kafka_partition=np.int32(0), kafka_offset=np.arange(len(ev), dtype=np.int64)))
+    replay_history_to_stores(settings, None, None)  # the online store the service reads
     day = datetime.fromtimestamp(int(ev["event_time"].max()) / 1000, tz=timezone.utc).date().isoformat()
     window = {"start": day, "end": day}
 
