@@ -70,11 +70,11 @@ def test_early_stopping_restores_the_best_epoch_and_stops_on_patience(syn_data, 
 
     torch.manual_seed(0)
     model = SASS(model_config(syn_data, settings.training))
-    cfg = TrainConfig.from_settings(settings.training, finetune_epochs=12, patience=2, progress=False)
+    cfg = TrainConfig.from_settings(settings.training, finetune_epochs=8, patience=1, progress=False)
     hist = finetune(model, syn_data, cfg, validate=lambda: validation_score(model, syn_data))
     curve, best = hist.val_curve["finetune"], hist.best_epoch["finetune"]
     assert len(curve) == hist.epochs["finetune"] and curve[best - 1] == max(curve)
-    assert hist.epochs["finetune"] == 12 or hist.epochs["finetune"] - best == 2  # the ceiling, or patience ran out
+    assert hist.epochs["finetune"] == 8 or hist.epochs["finetune"] - best == 1  # the ceiling, or patience ran out
     assert validation_score(model, syn_data) == pytest.approx(max(curve), abs=1e-6)  # the best weights are back
 
 
