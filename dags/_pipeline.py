@@ -1,6 +1,8 @@
 """The retrain pipeline as Airflow tasks, shared by ``sass_retrain`` (scheduled) and ``sass_backfill``
 (a hand-picked window): snapshot of the window (the training set) → stage-1 pre-train → stage-2 fine-tune → evaluate →
-quality gate + register → bundle → publish.
+quality gate + register → bundle → publish.  The gate scores the candidate, the promoted model
+(re-scored) and popularity on the same validation data; while no model has ever passed it, the gate
+task publishes a popularity bundle (``serving.fallback``) so the service answers with popular items.
 
 Each task is a thin wrapper: it calls one plain function of ``streaming``/``training``/``serving``
 (imported inside the task, so parsing stays fast), writes under its run folder and is idempotent for
@@ -67,7 +69,7 @@ def finetune(dataset: dict, pretrained: dict) -> dict:
 @task(**heavy())
 def evaluate(dataset: dict, model: dict) -> dict:
     """The candidate's validation/test recall, next to the popularity baseline on the same split
-    (the gate then compares the candidate with the promoted model's recorded validation recall)."""
+    (for the record; the gate task scores its own evidence, champion included, when it decides)."""
     def work(out):
         from training.pipeline import evaluate_with_baselines
 
@@ -88,13 +90,19 @@ def _log_comparison(candidate: dict, baselines: dict) -> None:
 
 
 @task(**heavy())
-def quality_gate(model: dict, metrics: dict) -> dict:
-    """Register the candidate and promote it only if it passes the gate (``training.registry``); a
-    rejection, recorded in the registry with its reason, skips the bundle tasks."""
+def quality_gate(dataset: dict, model: dict, metrics: dict) -> dict:
+    """Register the candidate and promote it only if it passes the champion/challenger gate
+    (``training.pipeline.register_and_gate``: candidate, re-scored promoted model and popularity on
+    the same validation data). A rejection, recorded in the registry with the three numbers, skips
+    the bundle tasks; if no model was ever promoted, a popularity bundle is published first."""
     def work(out):
         from training.pipeline import register_and_gate
 
-        return register_and_gate(settings(), model["model_dir"], metrics["candidate"])
+        result = register_and_gate(settings(), model["model_dir"], metrics["candidate"],
+                                   dataset_dir=dataset["dataset_dir"])
+        if not result["promoted"]:
+            result["fallback_bundle_id"] = _popularity_fallback(model["model_dir"], result["reason"])
+        return result
 
     from training.registry import ModelRegistry
 
@@ -104,10 +112,22 @@ def quality_gate(model: dict, metrics: dict) -> dict:
     show_decision(context, result)
     if not result["promoted"]:
         context["ti"].xcom_push(key="return_value", value=result)  # the decision stays visible on a skip
-        raise AirflowSkipException(f"candidate {result.get('version')} rejected: {result['reason']}; "
-                                   f"the served bundle is unchanged")
+        served = (f"the popularity bundle {result['fallback_bundle_id']} is published"
+                  if result.get("fallback_bundle_id") else "the served bundle is unchanged")
+        raise AirflowSkipException(f"candidate {result.get('version')} rejected: {result['reason']}; {served}")
     print(f"candidate {result.get('version')} promoted: {result['reason']}")
     return result
+
+
+def _popularity_fallback(model_dir: str, reason: str) -> str | None:
+    """With no promoted model, publish a popularity bundle of this window; returns its id (else None)."""
+    from serving.fallback import build_popularity_bundle
+    from training.registry import ModelRegistry
+
+    s = settings()
+    if ModelRegistry.from_settings(s).promoted() is not None:
+        return None
+    return build_popularity_bundle(s, model_dir, reason=f"no model passed the quality gate: {reason}").name
 
 
 @task(**heavy())
@@ -167,5 +187,5 @@ def retrain(window):
     stage1 = pretrain(dataset)
     stage2 = finetune(dataset, stage1)
     metrics = evaluate(dataset, stage2)
-    gate = quality_gate(stage2, metrics)
+    gate = quality_gate(dataset, stage2, metrics)
     publish(build_bundle(gate))  # no return: callers then get the group itself, for `>>`

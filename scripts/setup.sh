@@ -2,7 +2,9 @@
 # Idempotent set-up on a fresh Debian machine: system packages, the virtualenv at .venv/ with every
 # Python dependency, and the Kafka broker jars from Maven Central.  Safe to run again: each step is
 # skipped when already done.  Python wheels are kept in a wheelhouse (~/.cache/sassflow/wheels) so
-# torch and the rest are downloaded once per machine, not once per checkout.
+# torch and the rest are downloaded once per machine, not once per checkout.  Every version is pinned
+# by constraints.txt (Airflow's convention; `bash scripts/lock.sh` regenerates it), so every machine
+# installs the same set.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -34,7 +36,7 @@ fi
   || { echo "Python >= 3.11 is required" >&2; exit 1; }
 [ -x .venv/bin/python ] || { log "creating .venv"; "$PY" -m venv .venv; }
 STAMP=".venv/.sassflow-deps"
-HASH="$(sha256sum pyproject.toml | cut -c1-16)"
+HASH="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$HASH" ]; then
   mkdir -p "$WHEELS"
   REQS="$(mktemp)"
@@ -44,10 +46,13 @@ p = tomllib.load(open("pyproject.toml", "rb"))["project"]
 deps = p["dependencies"] + p["optional-dependencies"]["test"] + ["setuptools>=68", "wheel"]
 open(sys.argv[1], "w").write("\n".join(deps) + "\n")
 PYEOF
-  log "fetching wheels into $WHEELS (already-present files are not downloaded again)"
-  .venv/bin/pip download -q -d "$WHEELS" -r "$REQS"
-  log "installing into .venv"
-  .venv/bin/pip install -q --no-index --find-links "$WHEELS" -r "$REQS"
+  # every version is pinned: with a warm wheelhouse the install needs no index at all
+  log "installing into .venv from $WHEELS (versions pinned by constraints.txt)"
+  if ! .venv/bin/pip install -q --no-index --find-links "$WHEELS" -r "$REQS" -c constraints.txt 2>/dev/null; then
+    log "fetching the missing wheels into $WHEELS (already-present files are not downloaded again)"
+    .venv/bin/pip download -q -d "$WHEELS" -r "$REQS" -c constraints.txt
+    .venv/bin/pip install -q --no-index --find-links "$WHEELS" -r "$REQS" -c constraints.txt
+  fi
   .venv/bin/pip install -q --no-index --find-links "$WHEELS" --no-build-isolation --no-deps -e .
   rm -f "$REQS"
   echo "$HASH" > "$STAMP"

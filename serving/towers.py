@@ -7,7 +7,9 @@
   feature row;
 * ``"mean_history"`` -> ``MeanHistoryTower``, a real, parameter-free tower owned by serving for
   synthetic catalogs and benchmarks: the normalised mean of the scenario's item vectors of the
-  user's ``recent_clicks``.
+  user's ``recent_clicks``;
+* ``"popularity"`` -> ``PopularityTower``: the bundle published while no model has passed the
+  quality gate (``serving.fallback``); it places nobody, so every answer is the popular fallback.
 
 Every tower has ``encode(rows, scenario) -> float32 [B, d]``.  A row the tower cannot place (no
 known clicks) encodes to the zero vector; the service answers those with the popular fallback.
@@ -22,6 +24,17 @@ import numpy as np
 from serving.index import ScenarioCatalog, item_vectors
 
 MEAN_HISTORY = "mean_history"
+POPULARITY = "popularity"
+
+
+class PopularityTower:
+    """No model: every row encodes to the zero vector, so the popular fallback answers it."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def encode(self, rows: list[dict], scenario: str) -> np.ndarray:
+        return np.zeros((len(rows), self.dim), dtype=np.float32)
 
 
 class MeanHistoryTower:
@@ -109,6 +122,8 @@ def load_tower(tower_dir: Path, config: dict, catalogs: dict[str, ScenarioCatalo
     kind = config.get("kind")
     if kind == MEAN_HISTORY:
         return MeanHistoryTower(catalogs, int(config["dim"]))
+    if kind == POPULARITY:
+        return PopularityTower(int(config["dim"]))
     if not kind:
         raise ValueError("tower config has no 'kind'")
     return load_sass_tower(tower_dir)

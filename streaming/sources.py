@@ -37,6 +37,8 @@ class SyntheticTruth:
 
     affinity(u, i, s) = (user_shared[u] + user_scenario[s, u]) · item_vec[i]
     Click probability of an impression = sigmoid(click_scale * affinity + click_bias).
+    A share ``personalized_share`` of the impressions comes from the user's own interest
+    categories (``user_category``: the shared one and this scenario's), the rest by popularity.
     """
 
     user_shared: np.ndarray  # [U, D]  interests shared by all scenarios
@@ -48,6 +50,8 @@ class SyntheticTruth:
     user_scenario_mix: np.ndarray  # [U, S]
     click_scale: float
     click_bias: float
+    user_category: np.ndarray | None = None  # [S + 1, U]: row 0 the shared interest, row 1 + s scenario s's
+    personalized_share: float = 0.0
 
     def affinity(self, user_ids, item_ids, scenario_index: int) -> np.ndarray:
         u = np.asarray(user_ids)
@@ -72,9 +76,13 @@ class SyntheticSource:
     taste (``scenario_specificity`` sets the balance); items belong to categories
     (item vector = category centre + noise) with Zipf popularity, permuted per
     scenario so each surface has its own head.  Each request shows
-    ``impressions_per_request`` items drawn by popularity; each is clicked with
-    probability sigmoid(scale · affinity + bias).  Users and items are ids
-    ``0..n-1``; event ids are ``syn-<seed>-<request>-<slot>`` (+ ``-c`` for clicks).
+    ``impressions_per_request`` items: a share ``personalized_share`` of them drawn
+    from the user's interest categories (as a live recommender would show them), the
+    rest by popularity; each is clicked with probability sigmoid(scale · affinity + bias).
+    That share is what makes the structure learnable from a demo's few events per user:
+    co-clicks reveal the categories, a user's clicks reveal their interests, and
+    popularity alone cannot place them.  Users and items are ids ``0..n-1``; event ids
+    are ``syn-<seed>-<request>-<slot>`` (+ ``-c`` for clicks).
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class SyntheticSource:
         zipf_a: float = 1.1,
         scenario_specificity: float = 0.5,
         impressions_per_request: int = 5,
+        personalized_share: float = 0.5,
         click_scale: float = 2.5,
         click_bias: float = -2.0,
         start_ms: int = 1_700_000_000_000,
@@ -108,12 +117,10 @@ class SyntheticSource:
         centers = rng.normal(size=(n_categories, dim)) / np.sqrt(dim)
         category = rng.integers(0, n_categories, size=n_items)
         item_vec = (centers[category] + 0.3 * rng.normal(size=(n_items, dim)) / np.sqrt(dim)).astype(np.float32)
-        # users: a few favourite categories, shared across scenarios
-        user_shared = (centers[rng.integers(0, n_categories, size=n_users)] * 1.5).astype(np.float32)
-        user_scenario = np.stack([
-            (centers[rng.integers(0, n_categories, size=n_users)] * 1.5 * scenario_specificity).astype(np.float32)
-            for _ in range(S)
-        ])
+        # users: a favourite category shared across scenarios, and one per scenario
+        user_category = rng.integers(0, n_categories, size=(S + 1, n_users))
+        user_shared = (centers[user_category[0]] * 1.5).astype(np.float32)
+        user_scenario = (centers[user_category[1:]] * 1.5 * scenario_specificity).astype(np.float32)
         user_shared *= (1.0 - scenario_specificity)
         ranks = np.arange(1, n_items + 1, dtype=np.float64)
         base = ranks ** (-zipf_a)
@@ -128,9 +135,22 @@ class SyntheticSource:
             item_category=category, category_centers=centers.astype(np.float32),
             scenario_popularity=popularity, user_scenario_mix=mix,
             click_scale=click_scale, click_bias=click_bias,
+            user_category=user_category, personalized_share=personalized_share,
         )
         self._pop_cdf = np.cumsum(popularity, axis=1)
         self._mix_cdf = np.cumsum(mix, axis=1)
+        self._by_category = np.argsort(category, kind="stable")  # items grouped by category
+        self._category_start = np.searchsorted(category[self._by_category], np.arange(n_categories + 1))
+
+    def _personal_items(self, rng, users, scen, shape) -> np.ndarray:
+        """Items drawn uniformly from one of the user's interest categories (shared or this
+        scenario's, half each) for every slot of ``shape`` [R, K]."""
+        own = np.where(rng.random(shape) < 0.5, self.truth.user_category[0, users][:, None],
+                       self.truth.user_category[1 + scen, users][:, None])
+        lo, hi = self._category_start[own], self._category_start[own + 1]
+        empty = hi == lo  # a category with no item: any item
+        pick = lo + (rng.random(shape) * np.maximum(hi - lo, 1)).astype(np.int64)
+        return np.where(empty, rng.integers(0, self.n_items, size=shape), self._by_category[np.minimum(pick, self.n_items - 1)])
 
     def _chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Vectorised blocks of requests: (first_request, users, scenarios, items[R,K], clicked[R,K], times[R])."""
@@ -151,6 +171,9 @@ class SyntheticSource:
                 if rows.any():
                     items[rows] = np.searchsorted(self._pop_cdf[s], u[rows] * self._pop_cdf[s, -1])
             items = np.minimum(items, self.n_items - 1)
+            if truth.personalized_share > 0:
+                personal = rng.random((R, K)) < truth.personalized_share
+                items = np.where(personal, self._personal_items(rng, users, scen, (R, K)), items)
             affinity = np.einsum(
                 "rd,rkd->rk",
                 truth.user_shared[users] + truth.user_scenario[scen, users],

@@ -19,6 +19,7 @@ from training.trainer import to_torch
 
 Scorer = Callable[[int, dict, np.ndarray], torch.Tensor]
 METRICS = ("recall@20", "recall@50", "ndcg@20")
+SELECTION_METRIC = "recall@50"  # what early stopping and the quality gate compare (macro mean)
 
 
 def model_scorer(model) -> Scorer:
@@ -47,13 +48,14 @@ def popularity_scorer(item_clicks: np.ndarray) -> Scorer:
     return score
 
 
-def evaluate(score: Scorer, data: TrainingData, split: str = "test", chunk: int = 2048) -> dict:
-    """metric -> scenario id (str) or "mean" -> value."""
+def evaluate(score: Scorer, data: TrainingData, split: str = "test", chunk: int = 2048,
+             scenarios: list[int] | None = None) -> dict:
+    """metric -> scenario id (str) or "mean" -> value (``scenarios``: only these scenario ids)."""
     es = data.evals[split]
     kmax = max(int(m.split("@")[1]) for m in METRICS)
     out: dict[str, dict[str, float]] = {m: {} for m in METRICS}
     discount = 1.0 / np.log2(np.arange(kmax) + 2.0)
-    for k in range(data.n_scenarios):
+    for k in (range(data.n_scenarios) if scenarios is None else scenarios):
         catalog = data.catalogs[k]
         rows = np.flatnonzero(es.queries["scenario"] == k)
         tg, ex = es.targets[k], es.excluded[k]
@@ -91,3 +93,8 @@ def evaluate(score: Scorer, data: TrainingData, split: str = "test", chunk: int 
         vals = [v for v in out[m].values() if v == v]
         out[m]["mean"] = float(np.mean(vals)) if vals else float("nan")
     return out
+
+
+def validation_score(model, data: TrainingData, scenarios: list[int] | None = None) -> float:
+    """The model's ``SELECTION_METRIC`` on the validation split (macro mean): early stopping's score."""
+    return evaluate(model_scorer(model), data, "val", scenarios=scenarios)[SELECTION_METRIC]["mean"]

@@ -64,6 +64,15 @@ Details the paper leaves open, and what this code chooses:
    its top layer feeds both the gates and this loss.
 10. Out-of-vocabulary ids map to index 0; ``user_id_dropout`` trains that slot (and regularises)
    by replacing a random share of the user ids with 0 during training.
+11. Item popularity (``item_popularity``): the item tower's scenario-specific features include the
+   item's train clicks in that scenario, log(1 + c) / log(1 + the scenario's largest c), a buffer set
+   from the training data (``set_item_popularity``), exported with the weights. Vectors are
+   L2-normalised, so no per-item bias can carry the popularity prior; this feature lets the item
+   vector point it out, which matters most on a small window where the prior is most of the signal.
+12. Gate initialisation: the adaptive gate's bias starts at 2 (a ~ 0.88) and the update gate's at -1
+   (z ~ 0.27), so at first the scenario networks mostly pass the global network on. Each scenario
+   network sees only its scenario's batches; starting global-led lets a sparse scenario lean on the
+   shared network until its own has data, instead of being led by an untrained network.
 """
 from __future__ import annotations
 
@@ -74,6 +83,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 KINDS = ("sass", "two_tower")
+GATE_INIT_ADAPTIVE = 2.0  # initial bias of the adaptive gate (choice 12)
+GATE_INIT_UPDATE = -1.0  # initial bias of the update gate (choice 12)
 
 
 @dataclass
@@ -87,6 +98,8 @@ class ModelConfig:
     bias_dim: int = 16
     global_dropout: float = 0.1
     user_id_dropout: float = 0.05
+    item_popularity: bool = False  # choice 11; False keeps artifacts written before it loadable
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +137,9 @@ class ScenarioAdaptiveGate(nn.Module):
         self.adaptive = nn.Linear(2 * width + bias_dim, 1)  # one value per sample (choice 1)
         self.update = nn.Linear(2 * width, width)
         self.global_dropout = global_dropout
+        with torch.no_grad():  # start global-led (choice 12): a ~ 0.88, z ~ 0.27
+            self.adaptive.bias.fill_(GATE_INIT_ADAPTIVE)
+            self.update.bias.fill_(GATE_INIT_UPDATE)
 
     def forward(self, s: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a = torch.sigmoid(self.adaptive(torch.cat([s, g, b], -1)))  # how much global info flows
@@ -231,7 +247,17 @@ class SASS(nn.Module):
         S, d = cfg.n_scenarios, cfg.dim
         self.emb = SharedEmbedding(cfg)
         self.user_tower = Tower(cfg, in_dim=3 * d + S, scen_dim=d + 2)
-        self.item_tower = Tower(cfg, in_dim=d, scen_dim=d)
+        self.item_tower = Tower(cfg, in_dim=d, scen_dim=d + int(cfg.item_popularity))
+        if cfg.item_popularity:  # choice 11: [S, n_items + 1], set from the train clicks
+            self.register_buffer("item_popularity", torch.zeros(S, cfg.n_items + 1))
+
+    @torch.no_grad()
+    def set_item_popularity(self, item_clicks) -> None:
+        """The item tower's popularity feature from train click counts ``[S, n_items + 1]``:
+        log(1 + clicks) / log(1 + the scenario's most clicks), in [0, 1]."""
+        if self.cfg.item_popularity:
+            c = torch.log1p(torch.as_tensor(item_clicks, dtype=torch.float32))
+            self.item_popularity.copy_(c / c.amax(1, keepdim=True).clamp_min(1.0))
 
     def encode_user(self, f: dict[str, torch.Tensor]):
         """f: user (idx) [B], scenario [B], recent_clicks [B,L], recent_clicks_all [B,L],
@@ -248,7 +274,10 @@ class SASS(nn.Module):
         return self.user_tower(x, scen_feats, scen)
 
     def encode_item(self, item: torch.Tensor, scen: torch.Tensor):
-        return self.item_tower(self.emb.item(item), self.emb.scenario(scen), scen)
+        scen_feats = self.emb.scenario(scen)
+        if self.cfg.item_popularity:
+            scen_feats = torch.cat([scen_feats, self.item_popularity[scen, item][:, None]], -1)
+        return self.item_tower(self.emb.item(item), scen_feats, scen)
 
 
 # --------------------------------------------------------------------------- losses

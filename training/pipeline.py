@@ -6,7 +6,7 @@ JSON-able dicts out, every intermediate result in a folder so each step can run 
     finetune           -> <dir>/ model artifact         (stage 2, ModelArtifact layout)
     evaluate           -> <dir>/metrics.json            (BENCHMARKS.md protocol, val + test)
     evaluate_with_baselines -> the same + the baselines on the same prepared data
-    register_and_gate  -> registry row + gate decision
+    register_and_gate  -> registry row + gate decision (candidate, re-scored champion, popularity)
     train_pipeline     -> all of it in memory (`sassflow train`)
 """
 from __future__ import annotations
@@ -58,13 +58,12 @@ def new_model(settings, data, **over):
     """A freshly initialised SASS for ``data`` and its ``TrainConfig`` (``over``: overrides)."""
     import torch
 
-    from training.baselines import model_config
-    from training.model import SASS
+    from training.baselines import build_model
     from training.trainer import TrainConfig
 
     cfg = TrainConfig.from_settings(settings.training, **over)
     torch.manual_seed(cfg.seed)
-    return SASS(model_config(data, settings.training)), cfg
+    return build_model(data, settings.training), cfg
 
 
 def show_progress() -> bool:
@@ -72,17 +71,6 @@ def show_progress() -> bool:
     is a stream of error lines; the per-epoch losses are logged at info instead."""
     return sys.stderr.isatty()
 
-
-def epoch_losses(losses: list[float], epochs: int) -> list[float]:
-    """The mean loss of each epoch (a stage takes the same number of steps every epoch)."""
-    if not losses or epochs < 1:
-        return []
-    return [float(np.mean(c)) for c in np.array_split(np.asarray(losses, dtype=float), epochs)]
-
-
-def log_epoch_losses(stage: str, losses: list[float], epochs: int) -> None:
-    for k, loss in enumerate(epoch_losses(losses, epochs), 1):
-        log.info("%s epoch %d/%d: mean loss %.4f", stage, k, epochs, loss)
 
 
 def _write_history(out_dir, hist) -> None:
@@ -121,7 +109,6 @@ def pretrain(settings, dataset_dir, out_dir) -> dict:
     data = load_data(settings, dataset_dir)
     model, cfg = new_model(settings, data, progress=show_progress())
     hist = stage1(model, data, cfg)
-    log_epoch_losses("pretrain", hist.losses.get("pretrain", []), cfg.pretrain_epochs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "pretrained.pt")
@@ -136,21 +123,23 @@ def finetune(settings, dataset_dir, pretrained_dir, out_dir) -> dict:
     exports the serving artifacts to ``out_dir``."""
     import torch
 
+    from training.baselines import finetune_on_validation
     from training.export import export_artifacts
-    from training.trainer import finetune as stage2
+    from training.trainer import History
 
     data = load_data(settings, dataset_dir)
     model, cfg = new_model(settings, data, progress=show_progress())
     if pretrained_dir:
         model.load_state_dict(torch.load(Path(pretrained_dir) / "pretrained.pt", weights_only=True))
-    hist = stage2(model, data, cfg)
-    log_epoch_losses("finetune", hist.losses.get("finetune", []), cfg.finetune_epochs)
+        model.set_item_popularity(data.item_clicks)  # the same data: a no-op, unless stage 1 saw other data
+    hist = finetune_on_validation(model, data, cfg, History())
     shas = export_artifacts(model, out_dir, data, extra={"feature_spec": model_feature_spec(settings.scenarios),
                                                          "window": list(data.window)})
     _write_history(out_dir, hist)
     return {"path": str(out_dir), "seconds": hist.seconds.get("finetune", 0.0), "files": len(shas),
             "loss_curve": loss_curve(hist.losses.get("finetune", [])),
-            "window": list(data.window)}
+            "epochs": hist.epochs.get("finetune"), "best_epoch": hist.best_epoch.get("finetune"),
+            "val_curve": hist.val_curve.get("finetune", []), "window": list(data.window)}
 
 
 def evaluate(settings, dataset_dir, model_dir, data=None) -> dict:
@@ -180,21 +169,32 @@ def evaluate_with_baselines(settings, dataset_dir, model_dir, baselines=("pop",)
                           for name, f in fitted.items()}}
 
 
-def register_and_gate(settings, model_dir, metrics: dict | None = None, name: str = "sass") -> dict:
-    """Register an exported model as a candidate and run the quality gate on it."""
-    from training.registry import ModelRegistry, feature_hash, quality_gate
+def register_and_gate(settings, model_dir, metrics: dict | None = None, name: str = "sass", *,
+                      dataset_dir=None, events: pd.DataFrame | None = None, data=None) -> dict:
+    """Register an exported model as a candidate and run the champion/challenger gate on it: the
+    candidate, the promoted model (re-scored from its artifact) and popularity, all scored now on
+    the validation split of the same data (``dataset_dir``, or ``events`` + their prepared ``data``)."""
+    from training.gate import gate_scores
+    from training.registry import ModelRegistry, champion_challenger_gate, feature_hash
 
     d = Path(model_dir)
     if metrics is None:
         metrics = json.loads((d / "metrics.json").read_text())
+    if events is None:
+        set_threads(settings)
+        events = load_events(settings, dataset_dir)
+    data = data or prepare_data(settings, events)
     cfg = ModelArtifact(d).read_config()
     reg = ModelRegistry.from_settings(settings)
     window = cfg.get("window") or [None, None]
     v = reg.register(d, name=name, metrics=metrics, data_start_ms=window[0], data_end_ms=window[1],
                      config=cfg, feature_hash=feature_hash(cfg.get("feature_spec", {})))
-    promoted, reason = quality_gate(reg, v, settings.training.quality_tolerance)
+    with reg.promotion_lock(name):  # the champion read here is the one replaced (reentrant: a DAG holds it too)
+        scores = gate_scores(events, data, d, reg.promoted(name))
+        promoted, reason = champion_challenger_gate(reg, v, scores, settings.training.quality_tolerance)
     return {"version": v.id, "promoted": promoted, "reason": reason, "artifact_path": v.artifact_path,
-            "artifact_sha256": v.artifact_sha256}
+            "artifact_sha256": v.artifact_sha256, "scores": scores.to_dict(),
+            "candidate": scores.candidate, "champion": scores.champion, "popularity": scores.popularity}
 
 
 def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("pop",),
@@ -224,7 +224,7 @@ def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("
               "baselines": {k: v for k, v in metrics.items() if k != "sass"},
               "seconds": sass.history.seconds, "events": data.n_events, "window": list(data.window)}
     if register:
-        result["registry"] = register_and_gate(settings, out, metrics["sass"])
+        result["registry"] = register_and_gate(settings, out, metrics["sass"], events=events_df, data=data)
     if report:
         from training.report import write_report
 

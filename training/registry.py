@@ -3,8 +3,12 @@
 A version records what it was trained on (data window, config, feature hash), how good it
 is (metrics JSON), where its artifact lives (path + sha256) and its status:
 candidate -> promoted | rejected; a promoted version becomes retired when another is promoted;
-``rollback`` re-promotes the previous one. ``quality_gate`` promotes a candidate only if its
-validation recall is not worse than the promoted model's by more than ``tolerance``.
+``rollback`` re-promotes the previous one.
+
+Two gates: ``champion_challenger_gate`` (what the pipelines use) decides on scores measured now on
+the same validation data (``training.gate``): the candidate must beat popularity and must not fall
+below the re-scored promoted model by more than ``tolerance``; the first model must beat popularity
+too. ``quality_gate`` compares recorded validation numbers only (kept for hand-registered models).
 
 The registry owns its models' files: ``register`` copies the artifact into the model store
 (``<store>/sha256-<digest>/``, content-addressed, read-only) and records that copy, so the folder a
@@ -297,3 +301,44 @@ def _val_metric(metrics: dict, metric: str) -> float | None:
         return float(metrics["val"][metric]["mean"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def champion_challenger_gate(registry: ModelRegistry, candidate, scores, tolerance: float) -> tuple[bool, str]:
+    """Promote ``candidate`` (version or id) on ``scores`` (``training.gate.GateScores``: candidate,
+    re-scored champion, popularity on the same validation queries) or mark it rejected; the reason
+    records all three numbers. A champion other than the one scored (promoted meanwhile) rejects:
+    the evidence is about another model."""
+    cand = registry.get(candidate if isinstance(candidate, int) else candidate.id)
+    current = registry.promoted(cand.name)
+    current_id = current.id if current is not None and current.id != cand.id else None
+    ok, why = _gate_verdict(scores, tolerance, current_id)
+    if ok and not registry.verify_artifact(cand.id):
+        ok, why = False, f"artifact checksum mismatch at {cand.artifact_path}"
+    reason = f"{_evidence(scores)}: {why}"
+    registry.set_status(cand.id, "promoted" if ok else "rejected", reason)
+    return ok, reason
+
+
+def _gate_verdict(scores, tolerance: float, current_id: int | None) -> tuple[bool, str]:
+    c, pop, champ = scores.candidate, scores.popularity, scores.champion
+    if current_id != scores.champion_version:
+        return False, (f"the promoted model is v{current_id}, the scores are against v{scores.champion_version}; "
+                       f"score again")
+    if not c > pop:  # NaN (no validation query) fails too
+        return False, f"candidate {c:.4f} does not beat popularity {pop:.4f}"
+    if current_id is None:
+        return True, f"first promoted model: beats popularity {pop:.4f}"
+    if champ is None:
+        return True, f"beats popularity; the promoted v{current_id} could not be re-scored ({scores.champion_error})"
+    if c < champ - tolerance:
+        return False, f"candidate {c:.4f} < champion v{current_id} {champ:.4f} - tolerance {tolerance}"
+    return True, f"beats popularity and {c:.4f} >= champion v{current_id} {champ:.4f} - tolerance {tolerance}"
+
+
+def _evidence(scores) -> str:
+    champ = "none" if scores.champion_version is None else (
+        f"v{scores.champion_version} {scores.champion:.4f} (re-scored)" if scores.champion is not None
+        else f"v{scores.champion_version} not re-scored")
+    fresh = "" if scores.fresh_after_ms is None else f" after {scores.fresh_after_ms} ms"
+    return (f"{scores.metric} on {scores.queries} queries{fresh}: candidate {scores.candidate:.4f}, "
+            f"champion {champ}, popularity {scores.popularity:.4f}")

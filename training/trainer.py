@@ -10,6 +10,12 @@
   (negatives come from that scenario's candidates, encoded as that scenario's vectors);
   batches of all scenarios are interleaved, so all scenarios train jointly.
 
+Early stopping: ``finetune`` takes an optional ``validate()`` (the validation recall of the model as
+it is now; ``training.baselines`` builds it from the evaluation code). It is called after every
+epoch; training stops once ``patience`` epochs in a row did not improve on the best score, and the
+best epoch's weights are restored, so ``finetune_epochs`` is a ceiling and the validation split
+chooses the budget. Stage 1 keeps its fixed epoch count: its loss is not the recall it serves.
+
 Data parallel: when ``torch.distributed`` is initialised (``torchrun``, gloo), every rank
 walks the same batch order, takes its slice of each batch, and gradients are averaged with
 an all-reduce before each step, so every rank holds identical weights throughout.
@@ -19,6 +25,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+import logging
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -27,6 +35,7 @@ from sassflow.contracts.features import MODEL_USER_INPUTS
 from training.data import TrainingData
 from training.model import SASS, distinct_softmax_loss, sampled_softmax_loss, scenario_contrastive_loss
 
+log = logging.getLogger("sassflow.training")
 AUX_ROWS_DIVISOR = 8  # the global auxiliary loss uses an eighth of the batch's rows as queries
 # the user tower's inputs (sassflow.contracts.features), with the user id as its vocabulary index "user"
 USER_KEYS = tuple("user" if name == "user_id" else name for name in MODEL_USER_INPUTS)
@@ -46,12 +55,17 @@ class TrainConfig:
     seed: int
     log_q: bool = True
     progress: bool = True
+    min_steps_per_epoch: int = 0  # stage 2: smaller batches on small data (``stage2_batch_size``)
+    patience: int = 0  # stage 2 stops after this many epochs without a better validation score; 0: never
+
 
     @classmethod
     def from_settings(cls, ts, **over) -> "TrainConfig":
         kw = {k: getattr(ts, k) for k in ("pretrain_epochs", "finetune_epochs", "batch_size", "pretrain_batch_size",
                                           "learning_rate", "temperature", "global_loss_weight", "seed")}
         kw["log_q"] = ts.log_q_correction
+        kw["patience"] = ts.early_stopping_patience
+        kw["min_steps_per_epoch"] = ts.min_steps_per_epoch
         kw.update(over)
         return cls(**kw)
 
@@ -64,6 +78,9 @@ class History:
     seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process's CPU time: robust to a busy box
     samples: dict[str, int] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=dict)  # epochs run (early stopping may cut them)
+    best_epoch: dict[str, int] = field(default_factory=dict)  # 1-based epoch whose weights were kept
+    val_curve: dict[str, list[float]] = field(default_factory=dict)  # validation score after each epoch
 
 
 def to_torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -104,9 +121,29 @@ def _progress(n: int, desc: str, enabled: bool):
                 leave=False, mininterval=1.0)
 
 
-def _run(model, batches, step_fn, cfg: TrainConfig, history: History, stage: str, epochs: int) -> None:
+class EarlyStopping:
+    """Keeps the best weights seen so far by a validation score; ``update`` says when to stop."""
+
+    def __init__(self, model: torch.nn.Module, patience: int):
+        self.model, self.patience = model, patience
+        self.best, self.best_epoch, self.state = float("-inf"), 0, None
+
+    def update(self, epoch: int, score: float) -> bool:
+        """Record the score after ``epoch`` (1-based); True when training should stop."""
+        if score > self.best:
+            self.best, self.best_epoch = score, epoch
+            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self) -> None:
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+
+
+def _run(model, batches, step_fn, cfg: TrainConfig, history: History, stage: str, epochs: int,
+         validate=None) -> None:
     """Shared optimisation loop: ``batches(epoch, rng)`` yields index arrays, ``step_fn(idx)``
-    returns the loss of one (rank-local) batch."""
+    returns the loss of one (rank-local) batch; ``validate()`` (optional): early stopping."""
     import time
 
     rank, world = _world()
@@ -114,27 +151,51 @@ def _run(model, batches, step_fn, cfg: TrainConfig, history: History, stage: str
     _broadcast_weights(model)
     # fused: one kernel for all parameters instead of several ops per tensor
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=True)
-    model.train()
+    stopper = EarlyStopping(model, cfg.patience) if validate is not None and cfg.patience > 0 else None
     losses = history.losses.setdefault(stage, [])
-    t0, c0, n = time.perf_counter(), time.process_time(), 0
-    for epoch in range(epochs):
-        plan = list(batches(rng))
-        with _progress(len(plan), f"{stage} {epoch + 1}/{epochs}", cfg.progress) as bar:
-            for idx in plan:
-                local = idx[rank::world]
-                loss = step_fn(torch.from_numpy(local))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                _average_grads(model)
-                opt.step()
-                losses.append(loss.item())
-                n += len(idx)
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    t0, c0, n, epoch = time.perf_counter(), time.process_time(), 0, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        first = len(losses)
+        n += _epoch(model, opt, list(batches(rng)), step_fn, losses, cfg,
+                    f"{stage} {epoch}/{epochs}", rank, world)
+        score = None
+        if stopper is not None:
+            model.eval()  # every rank holds the same weights: they score alike and stop together
+            score = float(validate())
+            history.val_curve.setdefault(stage, []).append(score)
+        if rank == 0:  # one line per epoch at info: what a task log shows instead of a progress bar
+            log.info("%s epoch %d/%d: mean loss %.4f%s", stage, epoch, epochs, float(np.mean(losses[first:] or [0.0])),
+                     "" if score is None else f", validation recall@50 {score:.4f}")
+        if stopper is not None and stopper.update(epoch, score):
+            break
+    if stopper is not None:
+        stopper.restore()
+        history.best_epoch[stage] = stopper.best_epoch
     model.eval()
+    history.epochs[stage] = history.epochs.get(stage, 0) + epoch
     history.seconds[stage] = history.seconds.get(stage, 0.0) + time.perf_counter() - t0
     history.cpu_seconds[stage] = history.cpu_seconds.get(stage, 0.0) + time.process_time() - c0
     history.samples[stage] = history.samples.get(stage, 0) + n
+
+
+def _epoch(model, opt, plan, step_fn, losses: list[float], cfg: TrainConfig, desc: str, rank: int,
+           world: int) -> int:
+    """One pass over ``plan`` (index arrays); returns the samples seen."""
+    n = 0
+    with _progress(len(plan), desc, cfg.progress) as bar:
+        for idx in plan:
+            local = idx[rank::world]
+            loss = step_fn(torch.from_numpy(local))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            _average_grads(model)
+            opt.step()
+            losses.append(loss.item())
+            n += len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    return n
 
 
 def scenario_batches(scenario: np.ndarray, batch_size: int, rng: np.random.Generator):
@@ -204,14 +265,27 @@ def pretrain(model: SASS, data: TrainingData, cfg: TrainConfig, history: History
 
 
 def finetune(model: SASS, data: TrainingData, cfg: TrainConfig, history: History | None = None,
-             train: dict[str, np.ndarray] | None = None) -> History:
-    """Stage 2: per-scenario two-tower loss on clicks + the global auxiliary loss."""
+             train: dict[str, np.ndarray] | None = None, validate=None) -> History:
+    """Stage 2: per-scenario two-tower loss on clicks + the global auxiliary loss; with
+    ``validate`` (and ``cfg.patience`` > 0), early stopping on its score (module docstring)."""
     history = history or History()
     t = to_torch(train if train is not None else data.train)
     step = finetune_step(model, data, t, cfg)
-    _run(model, lambda rng: scenario_batches(t["scenario"].numpy(), cfg.batch_size, rng), step, cfg,
-         history, "finetune", cfg.finetune_epochs)
+    batch_size = stage2_batch_size(len(t["item"]), cfg)
+    _run(model, lambda rng: scenario_batches(t["scenario"].numpy(), batch_size, rng), step, cfg,
+         history, "finetune", cfg.finetune_epochs, validate)
     return history
+
+
+MIN_BATCH = 64  # in-batch negatives: fewer than this and the softmax has too little to contrast
+
+
+def stage2_batch_size(n_clicks: int, cfg: TrainConfig) -> int:
+    """``cfg.batch_size``, or smaller so that an epoch has at least ``min_steps_per_epoch`` steps:
+    on a small window a large batch leaves too few updates to get past the popularity prior."""
+    if cfg.min_steps_per_epoch <= 0:
+        return cfg.batch_size
+    return int(min(cfg.batch_size, max(MIN_BATCH, n_clicks // cfg.min_steps_per_epoch)))
 
 
 def finetune_step(model: SASS, data: TrainingData, t: dict[str, torch.Tensor], cfg: TrainConfig):

@@ -26,17 +26,23 @@ def _data(settings, data_dir, scenarios_file=None):
     return data
 
 
-def _cfg(settings, seed: int, epochs: int | None, progress: bool):
+# `bench train` compares the cost of the same work: this many stage-2 epochs for both models, early
+# stopping off (with it on, each model would stop at its own epoch and the ratio would measure that).
+BENCH_TRAIN_EPOCHS = 4
+
+
+def _cfg(settings, seed: int, epochs: int | None, progress: bool, **over):
     from training.trainer import TrainConfig
 
-    over = {"seed": seed, "progress": progress}
+    over = {"seed": seed, "progress": progress, **over}
     if epochs:
         over["finetune_epochs"] = epochs
     return TrainConfig.from_settings(settings.training, **over)
 
 
 def bench_train(settings, data_dir, epochs: int | None = None, progress: bool = True, repeats: int = 2) -> dict:
-    """Wall time of SASS's two stages against a plain two-tower on the same data and epochs.
+    """Wall time of SASS's two stages against a plain two-tower on the same data and the same
+    stage-2 epochs (``epochs``, default ``BENCH_TRAIN_EPOCHS``, early stopping off).
 
     The two alternate, ``repeats`` times each (two-tower, SASS, two-tower, SASS, ...), and the
     ratio is of the summed times, so a burst of load from elsewhere on a shared machine falls
@@ -46,7 +52,7 @@ def bench_train(settings, data_dir, epochs: int | None = None, progress: bool = 
 
     set_threads(settings)
     data = _data(settings, data_dir)
-    cfg = _cfg(settings, settings.training.seed, epochs, progress)
+    cfg = _cfg(settings, settings.training.seed, epochs or BENCH_TRAIN_EPOCHS, progress, patience=0)
     runs = []
     for r in range(max(1, repeats)):
         _log(f"[{r + 1}/{repeats}] plain two-tower (dssm_m) ...")
@@ -89,6 +95,7 @@ def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, model
     val: dict[str, list[dict]] = {m: [] for m in models}
     seconds: dict[str, float] = {m: 0.0 for m in models}
     losses = {}
+    best_epochs: dict[str, list] = {m: [] for m in models}  # stage-2 epoch early stopping kept, per seed
     for seed in range(seeds):
         for m in models:
             t0 = time.perf_counter()
@@ -97,6 +104,7 @@ def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, model
             runs[m].append(evaluate(f.scorer, data, "test"))
             val[m].append(evaluate(f.scorer, data, "val"))
             losses.setdefault(m, f.history.losses)
+            best_epochs[m].append(f.history.best_epoch.get("finetune"))
             _log(f"seed {seed} {m}: test recall@50 mean {runs[m][-1]['recall@50']['mean']:.4f} "
                  f"({time.perf_counter() - t0:.0f}s)")
 
@@ -107,7 +115,7 @@ def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, model
     result = {"dataset": str(data_dir), "seeds": seeds, "models": {m: avg(runs[m]) for m in models},
               "val": {m: avg(val[m]) for m in models},
               "std_recall@50_mean": {m: float(np.std([r["recall@50"]["mean"] for r in runs[m]])) for m in models},
-              "train_s": seconds}
+              "train_s": seconds, "best_epochs": best_epochs}
     from training.report import write_report
 
     rdir = Path(settings.training.report_dir) / time.strftime("bench-quality-%Y%m%dT%H%M%S")

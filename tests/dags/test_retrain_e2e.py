@@ -28,18 +28,20 @@ def test_kafka_to_retrain_to_a_hot_swapped_service(kafka, airflow_home, tmp_path
     from training.registry import ModelRegistry
 
     settings = kafka.model_copy(deep=True, update={
-        "training": kafka.training.model_copy(update=SMALL_TRAINING),
+        # stage 2 needs a few epochs to beat popularity (the gate's floor); early stopping picks them
+        "training": kafka.training.model_copy(update={**SMALL_TRAINING, "finetune_epochs": 10}),
         "airflow": kafka.airflow.model_copy(update={"home": airflow_home}),
         "serving": kafka.serving.model_copy(update={"watch_interval_s": 0.25}),
     })
 
     # Kafka → ingest: the history and the online store the DAG and the service read.
-    source = SyntheticSource(n_users=200, n_items=300, n_events=8000, scenarios=settings.scenarios, seed=11)
+    # ~300 events per user and ~100 per item: enough to learn the planted structure and beat popularity
+    source = SyntheticSource(n_users=100, n_items=300, n_events=30000, scenarios=settings.scenarios, seed=11)
     ensure_topics(settings)
     produce_events(settings, source.events(), show_progress=False)
     assert run_ingest(settings, processes=1, item_shards=1, until_idle=5.0) == 0
     history = read_history(settings.streaming.offline_dir)
-    assert len(history) == 8000
+    assert len(history) == 30000
     day = datetime.fromtimestamp(int(history["event_time"].max()) / 1000, tz=timezone.utc).date().isoformat()
 
     # The service runs on an older bundle.

@@ -13,7 +13,8 @@ def test_train_pipeline_exports_registers_gates_and_reports(syn_events, settings
     out = res["artifact_dir"]
     enc = load_user_encoder(out)
     assert enc.encode([{"user_id": 1}], "family").shape == (1, settings.training.embedding_dim)
-    assert res["registry"]["promoted"]  # the first model passes the gate
+    assert res["registry"]["promoted"]  # the first model passes the gate: it beats popularity
+    assert res["registry"]["candidate"] > res["registry"]["popularity"]
     reg = ModelRegistry(settings.training.registry_url.get_secret_value())
     v = reg.promoted()
     assert v.id == res["registry"]["version"] and reg.verify_artifact(v.id)
@@ -40,6 +41,7 @@ def test_stepwise_functions_from_offline_history(syn_events, settings, tmp_path)
     assert fine["files"] >= 3 + 3 * len(settings.scenarios)
     metrics = pipeline.evaluate(settings, tmp_path / "set", tmp_path / "model")
     assert 0 < metrics["val"]["recall@50"]["mean"] <= 1
-    gate = pipeline.register_and_gate(settings, tmp_path / "model")
-    assert gate["promoted"]
+    gate = pipeline.register_and_gate(settings, tmp_path / "model", dataset_dir=tmp_path / "set")
+    assert gate["promoted"] and gate["candidate"] > gate["popularity"] and gate["champion"] is None
+    assert fine["epochs"] >= fine["best_epoch"] >= 1 and len(fine["val_curve"]) == fine["epochs"]
     json.dumps([built, pre, fine, metrics, gate])  # everything a DAG task returns is JSON-able

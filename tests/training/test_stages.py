@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from training.baselines import fit, model_config
@@ -62,3 +63,43 @@ def test_sass_beats_popularity_on_synthetic_data(syn_data, settings):
     for m in sass:
         assert set(sass[m]) == {"0", "1", "2", "3", "4", "mean"}
         assert all(0.0 <= v <= 1.0 for v in sass[m].values())
+
+
+def test_early_stopping_restores_the_best_epoch_and_stops_on_patience(syn_data, settings):
+    from training.evaluate import validation_score
+
+    torch.manual_seed(0)
+    model = SASS(model_config(syn_data, settings.training))
+    cfg = TrainConfig.from_settings(settings.training, finetune_epochs=8, patience=1, progress=False)
+    hist = finetune(model, syn_data, cfg, validate=lambda: validation_score(model, syn_data))
+    curve, best = hist.val_curve["finetune"], hist.best_epoch["finetune"]
+    assert len(curve) == hist.epochs["finetune"] and curve[best - 1] == max(curve)
+    assert hist.epochs["finetune"] == 8 or hist.epochs["finetune"] - best == 1  # the ceiling, or patience ran out
+    assert validation_score(model, syn_data) == pytest.approx(max(curve), abs=1e-6)  # the best weights are back
+
+
+def test_early_stopping_on_a_scripted_curve(syn_data, settings):
+    from training.trainer import EarlyStopping
+
+    model = SASS(model_config(syn_data, settings.training))
+    stopper = EarlyStopping(model, patience=2)
+    snapshots = []
+    for epoch, score in enumerate([0.1, 0.3, 0.2, 0.25], start=1):
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)  # "training" changes the weights every epoch
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        stop = stopper.update(epoch, score)
+        assert stop == (epoch == 4)
+    stopper.restore()
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())  # epoch 2's weights
+
+
+def test_stage2_batch_shrinks_on_small_data(settings):
+    from training.trainer import MIN_BATCH, stage2_batch_size
+
+    cfg = TrainConfig.from_settings(settings.training, batch_size=1024, min_steps_per_epoch=100)
+    assert stage2_batch_size(500_000, cfg) == 1024
+    assert stage2_batch_size(30_000, cfg) == 300
+    assert stage2_batch_size(1_000, cfg) == MIN_BATCH
+    assert stage2_batch_size(1_000, TrainConfig.from_settings(settings.training, min_steps_per_epoch=0)) == \
+        settings.training.batch_size
