@@ -215,7 +215,6 @@ class RecallSettings(BaseModel):
     # A branch slower than this is skipped (metric sassflow_recall_branch_skipped_total) and the
     # request answered from the others: a store stall must not stall every request.
     branch_budget_ms: float = Field(30.0, gt=0)
-    candidates: int = Field(500, ge=1)  # merged candidates per request (what a ranking stage gets)
     i2i_triggers: int = Field(20, ge=1)  # the user's newest clicks whose neighbours are looked up
     i2i_norm: float = Field(0.5, ge=0)  # co-clicks / trigger clicks ** i2i_norm: tames hub triggers
     preferred_tags: int = Field(3, ge=1)  # the user's top tags (from their recent clicks) looked up

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from sassflow.contracts.recall import BRANCHES
 from serving.bundle import BundleError
 from serving.deps import ServiceDep, SettingsDep, call, require_admin
 from serving.schemas import DEFAULT_K, MAX_ID, BatchRequest, BatchResponse, RecommendResponse
@@ -43,9 +44,23 @@ def parse_int(service, query, name: str, default: int | None, low: int, high: in
     return value
 
 
-async def answer(request: Request, service: RecommendationService, triples: list[tuple[int, str, int]]):
+def parse_branches(service, query) -> list[str] | None:
+    """``branches=sass,i2i``: the recall branches to run (default: settings.recall.branches)."""
+    raw = query.get("branches")
+    if raw is None:
+        return None
+    names = [b for b in raw.split(",") if b]
+    unknown = [b for b in names if b not in BRANCHES]
+    if unknown or not names:
+        bad_request(service, "validation", f"query parameter branches must name some of {list(BRANCHES)}, "
+                                           f"got {raw[:80]!r}", 422)
+    return names
+
+
+async def answer(request: Request, service: RecommendationService, triples: list[tuple[int, str, int]],
+                 branches: list[str] | None = None):
     try:
-        return await call(request, service.recommend_many, triples)
+        return await call(request, service.recommend_many, triples, branches)
     except NotReady as exc:
         raise HTTPException(status_code=503, detail=str(exc)) from None
 
@@ -65,7 +80,8 @@ async def recommend(request: Request, service: ServiceDep, settings: SettingsDep
     if scenario is None:
         bad_request(service, "validation", "query parameter scenario is required", 422)
     check(service, settings, scenario, k)
-    (rec,) = await answer(request, service, [(user_id, scenario, k)])
+    branches = parse_branches(service, query)
+    (rec,) = await answer(request, service, [(user_id, scenario, k)], branches)
     return Response(json.dumps(rec.__dict__).encode(), media_type="application/json")
 
 
@@ -78,6 +94,9 @@ def recommend_parameters(settings) -> list[dict]:
          "schema": {"type": "string", "enum": settings.scenarios}},
         {"name": "k", "in": "query", "required": False, "description": "number of items",
          "schema": {"type": "integer", "minimum": 1, "maximum": settings.serving.k_max, "default": DEFAULT_K}},
+        {"name": "branches", "in": "query", "required": False,
+         "description": f"comma-separated recall branches to merge, of {list(BRANCHES)} "
+                        f"(default: {','.join(settings.recall.branches)})", "schema": {"type": "string"}},
     ]
 
 
