@@ -174,6 +174,9 @@ class ServingSettings(BaseModel):
     ivf_nlist: int | None = None  # default: ~4*sqrt(n)
     ivf_nprobe: int = 32
     ann_index: Literal["hnsw", "ivf"] = "ivf"  # above exact_index_max_items; IVF builds faster than HNSW at 1M items (`bench ann`)
+    # The library of the approximate index: FAISS (ann_index picks IVF or HNSW) or hnswlib (HNSW,
+    # hnsw_* parameters).  The default is chosen by `sassflow bench ann` (README, "ANN backends").
+    ann_backend: Literal["faiss", "hnswlib"] = "faiss"
     batch_max_requests: int = 256  # POST /recommend/batch size limit
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from sassflow.contracts.artifacts import BundleLayout, ModelArtifact, ScenarioItems
 from sassflow.files import fsync_dir, sha256_file, write_text_atomic
 from sassflow.settings import Settings
-from serving.index import ScenarioCatalog, build_index, index_spec, read_index, write_index
+from serving.index import ScenarioCatalog, build_index, index_file, index_spec, read_index, write_index
 
 MANIFEST = BundleLayout.MANIFEST
 CURRENT = BundleLayout.CURRENT
@@ -128,7 +128,7 @@ def _write_scenario(settings: Settings, layout: BundleLayout, scenario: str, ite
         progress(f"{scenario}: {spec['type']} index over {len(item_ids)} items")
     sdir = layout.scenario_dir(scenario)
     sdir.mkdir()
-    write_index(build_index(vectors, spec, seed=settings.training.seed), sdir / BundleLayout.INDEX)
+    write_index(build_index(vectors, spec, seed=settings.training.seed), sdir / index_file(spec))
     np.save(sdir / BundleLayout.ITEM_IDS, item_ids)
     popular = np.asarray(items.popular, dtype=np.int64)
     if len(popular) == 0:  # no clicks in training: cold start still needs an answer
@@ -266,8 +266,8 @@ def verify_bundle(path: Path, scenarios: list[str] | None = None) -> dict:
     for scenario in scenarios or []:
         if scenario not in manifest["scenarios"]:
             raise BundleError(f"bundle {path.name} has no index for scenario {scenario!r}")
-    for scenario in manifest["scenarios"]:
-        for name in SCENARIO_FILES:
+    for scenario, meta in manifest["scenarios"].items():
+        for name in (index_file(meta["index"]), BundleLayout.ITEM_IDS, BundleLayout.POPULAR):
             if BundleLayout(path).scenario_file(scenario, name) not in manifest["files"]:
                 raise BundleError(f"bundle {path.name}: manifest lists no {scenario}/{name}")
     for rel, meta in manifest["files"].items():
@@ -288,7 +288,7 @@ def load_catalogs(path: Path, manifest: dict | None = None, scenarios: list[str]
         meta = manifest["scenarios"][scenario]
         sdir = BundleLayout(path).scenario_dir(scenario)
         try:
-            index = read_index(sdir / BundleLayout.INDEX, meta["index"])
+            index = read_index(sdir / index_file(meta["index"]), meta["index"], manifest["dim"])
             item_ids = np.load(sdir / BundleLayout.ITEM_IDS, allow_pickle=False)
             popular = np.load(sdir / BundleLayout.POPULAR, allow_pickle=False)
         except Exception as exc:  # FAISS raises RuntimeError, numpy ValueError on garbage

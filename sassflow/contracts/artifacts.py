@@ -18,7 +18,8 @@ Serving bundle (``<bundle_dir>/<bundle_id>/``)::
     manifest.json               bundle id, model version, per-scenario counts and index specs,
                                 sha256 + size of every other file
     tower/                      the artifact's tower files (config.json, model.pt, vocabularies)
-    <s>/index.faiss             the scenario's index, row i = item_ids[i]
+    <s>/index.faiss             the scenario's index, row i = item_ids[i] (index.hnsw: an hnswlib index,
+                                when the manifest's index spec says backend "hnswlib")
     <s>/item_ids.npy            raw item ids, int64
     <s>/popular.npy             raw item ids by popularity (cold-start fallback)
 """
@@ -97,6 +98,7 @@ class BundleLayout:
     MANIFEST = "manifest.json"
     TOWER = "tower"
     INDEX = "index.faiss"
+    INDEX_HNSWLIB = "index.hnsw"
     ITEM_IDS = "item_ids.npy"
     POPULAR = "popular.npy"
     SCENARIO_FILES = (INDEX, ITEM_IDS, POPULAR)
