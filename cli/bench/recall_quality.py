@@ -162,15 +162,22 @@ def _score(table: dict) -> float:
     return float(np.mean([table[f"recall@{K}"]["mean"] for K in CUTOFFS]))
 
 
+def train_structures(data, events, item_tags: dict, params: RecallParams):
+    """The structures of the train split's clicks (the split of ``training.data.prepare``, recomputed
+    on the same frame): (rows, those clicks)."""
+    ev = events[events["scenario"].isin(data.scenarios)].reset_index(drop=True)  # exactly prepare()'s frame
+    split = split_by_user_time(ev)
+    train_clicks = ev[(split == TRAIN) & (ev["event_type"] == "click").to_numpy()]
+    rows = batch_recall(frame_to_evs(train_clicks.sort_values(["event_time", "event_id"])), params, item_tags)
+    return rows, train_clicks
+
+
 def branch_quality(settings, data, events, item_tags: dict, sass_scorers: list) -> dict:
     """The ``branches`` key of `bench quality`: per-branch and merged recall@50/200/500 on the test
     split (SASS averaged over its seeds' models), unique-hit shares, and the merge chosen on validation."""
     t0 = time.perf_counter()
-    ev = events[events["scenario"].isin(data.scenarios)].reset_index(drop=True)  # exactly prepare()'s frame
-    split = split_by_user_time(ev)
-    train_clicks = ev[(split == TRAIN) & (ev["event_type"] == "click").to_numpy()]
     params = dataset_params(settings)
-    rows = batch_recall(frame_to_evs(train_clicks.sort_values(["event_time", "event_id"])), params, item_tags)
+    rows, train_clicks = train_structures(data, events, item_tags, params)
     _log(f"branches: structures from {len(train_clicks)} train clicks: {len(rows)} rows "
          f"({time.perf_counter() - t0:.0f}s)")
     store = MemoryRecallStore(rows)
