@@ -45,31 +45,28 @@ class RecallStage:
         self.scenarios = set(settings.scenarios)
 
     def assign(self, partitions: list[int]) -> dict[int, int]:
-        for p in partitions:
-            self.next_offset.setdefault(p, 0)
-        return {p: self.next_offset[p] for p in partitions}
+        return {p: self.next_offset.setdefault(p, 0) for p in partitions}
 
     def revoke(self, partitions: list[int]) -> None:
         pass  # manual assignment: never revoked
 
     def process(self, partition: int, records) -> int:
-        applied = 0
-        nxt = self.next_offset.get(partition, 0)
+        outcomes = [self.structures.add(ev_from_fields(d)) for d in self._new_events(partition, records)]
+        for outcome in set(outcomes) - {APPLIED, NOT_A_CLICK}:
+            metrics.RECALL_NOT_APPLIED.labels(outcome).inc(outcomes.count(outcome))
+        return outcomes.count(APPLIED)
+
+    def _new_events(self, partition: int, records):
+        """The valid events of records past the partition's next offset (moving it along); invalid
+        ones are skipped here, the user stage dead-letters them."""
         for r in records:
-            if r.offset < nxt:
+            if r.offset < self.next_offset.get(partition, 0):
                 continue
-            nxt = r.offset + 1
+            self.next_offset[partition] = r.offset + 1
             try:
-                d = parse_event_fields(r.value, self.scenarios, self.s.kafka.max_event_bytes)
+                yield parse_event_fields(r.value, self.scenarios, self.s.kafka.max_event_bytes)
             except EventError:
-                continue  # the user stage dead-letters it
-            outcome = self.structures.add(ev_from_fields(d))
-            if outcome == APPLIED:
-                applied += 1
-            elif outcome != NOT_A_CLICK:
-                metrics.RECALL_NOT_APPLIED.labels(outcome).inc()
-        self.next_offset[partition] = nxt
-        return applied
+                continue
 
     def flush_outputs(self) -> None:
         pass  # produces nothing
