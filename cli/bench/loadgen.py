@@ -80,7 +80,7 @@ async def _open_loop(host, port, keys, rng, rate: float, start: float, stop_at: 
     tasks: set = set()
     opened = 0
 
-    async def one(due: float, user, scenario):
+    async def one(due: float, user, scenario):  # due: time.monotonic() at which the request was due
         nonlocal opened
         conn = idle.pop() if idle else None
         try:
@@ -92,9 +92,8 @@ async def _open_loop(host, port, keys, rng, rate: float, start: float, stop_at: 
             _failed(out, exc)
             return
         idle.append(conn)
-        _record(out, status, body, time.perf_counter() - due, due - start_perf >= record_from - start)
+        _record(out, status, body, time.monotonic() - due, due >= record_from)
 
-    start_perf = time.perf_counter()
     i = 0
     while True:
         due_mono = start + i / rate
@@ -108,7 +107,7 @@ async def _open_loop(host, port, keys, rng, rate: float, start: float, stop_at: 
             out["error_samples"].append("client connection limit reached")
         else:
             user, scenario = keys[rng.integers(len(keys))]
-            t = asyncio.ensure_future(one(start_perf + (due_mono - start), user, scenario))
+            t = asyncio.ensure_future(one(due_mono, user, scenario))
             tasks.add(t)
             t.add_done_callback(tasks.discard)
         i += 1
