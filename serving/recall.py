@@ -128,21 +128,28 @@ class I2IRecall:
         offset = (1.0 - self.norm) * self.rate * self.clock() * 1000  # decay to now, see the contract
         out: list[Candidates | None] = []
         for row, ts, k in zip(rows, triggers, ks):
-            scores: dict[int, float] = {}
-            best: dict[int, float] = {}
-            why: dict[int, str] = {}
-            for t, w in zip(ts, _recency_weights(len(ts))):
-                r = found[i2i_key(t, scenario)]
-                if r is None:
-                    continue
-                shift = math.log(w) - self.norm * r.norm - offset
-                for item, s in zip(r.items.tolist(), r.scores.tolist()):
-                    v = math.exp(s + shift)
-                    scores[item] = scores.get(item, 0.0) + v
-                    if v > best.get(item, 0.0):
-                        best[item], why[item] = v, f"because you clicked {t}"
-            out.append(_ranked(scores, why, clicked_items(row), k, self.name))
+            hits = [(t, w, found[i2i_key(t, scenario)]) for t, w in zip(ts, _recency_weights(len(ts)))]
+            hits = [(t, w, r) for t, w, r in hits if r is not None and len(r.items)]
+            out.append(self._sum(hits, offset, clicked_items(row), k) if hits else None)
         return out
+
+    def _sum(self, hits: list, offset: float, clicked: set[int], k: int) -> Candidates | None:
+        items = np.concatenate([r.items for _, _, r in hits])
+        values = np.exp(np.concatenate([r.scores + (math.log(w) - self.norm * r.norm - offset) for _, w, r in hits]))
+        trigger = np.concatenate([np.full(len(r.items), t, dtype=np.int64) for t, _, r in hits])
+        uniq, inv = np.unique(items, return_inverse=True)
+        sums = np.bincount(inv, weights=values)
+        first = np.lexsort((-values, inv))  # per item, its largest contribution first
+        best_trigger = np.empty(len(uniq), dtype=np.int64)
+        best_trigger[inv[first[::-1]]] = trigger[first[::-1]]  # the last write per item is its largest
+        if clicked:
+            sums[np.isin(uniq, np.fromiter(clicked, dtype=np.int64, count=len(clicked)))] = -1.0
+        order = np.lexsort((uniq, -sums))[:k]
+        order = order[sums[order] > 0]
+        if not len(order):
+            return None
+        return Candidates(uniq[order].tolist(), sums[order].tolist(), self.name,
+                          [f"because you clicked {t}" for t in best_trigger[order].tolist()])
 
 
 class TagRecall:
@@ -184,23 +191,31 @@ class TagRecall:
 
 
 class TrendingRecall:
-    """The scenario's live trending items, the same list for every user (minus their clicks)."""
+    """The scenario's live trending items, the same list for every user (minus their clicks); the
+    row is read and decayed once per ``cache_s`` per scenario, not per request."""
 
     name = TRENDING
 
-    def __init__(self, store, rate_per_ms: float, clock=time.time):
-        self.store, self.rate, self.clock = store, rate_per_ms, clock
+    def __init__(self, store, rate_per_ms: float, clock=time.time, cache_s: float = 1.0):
+        self.store, self.rate, self.clock, self.cache_s = store, rate_per_ms, clock, cache_s
+        self._cache: dict[str, tuple[float, list[int], list[float]]] = {}
+
+    def _row(self, scenario: str) -> tuple[list[int], list[float]]:
+        now = self.clock()
+        hit = self._cache.get(scenario)
+        if hit is None or now - hit[0] >= self.cache_s:
+            (r,) = self.store.read([trending_key(scenario)])
+            items, scores = ([], []) if r is None else (r.items.tolist(), np.exp(r.scores - self.rate * now * 1000).tolist())
+            hit = self._cache[scenario] = (now, items, scores)
+        return hit[1], hit[2]
 
     def retrieve(self, bundle, scenario: str, rows: list[dict], ks: list[int]) -> list[Candidates | None]:
-        (r,) = self.store.read([trending_key(scenario)])
-        if r is None or not len(r.items):
-            return [None] * len(rows)
-        now = self.rate * self.clock() * 1000
-        items, scores = r.items.tolist(), [math.exp(s - now) for s in r.scores.tolist()]
+        items, scores = self._row(scenario)
+        reason = f"trending in {scenario}"
         out: list[Candidates | None] = []
         for row, k in zip(rows, ks):
             clicked = clicked_items(row)
             keep = [n for n, i in enumerate(items) if i not in clicked][:k]
             out.append(Candidates([items[n] for n in keep], [scores[n] for n in keep], self.name,
-                                  [f"trending in {scenario}"] * len(keep)) if keep else None)
+                                  [reason] * len(keep)) if keep else None)
         return out
