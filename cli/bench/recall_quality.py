@@ -32,7 +32,9 @@ STRUCTURE_BRANCHES = (I2I, TAGS, TRENDING)
 # Merge configurations tried on the validation split: (strategy, weights of sass, i2i, tags, trending).
 GRID = [("quota", (0.7, 0.2, 0.05, 0.05)), ("quota", (0.6, 0.25, 0.05, 0.1)), ("quota", (0.55, 0.25, 0.1, 0.1)),
         ("quota", (0.5, 0.3, 0.1, 0.1)), ("quota", (0.6, 0.3, 0.05, 0.05)), ("quota", (0.45, 0.35, 0.1, 0.1)),
-        ("rrf", (1.0, 1.0, 1.0, 1.0)), ("rrf", (2.0, 1.0, 0.5, 0.5))]
+        ("rrf", (1.0, 1.0, 1.0, 1.0)), ("rrf", (2.0, 1.0, 0.5, 0.5)), ("rrf", (3.0, 1.0, 0.5, 0.5)),
+        ("rrf", (2.0, 1.5, 0.5, 0.5)), ("rrf", (2.0, 1.0, 1.0, 0.5)), ("rrf", (2.0, 1.0, 0.5, 1.0)),
+        ("rrf", (2.0, 1.0, 0.25, 0.25))]
 BRANCH_ORDER = (SASS, I2I, TAGS, TRENDING)
 
 
@@ -137,17 +139,17 @@ def recall_table(split: Split, ranked: list, n_scenarios: int) -> dict[str, dict
     return out
 
 
-def unique_hit_share(split: Split, lists: dict[str, list], merged: list) -> dict[str, dict[str, float]]:
-    """Per branch: the test clicks in the merged top ``DEPTH`` that this branch's top ``DEPTH`` found
-    and no other branch's did, over all test clicks in the merged top ``DEPTH``."""
+def unique_hit_share(split: Split, lists: dict[str, list], merged: list, cutoff: int) -> dict[str, dict[str, float]]:
+    """Per branch: the test clicks in the merged top ``cutoff`` that this branch's top ``cutoff``
+    found and no other branch's did, over all test clicks in the merged top ``cutoff``."""
     out = {b: {} for b in lists}
     for k, rows in split.by_scenario.items():
         unique = dict.fromkeys(lists, 0)
         total = 0
         for r in rows:
-            hits = set(merged[r]) & split.targets[r]
+            hits = set(merged[r][:cutoff]) & split.targets[r]
             total += len(hits)
-            found = {b: set(lists[b][r] or ()) & hits for b in lists}
+            found = {b: set((lists[b][r] or ())[:cutoff]) & hits for b in lists}
             for b in lists:
                 unique[b] += len(found[b] - set().union(*(found[o] for o in lists if o != b)))
         for b in lists:
@@ -206,9 +208,10 @@ def branch_quality(settings, data, events, item_tags: dict, sass_scorers: list) 
         merged = merged_lists(lists, strategy, weights)
         tables = {b: recall_table(test, lists[b], data.n_scenarios) for b in lists}
         tables["merged"] = recall_table(test, merged, data.n_scenarios)
-        shares = unique_hit_share(test, lists, merged)
-        for b in lists:
-            tables[b]["unique_hit_share"] = shares[b]
+        for K in CUTOFFS:  # the plain key is at the tightest budget, where the branches differ most
+            shares = unique_hit_share(test, lists, merged, K)
+            for b in lists:
+                tables[b]["unique_hit_share" if K == CUTOFFS[0] else f"unique_hit_share@{K}"] = shares[b]
         per_seed.append(tables)
     out = _average(per_seed)
     out["merge"] = {"strategy": strategy, "weights": weights, "chosen_on": "val",

@@ -11,6 +11,7 @@ import pytest
 from cli.local.server import ServerProcess
 from features.recall_store import SqliteRecallStore
 from sassflow.contracts.recall import write_item_tags
+from sassflow.settings import MergeSettings
 from serving.bundle import build_synthetic_bundle, publish_bundle
 from serving.feature_reader import StaticFeatureReader, save_recent_clicks
 from serving.merge import merge
@@ -24,6 +25,9 @@ HOUR_MS = 3_600_000
 NOW_MS = int(time.time() * 1000)
 T_MS = NOW_MS // HOUR_MS * HOUR_MS  # this hour's tile: every test click in one tile
 NEW_ITEM = 10_000_000  # in no bundle: only the stream knows it
+# quotas make each branch's share of a short list predictable (the default RRF lets a one-branch item
+# in only past SASS's first 60)
+QUOTAS = MergeSettings(strategy="quota", weights={"sass": 0.55, "i2i": 0.25, "tags": 0.1, "trending": 0.1})
 
 
 def test_quota_merge_keeps_each_branch_share_at_every_cut_off():
@@ -42,6 +46,7 @@ def test_quota_merge_keeps_each_branch_share_at_every_cut_off():
 def _service(tmp_path, store=None, **recall):
     settings = serving_settings(tmp_path, admin_token=None)
     recall = {"branch_budget_ms": 5000.0, **recall}  # a loaded 2-core CI machine must not skip branches here
+    settings.recall.merge = QUOTAS
     for k, v in recall.items():
         setattr(settings.recall, k, v)
     bundle = build_synthetic_bundle(settings, N_ITEMS, DIM, seed=1)
@@ -123,6 +128,7 @@ def test_a_failing_or_slow_branch_is_skipped_and_counted(tmp_path, delay_s, reas
 def test_http_branches_parameter_and_per_item_reasons(tmp_path, users):
     settings = serving_settings(tmp_path)
     settings.recall.branch_budget_ms = 5000.0
+    settings.recall.merge = QUOTAS
     publish_bundle(settings, build_synthetic_bundle(settings, N_ITEMS, DIM, seed=1).name)
     features = tmp_path / "features.npz"
     save_recent_clicks(features, settings.scenarios, users)
