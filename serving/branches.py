@@ -122,3 +122,14 @@ class Branches:
         if reason == "error":
             log.exception("recall branch %s failed; answering from the others", name)
 
+
+
+def items_outside_bundle(bundle_path, scenario: str, items: list[int]) -> list[int]:
+    """The ``items`` the bundle's catalog of ``scenario`` does not hold: only a streaming branch can
+    have found them (the demo's "new item served before the retrain")."""
+    import numpy as np
+
+    from sassflow.contracts.artifacts import BundleLayout
+
+    known = np.load(BundleLayout(bundle_path).scenario_dir(scenario) / BundleLayout.ITEM_IDS, allow_pickle=False)
+    return [i for i in items if i not in set(known.tolist())]

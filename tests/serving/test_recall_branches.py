@@ -12,6 +12,7 @@ from cli.local.server import ServerProcess
 from features.recall_store import SqliteRecallStore
 from sassflow.contracts.recall import write_item_tags
 from sassflow.settings import MergeSettings
+from serving.branches import items_outside_bundle
 from serving.bundle import build_synthetic_bundle, publish_bundle
 from serving.feature_reader import StaticFeatureReader, save_recent_clicks
 from serving.merge import merge
@@ -78,6 +79,7 @@ def test_every_branch_answers_with_reasons_and_a_new_item_is_served_before_any_r
     rec = service.recommend(1, "drama", 40)
     assert {"sass", "i2i"} <= set(rec.branches) and not rec.fallback
     assert rec.reasons[rec.items.index(NEW_ITEM)] == "because you clicked 5"
+    assert items_outside_bundle(service.bundle.path, "drama", rec.items) == [NEW_ITEM]
     assert not {5, 10, 15} & set(rec.items)  # clicked items are never recommended back
     assert len(rec.items) == len(rec.scores) == len(rec.branches) == len(rec.reasons) == 40
     sass_only = service.recommend(1, "drama", 40, branches=["sass"])
