@@ -175,19 +175,27 @@ class TagRecall:
         found = dict(zip(keys, self.store.read(keys)))
         out: list[Candidates | None] = []
         for row, pref, k in zip(rows, prefs, ks):
-            scores: dict[int, float] = {}
-            why: dict[int, str] = {}
-            for tag, w in pref:
-                r = found[tag_key(tag, scenario)]
-                if r is None or not len(r.items):
-                    continue
-                top = float(r.scores[0])
-                for item, s in zip(r.items.tolist(), r.scores.tolist()):
-                    v = w * math.exp(s - top)
-                    if v > scores.get(item, 0.0):
-                        scores[item], why[item] = v, f"trending in {tag}"
-            out.append(_ranked(scores, why, clicked_items(row), k, self.name))
+            lists = [(tag, w, found[tag_key(tag, scenario)]) for tag, w in pref]
+            lists = [(tag, w, r) for tag, w, r in lists if r is not None and len(r.items)]
+            out.append(self._best(lists, clicked_items(row), k) if lists else None)
         return out
+
+    def _best(self, lists: list, clicked: set[int], k: int) -> Candidates | None:
+        """Each item at its best tag's value: the tag's weight x its decayed clicks / the tag's top's."""
+        items = np.concatenate([r.items for _, _, r in lists])
+        values = np.concatenate([w * np.exp(r.scores - r.scores[0]) for _, w, r in lists])
+        tag = np.concatenate([np.full(len(r.items), n) for n, (_, _, r) in enumerate(lists)])
+        order = np.lexsort((-values, items))  # per item, its best tag first
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = items[order][1:] != items[order][:-1]
+        best = order[first]
+        if clicked:
+            best = best[~np.isin(items[best], np.fromiter(clicked, dtype=np.int64, count=len(clicked)))]
+        best = best[np.lexsort((items[best], -values[best]))][:k]
+        if not len(best):
+            return None
+        return Candidates(items[best].tolist(), values[best].tolist(), self.name,
+                          [f"trending in {lists[t][0]}" for t in tag[best].tolist()])
 
 
 class TrendingRecall:
