@@ -186,10 +186,10 @@ class MergeSettings(BaseModel):
     # "quota": each branch holds its share of every prefix of the list; "rrf": weighted
     # reciprocal-rank fusion.  The default is what `bench quality` chose on the validation split of
     # MovieLens-1M among quotas and RRF weightings (README, "Recall branches"): equal-weight RRF
-    # loses to SASS alone there, SASS weighted twice the i2i branch and four times tags/trending wins.
+    # loses to SASS alone there; SASS weighted twice the i2i branch and 8x tags and trending wins.
     strategy: Literal["quota", "rrf"] = "rrf"
     # Share of the list per branch (quota) or weight of its ranks (rrf); a branch left out gets 0.
-    weights: dict[str, float] = {"sass": 2.0, "i2i": 1.0, "tags": 0.5, "trending": 0.5}
+    weights: dict[str, float] = {"sass": 2.0, "i2i": 1.0, "tags": 0.25, "trending": 0.25}
     rrf_k: float = 60.0  # the usual RRF constant: rank r counts weight / (rrf_k + r)
 
 
