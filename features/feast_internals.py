@@ -47,6 +47,7 @@ def check_pinned_feast() -> list[str]:
               ("feast.infra.online_stores.helpers", None, "_mmh3"),
               ("feast.infra.online_stores.redis", None, "_versioned_fv_name"),
               ("feast.infra.online_stores.redis", "RedisOnlineStore", "_get_client"),
+              ("feast.infra.online_stores.redis", "RedisOnlineStore", "_parse_connection_string"),
               ("feast.infra.key_encoding_utils", None, "serialize_entity_key")]
     for module, cls, name in checks:
         try:
@@ -57,3 +58,13 @@ def check_pinned_feast() -> list[str]:
         except (ImportError, AttributeError) as exc:
             problems.append(f"{module}.{cls + '.' if cls else ''}{name}: {exc}")
     return problems
+
+
+def redis_from_connection_string(connection_string: str):
+    """A redis-py client for a connection string in Feast's format (``host:port,password=...,ssl=true``),
+    parsed by Feast's own parser so the recall store and the online store read one setting alike."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from redis import Redis
+
+    nodes, kwargs = RedisOnlineStore._parse_connection_string(connection_string)
+    return Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **kwargs)

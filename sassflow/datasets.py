@@ -79,6 +79,11 @@ class Dataset:
         self.movies = pd.read_csv(self.folder / "movies.csv")
         self.item_scenario = item_scenarios(self.movies, self.groups)
 
+    def item_tags(self) -> dict[int, list[str]]:
+        """item_id -> its genres (the recall tag catalog, ``sassflow.contracts.recall``)."""
+        return {int(i): [g for g in str(genres).split("|") if g] for i, genres in
+                zip(self.movies["item_id"], self.movies["genres"])}
+
     def n_events(self) -> int:
         """Events the whole folder yields: an impression per rating, plus a click per rating >= CLICK_RATING."""
         ratings = pd.read_csv(self.folder / "ratings.csv.gz", usecols=["rating"])["rating"]

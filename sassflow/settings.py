@@ -206,6 +206,9 @@ class ServingSettings(BaseModel):
     ivf_nlist: int | None = None  # default: ~4*sqrt(n)
     ivf_nprobe: int = 32
     ann_index: Literal["hnsw", "ivf"] = "ivf"  # above exact_index_max_items; IVF builds faster than HNSW at 1M items (`bench ann`)
+    # The library of the approximate index: FAISS (ann_index picks IVF or HNSW) or hnswlib (HNSW,
+    # hnsw_* parameters).  The default is chosen by `sassflow bench ann` (README, "ANN backends").
+    ann_backend: Literal["faiss", "hnswlib"] = "faiss"
     batch_max_requests: int = 256  # POST /recommend/batch size limit
     # Request bodies larger than this are refused with 413 before they are read.  The largest valid
     # batch (batch_max_requests entries with 19-digit ids, pretty-printed) is about 26 KiB; the rest
@@ -231,6 +234,55 @@ class ServingSettings(BaseModel):
         return v
 
 
+class MergeSettings(BaseModel):
+    """How one scenario's branches are merged into the candidate list (``serving.merge``)."""
+
+    # "quota": each branch holds its share of every prefix of the list; "rrf": weighted
+    # reciprocal-rank fusion.  The default is what `bench quality` chose on the validation split of
+    # MovieLens-1M among quotas and RRF weightings (README, "Recall branches"): equal-weight RRF
+    # loses to SASS alone there; SASS weighted twice the i2i branch and 8x tags and trending wins.
+    strategy: Literal["quota", "rrf"] = "rrf"
+    # Share of the list per branch (quota) or weight of its ranks (rrf); a branch left out gets 0.
+    weights: dict[str, float] = {"sass": 2.0, "i2i": 1.0, "tags": 0.25, "trending": 0.25}
+    rrf_k: float = 60.0  # the usual RRF constant: rank r counts weight / (rrf_k + r)
+
+
+class RecallSettings(BaseModel):
+    """The streaming recall structures (``streaming.recall_structures``) and the branches serving
+    runs over them (``serving.recall``)."""
+
+    stream: bool = True  # run the recall stage in the ingest (streaming.recall_stage)
+    catalog_dir: Path | None = None  # default: <state_dir>/catalog (the item-tag catalog)
+    # Where the structures live: "sqlite" (embedded default, no server) or "redis" (production);
+    # None follows feast.online_store (and its Redis connection string).
+    store: Literal["sqlite", "redis"] | None = None
+    sqlite_path: Path | None = None  # default: <state_dir>/recall.db
+    redis_prefix: str = "sassflow:recall:"
+    # Co-click pairs: clicks at most pair_window positions apart in a user's sequence and at most
+    # pair_max_gap_ms apart in time (one session, not a month-old click).
+    pair_window: int = Field(10, ge=1)
+    pair_max_gap_ms: int = Field(86_400_000, ge=0)
+    tile_ms: int = Field(3_600_000, ge=1_000)  # counts are kept per hour: decay resolution
+    horizon_ms: int = Field(30 * 86_400_000, ge=1)  # older tiles are dropped: memory bound per item
+    half_life_ms: int = Field(7 * 86_400_000, ge=0)  # read-time decay of counts; 0 = none
+    neighbours: int = Field(100, ge=1)  # stored co-clicked items per (item, scenario)
+    tag_items: int = Field(200, ge=1)  # stored items per (tag, scenario)
+    trending_items: int = Field(500, ge=1)  # stored items per scenario
+    # Serving.  Branches on when a request names none; a request's `branches=` picks among them.
+    branches: list[str] = ["sass", "i2i", "tags", "trending"]
+    # A branch slower than this is skipped (metric sassflow_recall_branch_skipped_total) and the
+    # request answered from the others: a store stall must not stall every request.
+    branch_budget_ms: float = Field(30.0, gt=0)
+    i2i_triggers: int = Field(20, ge=1)  # the user's newest clicks whose neighbours are looked up
+    i2i_norm: float = Field(0.5, ge=0)  # co-clicks / trigger clicks ** i2i_norm: tames hub triggers
+    preferred_tags: int = Field(3, ge=1)  # the user's top tags (from their recent clicks) looked up
+    merge: MergeSettings = MergeSettings()
+    merge_by_scenario: dict[str, MergeSettings] = {}  # per-scenario overrides of merge
+
+    def merge_for(self, scenario: str) -> MergeSettings:
+        return self.merge_by_scenario.get(scenario, self.merge)
+
+
 class AirflowSettings(BaseModel):
     home: Path | None = None  # default: <state_dir>/airflow
     host: str = "127.0.0.1"
@@ -253,7 +305,8 @@ class AirflowSettings(BaseModel):
 STATE_PATHS = (("local_kafka", "data_dir", "kafka"), ("streaming", "checkpoint_dir", "checkpoints"),
                ("streaming", "offline_dir", "offline"), ("feast", "data_dir", "feast"),
                ("training", "artifact_dir", "models"), ("training", "report_dir", "reports"),
-               ("serving", "bundle_dir", "bundles"), ("airflow", "home", "airflow"))
+               ("serving", "bundle_dir", "bundles"), ("airflow", "home", "airflow"),
+               ("recall", "catalog_dir", "catalog"), ("recall", "sqlite_path", "recall.db"))
 
 
 class Settings(BaseSettings):
@@ -272,6 +325,7 @@ class Settings(BaseSettings):
     feast: FeastSettings = FeastSettings()
     training: TrainingSettings = TrainingSettings()
     serving: ServingSettings = ServingSettings()
+    recall: RecallSettings = RecallSettings()
     airflow: AirflowSettings = AirflowSettings()
 
     @classmethod
@@ -315,6 +369,11 @@ class Settings(BaseSettings):
         for section, name in self._derived:
             data[section][name] = None
         return type(self).model_validate(data)
+
+    @property
+    def recall_store(self) -> str:
+        """The recall structures' backend: recall.store, else the Feast online store's kind."""
+        return self.recall.store or self.feast.online_store
 
     def scenario_id(self, name: str) -> int:
         return self.scenarios.index(name)

@@ -43,7 +43,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$HASH" ]; then
   .venv/bin/python - "$REQS" <<'PYEOF'
 import sys, tomllib
 p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = p["dependencies"] + p["optional-dependencies"]["test"] + ["setuptools>=68", "wheel"]
+# pybind11: hnswlib builds from its sdist, offline from the wheel folder
+deps = p["dependencies"] + p["optional-dependencies"]["test"] + ["setuptools>=68", "wheel", "pybind11>=2.10"]
 open(sys.argv[1], "w").write("\n".join(deps) + "\n")
 PYEOF
   # every version is pinned: with a warm wheelhouse the install needs no index at all

@@ -45,7 +45,6 @@ MANIFEST = BundleLayout.MANIFEST
 CURRENT = BundleLayout.CURRENT
 HISTORY = BundleLayout.HISTORY
 FORMAT_VERSION = 1
-SCENARIO_FILES = BundleLayout.SCENARIO_FILES
 
 
 # ---------------------------------------------------------------- small file helpers
@@ -149,7 +148,7 @@ def _write_scenario(settings: Settings, layout: BundleLayout, scenario: str, ite
         progress(f"{scenario}: {spec['type']} index over {len(item_ids)} items")
     sdir = layout.scenario_dir(scenario)
     sdir.mkdir()
-    write_index(build_index(vectors, spec, seed=settings.training.seed), sdir / BundleLayout.INDEX)
+    write_index(build_index(vectors, spec, seed=settings.training.seed), sdir / BundleLayout.index_file(spec))
     np.save(sdir / BundleLayout.ITEM_IDS, item_ids)
     popular = np.asarray(items.popular, dtype=np.int64)
     if len(popular) == 0:  # no clicks in training: cold start still needs an answer

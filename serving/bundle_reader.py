@@ -148,10 +148,10 @@ def verify_bundle(path: Path, scenarios: list[str] | None = None) -> dict:
 
 # ---------------------------------------------------------------- the catalogs
 
-def _read_catalog(path: Path, scenario: str, meta: dict) -> ScenarioCatalog:
+def _read_catalog(path: Path, scenario: str, meta: dict, dim: int) -> ScenarioCatalog:
     sdir = BundleLayout(path).scenario_dir(scenario)
     try:
-        index = read_index(sdir / BundleLayout.INDEX, meta["index"])
+        index = read_index(sdir / BundleLayout.index_file(meta["index"]), meta["index"], dim)
         item_ids = np.load(sdir / BundleLayout.ITEM_IDS, allow_pickle=False)
         popular = np.load(sdir / BundleLayout.POPULAR, allow_pickle=False)
     except Exception as exc:  # FAISS raises RuntimeError, numpy ValueError on garbage
@@ -169,7 +169,7 @@ def load_catalogs(path: Path, manifest: dict | None = None, scenarios: list[str]
     catalogs = {}
     for scenario in scenarios or list(manifest["scenarios"]):
         meta = manifest["scenarios"][scenario]
-        catalog = _read_catalog(path, scenario, meta)
+        catalog = _read_catalog(path, scenario, meta, manifest["dim"])
         if not (catalog.size == len(catalog.item_ids) == meta["count"]):
             raise BundleError(f"bundle {path.name}: {scenario} has {catalog.size} vectors, "
                               f"{len(catalog.item_ids)} ids, manifest says {meta['count']}")

@@ -1,4 +1,8 @@
-"""Per-scenario FAISS indexes: which kind, how to build it, how to search it.
+"""Per-scenario ANN indexes: which backend and kind, how to build it, how to search it.
+
+FAISS is the default backend; ``ann_backend = "hnswlib"`` builds the approximate indexes with
+hnswlib instead (``serving.ann_backends``), recorded in the spec as ``"backend"`` (absent: FAISS,
+so older bundles read as before).
 
 Scores are inner products (the towers emit vectors whose dot product is the
 relevance).  Small catalogs get an exact ``IndexFlatIP``; above
@@ -23,6 +27,9 @@ def index_spec(n_items: int, settings: ServingSettings) -> dict:
     """The index type and parameters for a catalog of ``n_items`` (pure; goes into the manifest)."""
     if n_items <= settings.exact_index_max_items:
         return {"type": "flat"}
+    if settings.ann_backend == "hnswlib":
+        return {"backend": "hnswlib", "type": "hnsw", "m": settings.hnsw_m, "ef_construction": settings.hnsw_ef_construction,
+                "ef_search": settings.hnsw_ef_search}
     if settings.ann_index == "hnsw":
         return {
             "type": "hnsw",
@@ -36,9 +43,13 @@ def index_spec(n_items: int, settings: ServingSettings) -> dict:
 
 
 def build_index(vectors: np.ndarray, spec: dict, seed: int = 0) -> faiss.Index:
-    """A filled index over ``vectors`` (float32 [n, d]); row i gets FAISS id i."""
+    """A filled index over ``vectors`` (float32 [n, d]); row i gets id i."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
+    if spec.get("backend") == "hnswlib":
+        from serving.ann_backends import build_hnswlib
+
+        return build_hnswlib(vectors, spec, seed)
     kind = spec["type"]
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
@@ -72,10 +83,20 @@ def configure_search(index: faiss.Index, spec: dict) -> faiss.Index:
 
 
 def write_index(index: faiss.Index, path) -> None:
+    if hasattr(index, "index"):  # a serving.ann_backends wrapper
+        from serving.ann_backends import write_hnswlib
+
+        write_hnswlib(index, path)
+        return
     faiss.write_index(index, str(path))
 
 
-def read_index(path, spec: dict) -> faiss.Index:
+def read_index(path, spec: dict, dim: int | None = None) -> faiss.Index:
+    """The index written for ``spec`` (``dim``: the vectors' dimension, which hnswlib files lack)."""
+    if spec.get("backend") == "hnswlib":
+        from serving.ann_backends import read_hnswlib
+
+        return read_hnswlib(path, {**spec, "dim": dim})
     return configure_search(faiss.read_index(str(path)), spec)
 
 
@@ -96,6 +117,8 @@ def item_vectors(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
 def vectors_finite(index: faiss.Index, chunk: int = 1 << 20) -> bool:
     """True when every stored vector is finite (no NaN/inf).  Reads the storage in place (flat,
     HNSW-flat, IVF-flat keep raw float32 rows) instead of reconstructing row by row."""
+    if not isinstance(index, faiss.Index):  # another backend (serving.ann_backends) checks its own
+        return index.vectors_finite()
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexHNSW):
         index = faiss.downcast_index(index.storage)

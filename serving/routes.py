@@ -46,9 +46,23 @@ def errors(*codes: int) -> dict:
 
 
 async def answer(request: Request, service: RecommendationService, fields: list[dict]):
-    triples = [(f["user_id"], f["scenario"], f["k"]) for f in fields]
+    """The recommendations of parsed requests, in order; requests asking for the same branches are
+    answered together (one feature read, one tower call per scenario)."""
+    groups: dict[tuple | None, list[int]] = {}
+    for i, f in enumerate(fields):
+        groups.setdefault(f.get("branches"), []).append(i)
+    out = [None] * len(fields)
+    for branches, idx in groups.items():
+        triples = [(fields[i]["user_id"], fields[i]["scenario"], fields[i]["k"]) for i in idx]
+        for i, rec in zip(idx, await _recommend(request, service, triples, list(branches) if branches else None)):
+            out[i] = rec
+    return out
+
+
+async def _recommend(request: Request, service: RecommendationService, triples: list[tuple[int, str, int]],
+                     branches: list[str] | None):
     try:
-        return await call(request, service.recommend_many, triples)
+        return await call(request, service.recommend_many, triples, branches)
     except NotReady as exc:
         raise ApiError(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
     except FeaturesUnavailable as exc:

@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from sassflow.contracts.events import MAX_ID, Id, parse_digits
+from sassflow.contracts.recall import BRANCHES
 
 DEFAULT_K = 20
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -60,6 +61,9 @@ class RequestModels:
                                            "or a float)", examples=[1])),
             scenario=(Scenario, Field(description="one of the configured scenarios", examples=[self.scenarios[0]])),
             k=(int, Field(DEFAULT_K, ge=1, le=self.k_max, description="number of items", examples=[10])),
+            branches=(str | None, Field(None, pattern=branch_list_pattern(), description=(
+                f"comma-separated recall branches to merge, of {list(BRANCHES)} "
+                f"(default: {','.join(settings.recall.branches)})"), examples=["sass,i2i"])),
         )
         self.batch = create_model(
             "BatchRequest", __config__=_STRICT,
@@ -78,6 +82,20 @@ class RequestModels:
         return {"requests": [self.example_query(), {"user_id": 2, "scenario": second}]}
 
 
+def branch_list_pattern() -> str:
+    """``sass,i2i``: one or more known branch names, comma-separated, each once at most."""
+    name = "(?:" + "|".join(BRANCHES) + ")"
+    return f"^{name}(?:,{name}){{0,{len(BRANCHES) - 1}}}$"
+
+
+def _fields(model) -> dict:
+    """A validated request's fields; ``branches`` as a sorted tuple of names (None: the default)."""
+    fields = dict(model.__dict__)  # (model_dump costs 2x more)
+    if fields.get("branches") is not None:
+        fields["branches"] = tuple(sorted(set(fields["branches"].split(","))))
+    return fields
+
+
 def parse_query(models: RequestModels, items: list[tuple[str, str]]) -> dict:
     """A GET query (name, value pairs) -> the request's fields; raises ``ApiError``."""
     values: dict = {}
@@ -94,7 +112,7 @@ def parse_query(models: RequestModels, items: list[tuple[str, str]]) -> dict:
         else:
             values[name] = text
     try:
-        return dict(models.entry.model_validate(values).__dict__)  # the fields (model_dump costs 2x more)
+        return _fields(models.entry.model_validate(values))
     except ValidationError as exc:
         raise _api_error(models, exc, query=True) from None
 
@@ -102,7 +120,7 @@ def parse_query(models: RequestModels, items: list[tuple[str, str]]) -> dict:
 def parse_batch(models: RequestModels, body: bytes) -> list[dict]:
     """A batch body -> each request's fields; raises ``ApiError``."""
     try:
-        return [dict(r.__dict__) for r in models.batch.model_validate_json(body).requests]
+        return [_fields(r) for r in models.batch.model_validate_json(body).requests]
     except ValidationError as exc:
         raise _api_error(models, exc, query=False) from None
 
@@ -158,10 +176,15 @@ class RecommendResponse(BaseModel):
     user_id: int
     scenario: str
     items: list[int] = Field(description="raw item ids, best first; items the user just clicked are left out")
-    scores: list[float] = Field(description="inner products (personal) or popularity rank scores (fallback)")
+    scores: list[float] = Field(description="each item's score in the branch that found it: inner products (sass), "
+                                            "decayed co-click or click counts (i2i, tags, trending), popularity "
+                                            "rank scores (popular)")
     fallback: bool = Field(description="true when the user had no usable history: the scenario's popular items")
     model_version: str
     bundle_id: str
+    branches: list[str] = Field([], description="per item: the recall branch that found it (sass, i2i, tags, "
+                                                "trending, popular)")
+    reasons: list[str] = Field([], description="per item: why, e.g. 'because you clicked 1193', 'trending in drama'")
 
 
 class BatchResponse(BaseModel):

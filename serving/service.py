@@ -15,13 +15,13 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sassflow.settings import Settings
 from serving.bundle import BundleError, LoadedBundle, bundle_path, load_bundle, read_pointer, rollback_bundle
 from serving.feature_reader import FeatureReader
 from serving.metrics import ServingMetrics
-from serving.recall import AnnRecall, Candidates, PopularRecall
+from serving.branches import Branches
 
 log = logging.getLogger("sassflow.serving")
 
@@ -52,14 +52,17 @@ class Recommendation:
     user_id: int
     scenario: str
     items: list[int]
-    scores: list[float]
+    scores: list[float]  # each item's score in the branch that found it
     fallback: bool
     model_version: str
     bundle_id: str
+    branches: list[str] = field(default_factory=list)  # per item: the branch that found it
+    reasons: list[str] = field(default_factory=list)  # per item: why, e.g. "because you clicked 1193"
 
 
 class RecommendationService:
-    def __init__(self, settings: Settings, feature_reader: FeatureReader, metrics: ServingMetrics | None = None):
+    def __init__(self, settings: Settings, feature_reader: FeatureReader, metrics: ServingMetrics | None = None,
+                 recall_store=None):
         self.settings = settings
         self.features = feature_reader
         self.metrics = metrics or ServingMetrics()
@@ -67,15 +70,17 @@ class RecommendationService:
         self.previous_bundle_id: str | None = None
         self.refused: dict[str, str] = {}  # bundle id -> reason; not retried until republished
         self.pointer_problem: str | None = None  # why CURRENT names no bundle, when it does not
-        self.sources = (AnnRecall(), PopularRecall())  # asked in order; the last answers everyone
+        self.branches = Branches(settings, self.metrics.registry, recall_store)
         self._swap_lock = threading.Lock()
         configure_threads(settings)
 
     # ------------------------------------------------------------ requests
 
-    def recommend_many(self, requests: list[tuple[int, str, int]]) -> list[Recommendation]:
+    def recommend_many(self, requests: list[tuple[int, str, int]], branches: list[str] | None = None
+                       ) -> list[Recommendation]:
         """Answer ``(user_id, scenario, k)`` requests: one feature read, then per scenario the recall
-        sources in order (the ANN branch, the popular fallback for whoever it could not place)."""
+        branches (``branches``, default settings.recall.branches) merged into the top k, the
+        bundle's popular items for whoever no branch could answer."""
         bundle = self.bundle  # this request's bundle, whatever swaps happen meanwhile
         if bundle is None:
             raise NotReady("no bundle loaded yet")
@@ -86,25 +91,16 @@ class RecommendationService:
         for i, (_, s, _) in enumerate(requests):
             by_scenario.setdefault(s, []).append(i)
         for scenario, idx in by_scenario.items():
-            found: list[Candidates | None] = [None] * len(idx)
-            for source in self.sources:
-                missing = [j for j, c in enumerate(found) if c is None]
-                if not missing:
-                    break
-                answers = source.retrieve(bundle, scenario, [rows[idx[j]] for j in missing],
-                                          [requests[idx[j]][2] for j in missing])
-                for j, c in zip(missing, answers):
-                    found[j] = c
-            for j, i in enumerate(idx):
-                user_id, _, _ = requests[i]
-                c = found[j]
-                out[i] = Recommendation(user_id, scenario, c.items, c.scores, c.source == PopularRecall.name,
-                                        str(bundle.model_version), bundle.bundle_id)
+            merged = self.branches.candidates(bundle, scenario, [rows[i] for i in idx], [requests[i][2] for i in idx],
+                                              branches)
+            for i, m in zip(idx, merged):
+                out[i] = Recommendation(requests[i][0], scenario, m.items, m.branch_scores, m.fallback,
+                                        str(bundle.model_version), bundle.bundle_id, m.branches, m.reasons)
         self.metrics.observe(out, time.perf_counter() - start)
         return out
 
-    def recommend(self, user_id: int, scenario: str, k: int) -> Recommendation:
-        return self.recommend_many([(user_id, scenario, k)])[0]
+    def recommend(self, user_id: int, scenario: str, k: int, branches: list[str] | None = None) -> Recommendation:
+        return self.recommend_many([(user_id, scenario, k)], branches)[0]
 
     # ------------------------------------------------------------ bundles
 

@@ -74,7 +74,12 @@ def make_stage(settings, kind: str, writer, shard: int = 0, shards: int = 1) -> 
         return UserStage(settings, writer, make_producer(settings, linger_ms=5))
     if kind == "item":
         return ItemStage(settings, writer, shard, shards)
-    raise ValueError(f"unknown stage {kind!r}; expected 'user' or 'item'")
+    if kind == "recall":
+        from features.recall_store import open_recall_store
+        from streaming.recall_stage import RecallStage
+
+        return RecallStage(settings, open_recall_store(settings))
+    raise ValueError(f"unknown stage {kind!r}; expected 'user', 'item' or 'recall'")
 
 
 def _open_consumer(settings, stage: Stage):
@@ -294,7 +299,8 @@ def run_stage(settings, stage_name: str = "user", shard: int = 0, shards: int = 
     quiet_client_logs()
     port = settings.streaming.metrics_port
     metrics.serve(port + index if port else 0)
-    stage = make_stage(settings, stage_name, OnlineWriter(open_store(settings)), shard, shards)
+    writer = None if stage_name == "recall" else OnlineWriter(open_store(settings))  # recall has its own store
+    stage = make_stage(settings, stage_name, writer, shard, shards)
     consumer = _open_consumer(settings, stage)
     lock = threading.RLock()
     loop = PollLoop(settings, stage, consumer, lock, shutdown)

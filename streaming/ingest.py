@@ -23,8 +23,9 @@ def _stage_main(settings, stage: str, shard: int, shards: int, index: int, max_e
 
 def spawn_stages(settings, processes: int, item_shards: int | None = None, max_events: int | None = None,
                  until_idle: float | None = None, results=None) -> list:
-    """Start ``processes`` user-stage consumers (one group) and ``item_shards`` (default: settings)
-    item-stage consumers as separate OS processes (spawn, never fork)."""
+    """Start ``processes`` user-stage consumers (one group), ``item_shards`` (default: settings)
+    item-stage consumers and, when ``recall.stream`` is on, the recall stage, as separate OS
+    processes (spawn, never fork)."""
     import multiprocessing as mp
 
     shards = item_shards or settings.streaming.item_shards
@@ -34,6 +35,9 @@ def spawn_stages(settings, processes: int, item_shards: int | None = None, max_e
     procs += [ctx.Process(target=_stage_main, args=(settings, "item", k, shards, processes + k, max_events, until_idle,
                                                     results))
               for k in range(shards)]
+    if settings.recall.stream:
+        procs.append(ctx.Process(target=_stage_main, args=(settings, "recall", 0, 1, processes + shards, max_events,
+                                                            until_idle, results)))
     for p in procs:
         p.start()
     return procs
@@ -69,11 +73,13 @@ def consumer_lag(settings) -> dict:
     partitions: 0 means the consumers have applied and committed everything on the topic."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+    from streaming.recall_stage import recall_group
     from streaming.stages import item_group
 
     topic = settings.kafka.events_topic
     shards = settings.streaming.item_shards
     groups = [settings.kafka.consumer_group] + [item_group(settings, k, shards) for k in range(shards)]
+    groups += [recall_group(settings)] if settings.recall.stream else []
     admin = KafkaAdminClient(**settings.kafka.client_kwargs())
     consumer = KafkaConsumer(**settings.kafka.client_kwargs())
     try:

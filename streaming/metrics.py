@@ -19,6 +19,8 @@ BATCH_SECONDS = Histogram("sassflow_ingest_batch_seconds", "micro-batch processi
 FRESHNESS_SECONDS = Histogram("sassflow_ingest_freshness_seconds",
                               "record timestamp (produce time) to online-store write", ["stage"],
                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+RECALL_NOT_APPLIED = Counter("sassflow_recall_events_not_applied_total",
+                             "clicks the recall stage did not apply (duplicate, too_late)", ["reason"])
 RETRIES = Counter("sassflow_ingest_retries_total", "store/broker operations retried", ["operation"])
 
 

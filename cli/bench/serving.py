@@ -28,6 +28,12 @@ def add_bench_parsers(benches) -> None:
     p.add_argument("--k", type=int, default=20, help="items per request")
     p.add_argument("--scenarios", type=int, default=0,
                    help="split the catalog over this many scenarios (default: all of settings.scenarios)")
+    p.add_argument("--users", type=int, default=BENCH_USERS, help="synthetic users (their clicks feed the streams)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="open loop: R requests/s on a fixed schedule (default: closed loop at --concurrency)")
+    p.add_argument("--branches", default=None,
+                   help="recall branches on, comma-separated (default: settings.recall.branches); the stream "
+                        "branches run over structures built from the synthetic users' clicks")
     p.set_defaults(func=bench_serve)
     p = benches.add_parser("swap", help="hot swaps of bundles under steady load")
     p.add_argument("--swaps", type=int, default=10)
@@ -36,6 +42,9 @@ def add_bench_parsers(benches) -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=16)
     p.set_defaults(func=bench_swap)
+    from cli.bench.ann import add_ann_parser
+
+    add_ann_parser(benches)
 
 
 def _say(msg: str) -> None:
@@ -50,7 +59,7 @@ def _bench_settings(settings, state_dir: Path, scenarios: list[str]):
     })
 
 
-def _prepare(settings, n_items, dim, seed):
+def _prepare(settings, n_items, dim, seed, n_users: int = BENCH_USERS):
     """Build + publish a synthetic bundle and the matching user table; returns (bundle path, features file)."""
     from serving.bundle import build_synthetic_bundle
     from serving.feature_reader import save_recent_clicks
@@ -60,16 +69,19 @@ def _prepare(settings, n_items, dim, seed):
     catalog = synthetic_catalog(n_items, dim, settings.scenarios, seed)
     path = build_synthetic_bundle(settings, n_items, dim, seed=seed, progress=_say, catalog=catalog, publish=True)
     _say(f"bundle {path.name} built in {time.perf_counter() - t0:.1f}s")
-    users = synthetic_users(catalog, BENCH_USERS, seed)
+    users = synthetic_users(catalog, n_users, seed)
     features = Path(settings.state_dir) / "features.npz"
     save_recent_clicks(features, settings.scenarios, users)
     return path, features, users
 
 
-def _load(url: str, features: Path, duration: float, concurrency: int, k: int = 20) -> subprocess.Popen:
+def _load(url: str, features: Path, duration: float, concurrency: int, k: int = 20, rate: float | None = None,
+          branches: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cli.bench.loadgen", "--url", url, "--features", str(features),
            "--duration", str(duration), "--concurrency", str(concurrency), "--k", str(k)]
+    cmd += ["--rate", str(rate)] if rate else []
+    cmd += ["--branches", branches] if branches else []
     from sassflow.settings import PROJECT_ROOT
 
     return subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
@@ -123,28 +135,39 @@ def bench_serve(args, settings) -> int:
     from cli.output import emit_json
     from cli.local.server import ServerProcess
 
+    from cli.bench.serve_recall import prepare_recall, stage_p99_ms
+
     scenarios = settings.scenarios[: args.scenarios] if args.scenarios else settings.scenarios
     with tempfile.TemporaryDirectory(prefix="sassflow-bench-serve-") as tmp:
         bs = _bench_settings(settings, Path(tmp), scenarios)
-        path, features, users = _prepare(bs, args.items, args.dim, seed=0)
+        branches = args.branches.split(",") if args.branches else list(bs.recall.branches)
+        bs.recall.branches = branches
+        path, features, users = _prepare(bs, args.items, args.dim, seed=0, n_users=args.users)
+        recall_prep = prepare_recall(bs, users, args.items, args.dim, seed=0, progress=_say)
         load_before = _machine_load()
         with ServerProcess(bs, static_features=features, log_path=Path(tmp) / "server.log") as srv:
             srv.wait_ready(timeout=600)
-            _say(f"service ready on {srv.url}; {args.concurrency} connections for {args.duration}s")
+            load = f"{args.rate} requests/s (open loop)" if args.rate else f"{args.concurrency} connections"
+            _say(f"service ready on {srv.url}; {load} for {args.duration}s")
+            import httpx
             import psutil
 
             server_proc = psutil.Process(srv.pid)
             cpu0 = sum(server_proc.cpu_times()[:2])
-            gen = _load(srv.url, features, args.duration, args.concurrency, args.k)
+            gen = _load(srv.url, features, args.duration, args.concurrency, args.k, args.rate)
             out, _ = gen.communicate()
             server_cpu_s = sum(server_proc.cpu_times()[:2]) - cpu0
             result = json.loads(out.strip().splitlines()[-1])
             all_requests = sum(result["versions"].values())  # including the warm-up
+            stages = stage_p99_ms(httpx.get(srv.url + "/metrics").text)
         _say("measuring the in-process core and recall against exact search")
         core = _core_and_recall(bs, path, users, args.k)
         emit_json({
             "items": args.items, "dim": args.dim, "scenarios": len(scenarios), "k": args.k,
-            "concurrency": args.concurrency, "duration_s": args.duration,
+            "concurrency": args.concurrency if not args.rate else None, "duration_s": args.duration,
+            "mode": result["mode"], "offered_qps": result["offered_qps"], "sent": result["sent"],
+            "connections": result["connections"], "branches": branches, "ranking": False,
+            "candidates": args.k, "stage_p99_ms": stages, "recall_structures": recall_prep,
             "p50_ms": result["p50_ms"], "p90_ms": result["p90_ms"], "p99_ms": result["p99_ms"],
             "qps": result["qps"], "requests": result["requests"], "errors": result["errors"],
             # CPU per request is what the shared machine cannot distort: capacity ≈ cores / this.

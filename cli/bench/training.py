@@ -82,8 +82,9 @@ def bench_train(settings, data_dir, epochs: int | None = None, progress: bool = 
 
 
 def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, models=None,
-                  epochs: int | None = None, progress: bool = True) -> dict:
-    """Every model x seed, the BENCHMARKS.md protocol on the test split, averaged over seeds."""
+                  epochs: int | None = None, progress: bool = True, branches: bool = True) -> dict:
+    """Every model x seed, the BENCHMARKS.md protocol on the test split, averaged over seeds; with
+    ``branches`` (and sass among the models) also the recall branches (``cli.bench.recall_quality``)."""
     from training.baselines import MODELS, fit
     from training.evaluate import evaluate
     from training.pipeline import set_threads
@@ -96,6 +97,7 @@ def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, model
     seconds: dict[str, float] = {m: 0.0 for m in models}
     losses = {}
     best_epochs: dict[str, list] = {m: [] for m in models}  # stage-2 epoch early stopping kept, per seed
+    sass_scorers = []
     for seed in range(seeds):
         for m in models:
             t0 = time.perf_counter()
@@ -105,6 +107,8 @@ def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, model
             val[m].append(evaluate(f.scorer, data, "val"))
             losses.setdefault(m, f.history.losses)
             best_epochs[m].append(f.history.best_epoch.get("finetune"))
+            if m == "sass":
+                sass_scorers.append(f.scorer)
             _log(f"seed {seed} {m}: test recall@50 mean {runs[m][-1]['recall@50']['mean']:.4f} "
                  f"({time.perf_counter() - t0:.0f}s)")
 
@@ -116,9 +120,25 @@ def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, model
               "val": {m: avg(val[m]) for m in models},
               "std_recall@50_mean": {m: float(np.std([r["recall@50"]["mean"] for r in runs[m]])) for m in models},
               "train_s": seconds, "best_epochs": best_epochs}
+    if branches and sass_scorers:
+        result["branches"] = _branches(settings, data, data_dir, scenarios_file, sass_scorers, result["models"])
     from training.report import write_report
 
     rdir = Path(settings.training.report_dir) / time.strftime("bench-quality-%Y%m%dT%H%M%S")
     result["report"] = write_report(rdir, losses, result["models"], data.scenarios,
                                     title=f"bench quality on {Path(data_dir).name}, {seeds} seeds")["dir"]
     return result
+
+
+def _branches(settings, data, data_dir, scenarios_file, sass_scorers, models: dict) -> dict:
+    """The recall branches on the same data and SASS models, and the issue's check against every model."""
+    from cli.bench.recall_quality import branch_quality
+    from sassflow.datasets import Dataset
+
+    sf = Path(scenarios_file) if scenarios_file else settings.data.find_scenarios_file(Path(data_dir))
+    dataset = Dataset(data_dir, sf, settings.scenarios)
+    out = branch_quality(settings, data, dataset.load_events(), dataset.item_tags(), sass_scorers)
+    merged = out["merged"]["recall@50"]
+    out["checks"]["merged_at_50_beats_every_model_in_every_scenario"] = all(
+        merged[str(k)] >= max(m["recall@50"][str(k)] for m in models.values()) for k in range(data.n_scenarios))
+    return out

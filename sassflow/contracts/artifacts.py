@@ -18,7 +18,8 @@ Serving bundle (``<bundle_dir>/<bundle_id>/``)::
     manifest.json               ``BundleManifest``: bundle id, model version, per-scenario counts
                                 and index specs, sha256 + size of every other file
     tower/                      the artifact's tower files (config.json, model.pt, vocabularies)
-    <s>/index.faiss             the scenario's index, row i = item_ids[i]
+    <s>/index.faiss             the scenario's index, row i = item_ids[i] (index.hnsw: an hnswlib index,
+                                when the manifest's index spec says backend "hnswlib")
     <s>/item_ids.npy            raw item ids, int64
     <s>/popular.npy             raw item ids by popularity (cold-start fallback)
 
@@ -105,9 +106,9 @@ class BundleLayout:
     MANIFEST = "manifest.json"
     TOWER = "tower"
     INDEX = "index.faiss"
+    INDEX_HNSWLIB = "index.hnsw"
     ITEM_IDS = "item_ids.npy"
     POPULAR = "popular.npy"
-    SCENARIO_FILES = (INDEX, ITEM_IDS, POPULAR)
     CURRENT = "CURRENT"  # in the bundle directory: the id of the bundle to serve
     HISTORY = "HISTORY"  # in the bundle directory: published ids, oldest first
     # A bundle id: a plain folder name (what ``serving.bundle.new_bundle_id`` makes); never ".", ".."
@@ -124,10 +125,20 @@ class BundleLayout:
         return isinstance(name, str) and re.fullmatch(cls.ID_PATTERN, name) is not None
 
     @classmethod
-    def required_files(cls, scenarios) -> list[str]:
-        """The manifest keys a bundle serving ``scenarios`` cannot do without."""
+    def index_file(cls, spec: dict) -> str:
+        """The file name of a scenario's index: hnswlib graphs have their own format."""
+        return cls.INDEX_HNSWLIB if spec.get("backend") == "hnswlib" else cls.INDEX
+
+    @classmethod
+    def scenario_files(cls, spec: dict) -> tuple[str, ...]:
+        """The files of one scenario whose index follows ``spec``."""
+        return (cls.index_file(spec), cls.ITEM_IDS, cls.POPULAR)
+
+    @classmethod
+    def required_files(cls, scenarios: dict) -> list[str]:
+        """The manifest keys a bundle serving ``scenarios`` ({name: entry with "index"}) cannot do without."""
         return [f"{cls.TOWER}/{ModelArtifact.CONFIG}"] + [
-            f"{s}/{name}" for s in scenarios for name in cls.SCENARIO_FILES]
+            f"{s}/{name}" for s, entry in scenarios.items() for name in cls.scenario_files(_as_dict(entry)["index"])]
 
     def __init__(self, root):
         self.root = Path(root)
@@ -148,6 +159,10 @@ class BundleLayout:
         return f"{scenario}/{name}"
 
 
+def _as_dict(entry) -> dict:
+    return entry.model_dump() if hasattr(entry, "model_dump") else entry
+
+
 # ---------------------------------------------------------------- the manifest's schema
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -165,6 +180,7 @@ class FlatIndex(BaseModel):
 class HnswIndex(BaseModel):
     model_config = _STRICT
     type: Literal["hnsw"]
+    backend: Literal["faiss", "hnswlib"] = "faiss"  # which library built the graph (file: BundleLayout.index_file)
     m: Positive
     ef_construction: Positive
     ef_search: Positive

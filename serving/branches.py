@@ -1,0 +1,135 @@
+"""Running the recall branches of one scenario's requests and merging them (the request pipeline's
+recall step: features -> **branches -> merge** -> ranking -> top k).
+
+The SASS branch (tower + ANN search, CPU) runs on the request's thread; the store-backed branches
+(i2i, tags, trending: a store read each) run beside it in a small thread pool.  A branch that raises,
+or that has not answered ``recall.branch_budget_ms`` after the branches started, is skipped and
+counted (``sassflow_recall_branch_skipped_total``); the request is answered from the others.  The
+SASS branch is not cut off (it runs on the caller's thread and cannot be preempted), only its
+failures are skipped.  A user no branch can answer gets the bundle's popular items.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+
+from sassflow.contracts.recall import BRANCHES, I2I, SASS, TAGS, TRENDING, item_tags_path, read_item_tags
+from serving.branch_metrics import BranchMetrics
+from serving.merge import MergedCandidates, merge
+from serving.recall import AnnRecall, Candidates, I2IRecall, PopularRecall, TagRecall, TrendingRecall
+
+log = logging.getLogger("sassflow.serving")
+PERSONAL = (SASS, I2I, TAGS)  # a list from one of these is not the cold-start fallback
+
+
+@dataclass
+class Answer(MergedCandidates):
+    fallback: bool = False  # no personal branch had anything for this user
+
+
+class ItemTags:
+    """The item-tag catalog, reloaded when its file changes (checked every few seconds)."""
+
+    def __init__(self, catalog_dir, check_every_s: float = 5.0):
+        self.path = item_tags_path(catalog_dir)
+        self.catalog_dir, self.every = catalog_dir, check_every_s
+        self.tags: dict = {}
+        self.mtime: float | None = None
+        self.checked = -math.inf
+
+    def __call__(self) -> dict:
+        now = time.monotonic()
+        if now - self.checked >= self.every:
+            self.checked = now
+            mtime = self.path.stat().st_mtime if self.path.exists() else None
+            if mtime != self.mtime:
+                self.tags, self.mtime = read_item_tags(self.catalog_dir), mtime
+        return self.tags
+
+
+class Branches:
+    def __init__(self, settings, registry, store=None):
+        r = settings.recall
+        self.settings = settings
+        self.metrics = BranchMetrics(registry)
+        if store is None:
+            from features.recall_store import open_recall_store
+
+            store = open_recall_store(settings)
+        rate = math.log(2) / r.half_life_ms if r.half_life_ms else 0.0
+        self.item_tags = ItemTags(Path(r.catalog_dir))
+        self.sources = {SASS: AnnRecall(), I2I: I2IRecall(store, r.i2i_triggers, r.i2i_norm, rate),
+                        TAGS: TagRecall(store, self.item_tags, r.preferred_tags, r.i2i_triggers),
+                        TRENDING: TrendingRecall(store, rate)}
+        self.popular = PopularRecall()
+        self.pool = ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1)), thread_name_prefix="recall")
+
+    def candidates(self, bundle, scenario: str, rows: list[dict], ks: list[int],
+                   selected: list[str] | None = None) -> list[Answer]:
+        names = [n for n in (selected or self.settings.recall.branches) if n in BRANCHES]
+        found = self.run(bundle, scenario, rows, ks, names)
+        cfg = self.settings.recall.merge_for(scenario)
+        t0 = time.perf_counter()
+        out = []
+        for j, (row, k) in enumerate(zip(rows, ks)):
+            lists = [found[n][j] for n in names if n in found and found[n][j] is not None]
+            if not lists:
+                lists = self.popular.retrieve(bundle, scenario, [row], [k])
+            weights = {c.source: cfg.weights.get(c.source, 0.0) for c in lists}
+            if not any(weights.values()):  # only branches the merge does not weigh: count them alike
+                weights = dict.fromkeys(weights, 1.0)
+            m = merge(lists, cfg.strategy, weights, k, cfg.rrf_k)
+            out.append(Answer(m.items, m.scores, m.branches, m.reasons, m.branch_scores,
+                              fallback=not any(c.source in PERSONAL for c in lists)))
+        self.metrics.merge_seconds.observe(time.perf_counter() - t0)
+        return out
+
+    def run(self, bundle, scenario: str, rows: list[dict], ks: list[int], names: list[str]) -> dict:
+        """Each named branch's answers (a list per request) for the branches that answered in time."""
+        start = time.perf_counter()
+        deadline = start + self.settings.recall.branch_budget_ms / 1000
+        futures = {n: self.pool.submit(self._timed, n, bundle, scenario, rows, ks) for n in names if n != SASS}
+        found = {}
+        if SASS in names:
+            try:
+                found[SASS] = self._timed(SASS, bundle, scenario, rows, ks)
+            except Exception:  # noqa: BLE001 -- a failing branch is skipped, the request goes on
+                self._skip(SASS, "error")
+        for n, f in futures.items():
+            try:
+                found[n] = f.result(timeout=max(0.0, deadline - time.perf_counter()))
+            except FutureTimeout:
+                self._skip(n, "timeout")
+            except Exception:  # noqa: BLE001
+                self._skip(n, "error")
+        return found
+
+    def _timed(self, name: str, bundle, scenario: str, rows: list[dict], ks: list[int]) -> list[Candidates | None]:
+        t0 = time.perf_counter()
+        try:
+            return self.sources[name].retrieve(bundle, scenario, rows, ks)
+        finally:
+            self.metrics.seconds.labels(name).observe(time.perf_counter() - t0)
+
+    def _skip(self, name: str, reason: str) -> None:
+        self.metrics.skipped.labels(name, reason).inc()
+        if reason == "error":
+            log.exception("recall branch %s failed; answering from the others", name)
+
+
+
+def items_outside_bundle(bundle_path, scenario: str, items: list[int]) -> list[int]:
+    """The ``items`` the bundle's catalog of ``scenario`` does not hold: only a streaming branch can
+    have found them (the demo's "new item served before the retrain")."""
+    import numpy as np
+
+    from sassflow.contracts.artifacts import BundleLayout
+
+    known = np.load(BundleLayout(bundle_path).scenario_dir(scenario) / BundleLayout.ITEM_IDS, allow_pickle=False)
+    return [i for i in items if i not in set(known.tolist())]
