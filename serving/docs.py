@@ -43,11 +43,11 @@ def _query_parameters(models: RequestModels) -> list[dict]:
     for name, prop in schema["properties"].items():
         prop = dict(prop)
         description = prop.pop("description", "")
-        prop.pop("examples", None)
+        examples = prop.pop("examples", None) or [None]
         if prop.get("type") == "integer":
             description += " (written with ASCII digits only: no sign, space or underscore)"
         params.append({"name": name, "in": "query", "required": name in required, "description": description,
-                       "schema": prop, "example": example[name]})
+                       "schema": prop, "example": example.get(name, examples[0])})
     return params
 
 
