@@ -59,6 +59,12 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(1, ge=1)
     consumer_group: str = "sassflow-ingest"
     max_event_bytes: int = Field(4096, ge=256)
+    # The item catalogue (sassflow.contracts.catalog): its own topic, keyed by item id, and its own
+    # dead letters.  Catalogue events carry a thumbnail, hence the larger size limit.
+    items_topic: str = "sassflow.items"
+    items_dlq_topic: str = "sassflow.items.dlq"
+    items_partitions: int = Field(1, ge=1)  # catalogue volume is tiny next to clicks
+    max_item_bytes: int = Field(65536, ge=1024)
 
     def client_kwargs(self) -> dict:
         """Connection/security keyword arguments shared by every kafka-python client."""
@@ -158,6 +164,22 @@ class TrainingSettings(BaseModel):
     log_q_correction: bool = True
 
 
+class ContentSettings(BaseModel):
+    """The content tower (training.content_model): item content -> a vector in each scenario's SASS
+    item space, trained after SASS on the warm items, so a new item is retrievable from its content."""
+
+    enabled: bool = True  # train it after SASS and ship it in the bundle
+    text_buckets: int = Field(1 << 15, ge=64)  # hashed word/bigram/char-3-gram rows; collisions are rare at catalogue scale
+    tag_buckets: int = Field(1 << 12, ge=16)  # hashed tags, year and attribute tokens
+    hidden_dim: int = 128
+    image: bool = True  # use the image encoder when items carry images
+    epochs: int = 60  # a few thousand warm items: one epoch is a handful of steps
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.1
+
+
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -175,6 +197,10 @@ class ServingSettings(BaseModel):
     ivf_nprobe: int = 32
     ann_index: Literal["hnsw", "ivf"] = "ivf"  # above exact_index_max_items; IVF builds faster than HNSW at 1M items (`bench ann`)
     batch_max_requests: int = 256  # POST /recommend/batch size limit
+    # New items from the catalogue topic: a consumer thread in the service encodes them with the
+    # bundle's content tower and adds them to a side index searched with each scenario's main one.
+    catalog_consumer: bool = True
+    catalog_poll_ms: int = 200  # an item is searchable one poll + one encode after it is produced
 
 
 class AirflowSettings(BaseModel):
@@ -209,6 +235,7 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = StreamingSettings()
     feast: FeastSettings = FeastSettings()
     training: TrainingSettings = TrainingSettings()
+    content: ContentSettings = ContentSettings()
     serving: ServingSettings = ServingSettings()
     airflow: AirflowSettings = AirflowSettings()
 

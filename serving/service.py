@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sassflow.settings import Settings
 from serving.bundle import BundleError, LoadedBundle, current_bundle_id, load_bundle, rollback_bundle
+from serving.content import LiveCatalogue
 from serving.feature_reader import FeatureReader
 from serving.metrics import ServingMetrics
 from serving.recall import AnnRecall, Candidates, PopularRecall
@@ -68,6 +69,7 @@ class RecommendationService:
         self.previous_bundle_id: str | None = None
         self.refused: dict[str, str] = {}  # bundle id -> reason; not retried until republished
         self.sources = (AnnRecall(), PopularRecall())  # asked in order; the last answers everyone
+        self.catalogue = LiveCatalogue(settings.scenarios)  # new items, searchable before the next bundle
         self._swap_lock = threading.Lock()
         configure_threads(settings)
 
@@ -129,6 +131,10 @@ class RecommendationService:
                 log.error("refused bundle %s, still serving %s: %s", bundle_id, old and old.bundle_id, exc)
                 return {"status": "refused", "bundle_id": bundle_id, "reason": str(exc),
                         "serving": old and old.bundle_id}
+            try:
+                self.catalogue.attach(new)  # items the new bundle lacks stay searchable across the swap
+            except Exception as exc:  # a content tower that cannot load must not block the bundle
+                log.error("bundle %s: new items not searchable: %s", bundle_id, exc)
             configure_threads(self.settings)  # a training tower may have just imported torch
             load_s = time.perf_counter() - start
             self.bundle = new  # the one atomic step

@@ -78,8 +78,11 @@ def cmd_bench_quality(args, settings) -> int:
     from cli.bench.training import bench_quality
 
     models = args.models.split(",") if args.models else None
-    emit_json(bench_quality(settings, args.data or settings.data.find_movielens(), args.scenarios,
-                            args.seeds, models, args.epochs))
+    synthetic = ({"n_users": args.users, "n_items": args.items, "n_events": args.events, "seed": 0}
+                 if args.source == "synthetic" else None)
+    data = None if synthetic else args.data or settings.data.find_movielens()
+    emit_json(bench_quality(settings, data, args.scenarios, args.seeds, models, args.epochs,
+                            cold_start=not args.no_cold_start, synthetic=synthetic))
     return 0
 
 
@@ -111,4 +114,10 @@ def register(commands, benches) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--models", default=None, help="comma-separated subset of the models")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: settings)")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the held-out-items protocol (cold_start)")
+    p.add_argument("--source", choices=["movielens", "synthetic"], default="movielens",
+                   help="synthetic: the synthetic source, whose items carry posters (content_no_image)")
+    p.add_argument("--users", type=int, default=2000, help="synthetic: users")
+    p.add_argument("--items", type=int, default=5000, help="synthetic: items")
+    p.add_argument("--events", type=int, default=400_000, help="synthetic: events")
     p.set_defaults(func=cmd_bench_quality)
