@@ -169,13 +169,13 @@ class ContentSettings(BaseModel):
     item space, trained after SASS on the warm items, so a new item is retrievable from its content."""
 
     enabled: bool = True  # train it after SASS and ship it in the bundle
-    text_buckets: int = Field(1 << 15, ge=64)  # hashed word/bigram/char-3-gram rows; collisions are rare at catalogue scale
+    text_buckets: int = Field(1 << 14, ge=64)  # hashed word/bigram/char-3-gram rows: few collisions for a catalogue of thousands of titles
     tag_buckets: int = Field(1 << 12, ge=16)  # hashed tags, year and attribute tokens
     hidden_dim: int = 128
     image: bool = True  # use the image encoder when items carry images
     epochs: int = 60  # a few thousand warm items: one epoch is a handful of steps
     batch_size: int = 256
-    learning_rate: float = 3e-3
+    learning_rate: float = 5e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1
 
