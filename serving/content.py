@@ -133,9 +133,9 @@ class CatalogueConsumer:
         while not self._stop.is_set():
             try:
                 self._consume()
-            except Exception:  # a broker outage: log, wait, reconnect (reads never depend on it)
-                log.exception("catalogue consumer failed; retrying")
-                self._stop.wait(2.0)
+            except Exception as exc:  # a broker outage: log, wait, reconnect (reads never depend on it)
+                log.warning("catalogue consumer: %s: %s; retrying in 5s", type(exc).__name__, exc)
+                self._stop.wait(5.0)
 
     def _assign(self, consumer) -> bool:
         from kafka import TopicPartition

@@ -14,7 +14,8 @@
    of their validation period (the same features as the warm test queries).
 
 Scorers: ``content`` (the SASS user vector against the items' content vectors -- what serving
-does with a new item), ``pop_new`` (the held-out items by how many *other* users clicked them in
+does with a new item), ``content_of_clicks`` (the mean content vector of the user's recent clicks
+against them: ``serving.content.ContentRecall``'s query, content to content), ``pop_new`` (the held-out items by how many *other* users clicked them in
 the test period: an oracle popularity, the best any popularity signal could do), ``random``.
 """
 from __future__ import annotations
@@ -96,6 +97,25 @@ def content_scorer(user_model, item_vectors: list[np.ndarray]) -> Scorer:
         user_model.eval()
         u, _ = user_model.encode_user(to_torch(queries))
         return u @ torch.from_numpy(item_vectors[k]).T
+    return score
+
+
+def clicks_content_scorer(split: ColdSplit, content_of: dict[int, np.ndarray], item_vectors: list[np.ndarray]) -> Scorer:
+    """Content to content: the mean content vector of the user's recent clicks in the scenario (all
+    scenarios when none there) against the held-out items' content vectors (``content_of``: raw id ->
+    its content vector in the scenario being scored; ``item_vectors`` as in ``content_scorer``)."""
+    ids = split.warm.items.ids
+
+    def score(k, queries, catalog):
+        dim = item_vectors[k].shape[1]
+        q = np.zeros((len(queries["row"]), dim), np.float32)
+        for n, (own, every) in enumerate(zip(queries["recent_clicks"], queries["recent_clicks_all"])):
+            seq = own[own > 0] if (own > 0).any() else every[every > 0]
+            vecs = [content_of[k][r] for r in ids[seq - 1].tolist() if r in content_of[k]]
+            if vecs:
+                v = np.mean(vecs, 0)
+                q[n] = v / max(float(np.linalg.norm(v)), 1e-12)
+        return torch.from_numpy(q @ item_vectors[k].T)
     return score
 
 

@@ -158,7 +158,9 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
 
     from sassflow.contracts.artifacts import ModelArtifact
     from training.baselines import fit
-    from training.coldstart import content_scorer, hold_out_items, pop_new_scorer, random_scorer
+    from training.coldstart import (
+        clicks_content_scorer, content_scorer, hold_out_items, pop_new_scorer, random_scorer,
+    )
     from training.content import content_config, fit_content_tower
     from training.evaluate import evaluate
     from training.export import export_artifacts
@@ -182,6 +184,9 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
         tower, _ = fit_content_tower(items, targets, cfg, settings, seed, progress)
         vectors = [tower.encode([by_id[i] for i in cat.tolist()], s) for cat, s in zip(split.catalogs, settings.scenarios)]
         scorers[name] = content_scorer(sass.model, vectors)
+        if name == "content":
+            content_of = [dict(zip(by_id, tower.encode(items, s))) for s in settings.scenarios]
+            scorers["content_of_clicks"] = clicks_content_scorer(split, content_of, vectors)
     for name, scorer in scorers.items():
         r = evaluate(scorer, split, "test")
         out[name] = {"recall@50": r["recall@50"], "recall@20": r["recall@20"]}
@@ -199,7 +204,7 @@ def average_cold_start(runs: list[dict], today_sass: dict | None) -> dict:
         return {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
 
     out = {name: {m: avg((name, m)) for m in ("recall@50", "recall@20")}
-           for name in ("content", "content_no_image", "pop_new", "random") if name in runs[0]}
+           for name in ("content", "content_of_clicks", "content_no_image", "pop_new", "random") if name in runs[0]}
     out["warm_recall@50"] = avg(("warm_recall@50",))
     out["held_out_items"], out["cold_test_clicks"] = runs[0]["held_out_items"], runs[0]["cold_test_clicks"]
     content, pop = out["content"]["recall@50"]["mean"], out["pop_new"]["recall@50"]["mean"]

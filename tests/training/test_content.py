@@ -108,3 +108,19 @@ def test_cold_start_protocol_holds_items_out_and_content_beats_random(syn_events
     content, random = figures["content"]["recall@20"]["mean"], figures["random"]["recall@20"]["mean"]
     assert content > random, figures
     assert figures["pop_new"]["recall@50"]["mean"] <= 1.0 and 0 < figures["warm_recall@50"]["mean"] <= 1.0
+
+
+def test_pop_new_counts_only_other_users_clicks(syn_events, catalogue):
+    from sassflow.settings import Settings
+    from training.coldstart import hold_out_items, pop_new_scorer
+
+    s = Settings(state_dir="/nonexistent")
+    split = hold_out_items(syn_events, s.scenarios, {it.item_id: s.scenarios for it in catalogue}, 0.1, 1)
+    es, score = split.evals["test"], pop_new_scorer(split)
+    for k in range(len(s.scenarios)):
+        rows = np.flatnonzero(es.queries["scenario"] == k)
+        got = score(k, {name: v[rows] for name, v in es.queries.items()}, split.catalogs[k]).numpy()
+        pairs = {tuple(p) for p in es.targets[k].tolist()}
+        for n, r in enumerate(rows.tolist()):
+            expected = [sum(1 for (q, c) in pairs if c == col and q != r) for col in range(len(split.catalogs[k]))]
+            assert got[n].tolist() == expected
