@@ -168,7 +168,7 @@ class ContentSettings(BaseModel):
     """The content tower (training.content_model): item content -> a vector in each scenario's SASS
     item space, trained after SASS on the warm items, so a new item is retrievable from its content."""
 
-    enabled: bool = True  # train it after SASS and ship it in the bundle
+    enabled: bool = True  # training.content.train_content trains it after SASS; off: bundles without it
     text_buckets: int = Field(1 << 14, ge=64)  # hashed word/bigram/char-3-gram rows: few collisions for a catalogue of thousands of titles
     tag_buckets: int = Field(1 << 12, ge=16)  # hashed tags, year and attribute tokens
     hidden_dim: int = 128
@@ -176,8 +176,7 @@ class ContentSettings(BaseModel):
     epochs: int = 60  # a few thousand warm items: one epoch is a handful of steps
     batch_size: int = 256
     learning_rate: float = 5e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.1
+    temperature: float = 0.1  # as SASS's own losses: the targets are SASS vectors on the same unit sphere
 
 
 class ServingSettings(BaseModel):

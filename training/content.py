@@ -122,6 +122,8 @@ def train_content(settings, dataset_dir, model_dir, items: list[ItemEvent] | Non
                   progress: bool = True) -> dict:
     """Train the content tower for the SASS artifact in ``model_dir`` and add it, with the cold
     catalogue items' content vectors, to that artifact (idempotent: a re-run replaces both)."""
+    if not settings.content.enabled:
+        return {"content": False, "reason": "settings.content.enabled is false"}
     t0 = time.perf_counter()
     artifact = ModelArtifact(model_dir)
     config = artifact.read_config()
