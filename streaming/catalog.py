@@ -225,6 +225,13 @@ def movielens_catalog(dataset) -> Iterator[ItemEvent]:
             image=None, event_time=int(row.first_ms))
 
 
+def split_catalog_at(items, t_ms: int) -> tuple[list[ItemEvent], list[ItemEvent]]:
+    """(items in the catalogue before ``t_ms``, items that arrive from then on): e.g. a replay's
+    first part gets the first list, its second part the new items."""
+    items = list(items)
+    return [it for it in items if it.event_time < t_ms], [it for it in items if it.event_time >= t_ms]
+
+
 GROUP_WORDS = (("crimson", "ember", "blaze", "scarlet", "forge", "torch", "lava", "flare"),
                ("harbor", "tide", "coral", "drift", "marina", "reef", "gull", "anchor"),
                ("meadow", "fern", "grove", "willow", "moss", "thicket", "bloom", "orchard"),

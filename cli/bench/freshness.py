@@ -93,18 +93,29 @@ def measure(s, client, trials: list[tuple], first_id: int, poll_ms: float, timeo
             t0 = time.perf_counter()
             producer.send(s.kafka.items_topic, key=item.key(), value=item.to_bytes())
             producer.flush()
-            found = None
-            while time.perf_counter() - t0 < timeout_s:
-                answer = client.get("/recommend", params={"user_id": user, "scenario": scenario, "k": K}).json()
-                if new_id in answer["items"]:
-                    found = time.perf_counter() - t0
-                    break
-                time.sleep(poll_ms / 1000)
+            answer = first_answer_with(client, [(user, scenario)], [new_id], K, timeout_s, poll_ms / 1000)
+            found = time.perf_counter() - t0 if answer is not None else None
             out.append(found)
             _log(f"trial {n + 1}/{len(trials)}: {'not found' if found is None else f'{found:.3f}s'}")
     finally:
         producer.close()
     return out
+
+
+def first_answer_with(client, pairs: list[tuple[int, str]], new_ids, k: int = K, timeout_s: float = 30.0,
+                      poll_s: float = 0.2) -> dict | None:
+    """The first `/recommend` answer, over ``pairs`` of (user, scenario) asked in turn until
+    ``timeout_s``, that holds one of ``new_ids`` (for the demo: a new item recommended before the
+    next bundle); None if none did."""
+    new_ids = set(new_ids)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for user, scenario in pairs:
+            answer = client.get("/recommend", params={"user_id": user, "scenario": scenario, "k": k}).json()
+            if new_ids & set(answer.get("items", ())):
+                return answer
+        time.sleep(poll_s)
+    return None
 
 
 def bench_freshness(settings, trials: int = 30, users: int = 500, items: int = 1000, events: int = 100_000,

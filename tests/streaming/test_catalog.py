@@ -167,3 +167,28 @@ def test_catalogue_stage_stops_on_shutdown_and_loses_nothing(catalog_settings):
     timer.join()
     assert read_catalog(s.streaming.offline_dir)["item_id"].tolist() == list(range(30))
     assert isinstance(items[0], ItemEvent) and items[0].image is None
+
+
+def test_produce_catalog_command_puts_the_synthetic_items_on_the_items_topic(catalog_settings, capsys):
+    from cli.main import build_parser
+    from streaming.catalog import split_catalog_at
+
+    s = catalog_settings
+    args = build_parser().parse_args(["produce", "--catalog", "--source", "synthetic", "--items", "30",
+                                      "--users", "5", "--events", "10", "--limit", "25"])
+    assert args.func(args, s) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["by_type"] == {"item": 25}
+    c = KafkaConsumer(**s.kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
+    tp = TopicPartition(s.kafka.items_topic, 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    records = []
+    while c.position(tp) < c.end_offsets([tp])[tp]:
+        for recs in c.poll(timeout_ms=500).values():
+            records.extend(recs)
+    c.close()
+    items = [parse_item(r.value, SCEN) for r in records]
+    assert [it.item_id for it in items] == list(range(25)) and all(r.key == str(r.offset).encode() for r in records)
+    before, after = split_catalog_at(items + [items[0].model_copy(update={"event_time": 2_000_000_000_000})],
+                                     1_900_000_000_000)
+    assert len(before) == 25 and [it.event_time for it in after] == [2_000_000_000_000]
