@@ -160,6 +160,7 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
     from training.baselines import fit
     from training.coldstart import (
         clicks_content_scorer, content_scorer, hold_out_items, pop_new_scorer, random_scorer,
+        warm_recall_with_new_items,
     )
     from training.content import content_config, fit_content_tower
     from training.evaluate import evaluate
@@ -187,6 +188,7 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
         if name == "content":
             content_of = [dict(zip(by_id, tower.encode(items, s))) for s in settings.scenarios]
             scorers["content_of_clicks"] = clicks_content_scorer(split, content_of, vectors)
+            out["warm_recall@50_with_new_items"] = warm_recall_with_new_items(split, sass.model, vectors)["recall@50"]
     for name, scorer in scorers.items():
         r = evaluate(scorer, split, "test")
         out[name] = {"recall@50": r["recall@50"], "recall@20": r["recall@20"]}
@@ -206,9 +208,14 @@ def average_cold_start(runs: list[dict], today_sass: dict | None) -> dict:
     out = {name: {m: avg((name, m)) for m in ("recall@50", "recall@20")}
            for name in ("content", "content_of_clicks", "content_no_image", "pop_new", "random") if name in runs[0]}
     out["warm_recall@50"] = avg(("warm_recall@50",))
+    if "warm_recall@50_with_new_items" in runs[0]:
+        out["warm_recall@50_with_new_items"] = avg(("warm_recall@50_with_new_items",))
     out["held_out_items"], out["cold_test_clicks"] = runs[0]["held_out_items"], runs[0]["cold_test_clicks"]
     content, pop = out["content"]["recall@50"]["mean"], out["pop_new"]["recall@50"]["mean"]
     out["content_vs_pop_new"] = content / pop if pop else None
     if today_sass is not None:
         out["warm_ratio"] = out["warm_recall@50"]["mean"] / today_sass["recall@50"]["mean"]
+        if "warm_recall@50_with_new_items" in out:
+            out["warm_ratio_with_new_items"] = (out["warm_recall@50_with_new_items"]["mean"]
+                                                / today_sass["recall@50"]["mean"])
     return out

@@ -108,6 +108,8 @@ def test_cold_start_protocol_holds_items_out_and_content_beats_random(syn_events
     content, random = figures["content"]["recall@20"]["mean"], figures["random"]["recall@20"]["mean"]
     assert content > random, figures
     assert figures["pop_new"]["recall@50"]["mean"] <= 1.0 and 0 < figures["warm_recall@50"]["mean"] <= 1.0
+    # new items in the index can only take top-K places from warm items, never add warm hits
+    assert figures["warm_recall@50_with_new_items"]["mean"] <= figures["warm_recall@50"]["mean"]
 
 
 def test_pop_new_counts_only_other_users_clicks(syn_events, catalogue):
