@@ -174,9 +174,11 @@ def register_and_gate(settings, model_dir, metrics: dict | None = None, name: st
 
 
 def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("pop",),
-                   register: bool = True, report: bool = True, progress: bool = True) -> dict:
+                   register: bool = True, report: bool = True, progress: bool = True,
+                   catalog: list | None = None) -> dict:
     """Prepare, pre-train, fine-tune, evaluate (with baselines), export, register, gate and
-    write the run report, all from one events frame."""
+    write the run report, all from one events frame.  ``catalog``: the item catalogue; with it the
+    content tower is trained and added to the artifact before it is registered."""
     from training.baselines import fit
     from training.evaluate import evaluate as run_eval
     from training.export import export_artifacts
@@ -196,7 +198,12 @@ def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("
                                                    "window": list(data.window), "run_id": run_id,
                                                    "train_config": cfg.__dict__})
     (out / "metrics.json").write_text(json.dumps(metrics["sass"], indent=2))
-    result = {"run_id": run_id, "artifact_dir": str(out), "metrics": metrics["sass"],
+    content = None
+    if catalog:
+        from training.content import train_content
+
+        content = train_content(settings, None, out, items=catalog, progress=progress)
+    result = {"content": content, "run_id": run_id, "artifact_dir": str(out), "metrics": metrics["sass"],
               "baselines": {k: v for k, v in metrics.items() if k != "sass"},
               "seconds": sass.history.seconds, "events": data.n_events, "window": list(data.window)}
     if register:

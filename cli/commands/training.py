@@ -12,11 +12,14 @@ def _print(obj) -> None:
 def cmd_train(args, settings) -> int:
     from training.pipeline import load_events, train_pipeline
 
+    from training.content import catalog_items
+
     if args.history:
         from training.data import load_history_events
 
         events = load_history_events(settings.streaming.offline_dir, args.start_ms, args.end_ms,
                                      settings.scenarios)
+        data = None  # the catalogue comes from the offline catalogue history
     else:
         data = args.data or settings.data.find_movielens()
         if data is None:
@@ -26,10 +29,12 @@ def cmd_train(args, settings) -> int:
     if events.empty:
         print("no events to train on", file=sys.stderr)
         return 2
-    res = train_pipeline(settings, events, baselines=tuple(b for b in args.baselines.split(",") if b))
+    catalog = catalog_items(settings, data) if settings.content.enabled else None
+    res = train_pipeline(settings, events, baselines=tuple(b for b in args.baselines.split(",") if b),
+                         catalog=catalog)
     from cli.output import emit_json
 
-    emit_json({k: res[k] for k in ("run_id", "artifact_dir", "registry", "report", "total_s") if k in res}
+    emit_json({k: res[k] for k in ("run_id", "artifact_dir", "registry", "report", "total_s", "content") if k in res}
               | {"val_recall@50": res["metrics"]["val"]["recall@50"]["mean"],
                  "test_recall@50": res["metrics"]["test"]["recall@50"]["mean"]})
     return 0

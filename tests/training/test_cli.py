@@ -42,6 +42,11 @@ def test_train_then_registry_commands(tiny_data, settings, capsys):
     assert args.func(args, settings) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["registry"]["promoted"] and 0 < out["val_recall@50"] <= 1
+    # the movies' content tower is in the registered artifact (its checksum covers it)
+    from sassflow.contracts.artifacts import ModelArtifact
+
+    assert out["content"]["content"] and out["content"]["catalogue_items"] == 100
+    assert ModelArtifact(out["artifact_dir"]).has_content()
     args = parser.parse_args(["registry", "list"])
     assert args.func(args, settings) == 0
     assert "promoted" in capsys.readouterr().out
