@@ -79,31 +79,44 @@ class LiveCatalogue:
         tower = load_content_tower(bundle.path / "tower")
         with self._lock:
             self.bundle, self.tower = bundle, tower
-            return self._encode(list(self.items.values()))
+            return self._make_searchable(list(self.items.values()))
 
     def add(self, items: list[ItemEvent]) -> int:
-        """New catalogue versions: remembered, and those the bundle lacks made searchable."""
+        """New catalogue versions: those the bundle lacks are made searchable (and remembered for
+        the next bundle); returns how many."""
         with self._lock:
             for it in items:
                 self.items[it.item_id] = it
-            return self._encode(items)
+            return self._make_searchable(items)
 
-    def _encode(self, items: list[ItemEvent]) -> int:
-        if self.bundle is None or self.tower is None or not items:
+    def _make_searchable(self, items: list[ItemEvent]) -> int:
+        """Encode the items the attached bundle lacks into its side indexes.  Items it holds
+        everywhere they are shown are forgotten: memory grows with the items since the last bundle,
+        not with the catalogue (a rollback to an older bundle does not bring them back)."""
+        if self.bundle is None or not items:
             return 0
-        n = 0
-        for scenario in self.scenarios:
-            catalog = self.bundle.catalogs.get(scenario)
-            if catalog is None:
-                continue
-            shown = [it for it in items if scenario in it.shown_in(self.scenarios)]
-            ids = np.asarray([it.item_id for it in shown], np.int64)
-            lacking = [it for it, row_found in zip(shown, _in_catalog(catalog, ids)) if not row_found]
-            if lacking:
-                vectors = self.tower.encode(lacking, scenario)
-                catalog.fresh = _replace(catalog.fresh, np.asarray([it.item_id for it in lacking], np.int64), vectors)
-                n += len(lacking)
-        return n
+        lacking = self._lacking(items)
+        for it in items:
+            if not any(it.item_id in ids for ids in lacking.values()):
+                self.items.pop(it.item_id, None)
+        if self.tower is None:
+            return 0
+        for scenario, ids in lacking.items():
+            chosen = [it for it in items if it.item_id in ids]
+            catalog = self.bundle.catalogs[scenario]
+            catalog.fresh = _replace(catalog.fresh, np.asarray([it.item_id for it in chosen], np.int64),
+                                     self.tower.encode(chosen, scenario))
+        return len({i for ids in lacking.values() for i in ids})
+
+    def _lacking(self, items: list[ItemEvent]) -> dict[str, set[int]]:
+        """Per scenario of the bundle: the ids among ``items`` shown there that its main index lacks."""
+        out = {}
+        for scenario, catalog in self.bundle.catalogs.items():
+            ids = np.asarray([it.item_id for it in items if scenario in it.shown_in(self.scenarios)], np.int64)
+            missing = set(ids[~_in_catalog(catalog, ids)].tolist())
+            if missing:
+                out[scenario] = missing
+        return out
 
 
 def _in_catalog(catalog, ids: np.ndarray) -> np.ndarray:

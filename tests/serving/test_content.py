@@ -54,8 +54,9 @@ def test_live_catalogue_makes_new_items_searchable_and_hands_them_to_the_next_bu
     s, path, items, _ = trained
     bundle = load_bundle(path, s)
     live = LiveCatalogue(s.scenarios)
-    live.add(items[:5])  # known to the bundle: nothing to add
+    live.add(items[:5])  # no bundle attached yet: remembered
     assert live.attach(bundle) == 0 and all(c.fresh is None for c in bundle.catalogs.values())
+    assert live.items == {}  # the bundle holds them: forgotten
     new = _copy(items[7], 5000, "comedy")
     assert live.add([new]) == 1
     comedy = bundle.catalogs["comedy"]
@@ -67,7 +68,7 @@ def test_live_catalogue_makes_new_items_searchable_and_hands_them_to_the_next_bu
     assert ids[0, 0] == 5000  # its own content vector finds it first
     # a later version of the same item replaces it; another bundle that lacks it keeps it searchable
     live.add([new.model_copy(update={"title": "Another Title Entirely"})])
-    assert comedy.fresh.item_ids.tolist() == [5000]
+    assert comedy.fresh.item_ids.tolist() == [5000] and list(live.items) == [5000]
     again = load_bundle(path, s)
     live.attach(again)
     assert again.catalogs["comedy"].fresh.item_ids.tolist() == [5000]
