@@ -83,8 +83,9 @@ def cmd_bench_quality(args, settings) -> int:
     from cli.bench.training import bench_quality
 
     models = args.models.split(",") if args.models else None
-    synthetic = ({"n_users": args.users, "n_items": args.items, "n_events": args.events, "seed": 0}
-                 if args.source == "synthetic" else None)
+    # flat popularity and taste-driven clicks: what an item is, not how popular it is, decides them
+    synthetic = ({"n_users": args.users, "n_items": args.items, "n_events": args.events, "seed": 0,
+                  "zipf_a": 0.3, "click_scale": 5.0, "click_bias": -4.0} if args.source == "synthetic" else None)
     data = None if synthetic else args.data or settings.data.find_movielens()
     emit_json(bench_quality(settings, data, args.scenarios, args.seeds, models, args.epochs,
                             cold_start=not args.no_cold_start, synthetic=synthetic))
