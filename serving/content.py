@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sassflow.contracts.artifacts import BundleLayout
 from sassflow.contracts.catalog import EventError, ItemEvent, parse_item
 from serving.index import item_vectors
 from serving.recall import Candidates, _top_unclicked, clicked_items
@@ -76,7 +77,7 @@ class LiveCatalogue:
         """Make ``bundle`` the one new items are added to; returns how many it lacks."""
         from training.content_model import load_content_tower
 
-        tower = load_content_tower(bundle.path / "tower")
+        tower = load_content_tower(BundleLayout(bundle.path).tower_dir)
         with self._lock:
             self.bundle, self.tower = bundle, tower
             return self._make_searchable(list(self.items.values()))

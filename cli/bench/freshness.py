@@ -57,7 +57,10 @@ def pick_trials(bundle_path: Path, items, recent: dict, n: int, client, seed: in
     from serving.towers import load_sass_tower
     from training.content_model import load_content_tower
 
-    tower, content = load_sass_tower(bundle_path / "tower"), load_content_tower(bundle_path / "tower")
+    from sassflow.contracts.artifacts import BundleLayout
+
+    folder = BundleLayout(bundle_path).tower_dir
+    tower, content = load_sass_tower(folder), load_content_tower(folder)
     rng = np.random.default_rng(seed)
     keys = list(recent)
     cache: dict[str, np.ndarray] = {}

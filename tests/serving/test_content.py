@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sassflow.contracts.artifacts import BundleLayout
 from serving.content import ContentRecall, FreshItems, LiveCatalogue
 from serving.index import ScenarioCatalog, build_index
 from tests.conftest import make_settings
@@ -62,7 +63,7 @@ def test_live_catalogue_makes_new_items_searchable_and_hands_them_to_the_next_bu
     comedy = bundle.catalogs["comedy"]
     assert comedy.fresh.item_ids.tolist() == [5000] and all(
         bundle.catalogs[x].fresh is None for x in s.scenarios if x != "comedy")
-    vector = load_content_tower(path / "tower").encode([new], "comedy")
+    vector = load_content_tower(BundleLayout(path).tower_dir).encode([new], "comedy")
     assert np.allclose(comedy.fresh.vectors, vector, atol=1e-6)
     _, ids = comedy.search(vector, 1)
     assert ids[0, 0] == 5000  # its own content vector finds it first
