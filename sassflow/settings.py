@@ -177,6 +177,9 @@ class ContentSettings(BaseModel):
     batch_size: int = 256
     learning_rate: float = 5e-3
     temperature: float = 0.1  # as SASS's own losses: the targets are SASS vectors on the same unit sphere
+    # New items share each scenario's index with the warm ones; their vectors are shortened until
+    # they cost the warm items at most this share of validation recall@50 (the issue asks >= 0.99x).
+    warm_tolerance: float = Field(0.01, ge=0.0, le=1.0)
 
 
 class ServingSettings(BaseModel):

@@ -20,14 +20,14 @@ the test period: an oracle popularity, the best any popularity signal could do),
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from training.data import NO_TIME, TEST, EvalSet, TrainingData, prepare, split_by_user_time, user_features
-from training.evaluate import Scorer, evaluate, to_torch
+from training.evaluate import Scorer, to_torch
 
 
 @dataclass
@@ -143,15 +143,6 @@ def random_scorer(seed: int) -> Scorer:
 def warm_recall_with_new_items(split: ColdSplit, model, item_vectors: list[np.ndarray]) -> dict:
     """The warm test protocol with the held-out items' vectors added to every scenario's catalogue,
     as the served index holds them (new items compete with the warm ones for the top K)."""
-    first_new = len(split.warm.items) + 1  # pseudo column ids of the new items start here
-    catalogs = [np.r_[c, first_new + np.arange(len(v))] for c, v in zip(split.warm.catalogs, item_vectors)]
+    from training.content import recall_with_extra_items
 
-    @torch.no_grad()
-    def score(k, queries, catalog):
-        model.eval()
-        u, _ = model.encode_user(to_torch(queries))
-        warm = torch.from_numpy(catalog[catalog < first_new])
-        v, _ = model.encode_item(warm, torch.full_like(warm, k))
-        return u @ torch.cat([v, torch.from_numpy(item_vectors[k])]).T
-
-    return evaluate(score, replace(split.warm, catalogs=catalogs), "test")
+    return recall_with_extra_items(model, split.warm, item_vectors, "test")

@@ -81,6 +81,59 @@ def fit_content_tower(items: list[ItemEvent], targets: dict[str, ScenarioItems],
     return tower, history
 
 
+# --------------------------------------------------------------------------- sharing an index with SASS
+
+SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)  # content vector lengths tried, longest first
+
+
+def recall_with_extra_items(model, data, extra: list[np.ndarray], split: str) -> dict:
+    """``training.evaluate.evaluate`` of the SASS model on ``split`` with ``extra[k]`` (vectors of
+    items that are never a target) added to scenario k's catalogue: how much they crowd the list."""
+    from dataclasses import replace
+
+    from training.evaluate import evaluate
+    from training.trainer import to_torch
+
+    first = len(data.items) + 1  # extra items get column ids from here on
+    catalogs = [np.r_[c, first + np.arange(len(v))] for c, v in zip(data.catalogs, extra)]
+
+    @torch.no_grad()
+    def score(k, queries, catalog):
+        model.eval()
+        u, _ = model.encode_user(to_torch(queries))
+        warm = torch.from_numpy(catalog[catalog < first])
+        v, _ = model.encode_item(warm, torch.full_like(warm, k))
+        return u @ torch.cat([v, torch.from_numpy(np.asarray(extra[k], np.float32))]).T
+
+    return evaluate(score, replace(data, catalogs=catalogs), split)
+
+
+def calibrate_scale(model, data, tower: ContentTower, items: list[ItemEvent], tolerance: float,
+                    share: float = 0.1, seed: int = 0) -> tuple[float, dict]:
+    """The longest content-vector length (``SCALES``) at which new items cost the warm items at most
+    ``tolerance`` of their validation recall@50.  Stand-ins for new items: the content vectors of a
+    ``share`` of each scenario's warm items (their own SASS rows stay, so the stand-ins only crowd).
+    Returns (scale, {scale: val recall@50 mean} for the scales tried, plus "base")."""
+    from training.evaluate import evaluate, model_scorer
+
+    base = evaluate(model_scorer(model), data, "val")["recall@50"]["mean"]
+    by_id = {it.item_id: it for it in items}
+    rng = np.random.default_rng(seed)
+    unit, tower.cfg.score_scale = tower.cfg.score_scale, 1.0
+    stand_ins = []
+    for k, name in enumerate(data.scenarios):
+        raw = [i for i in data.items.ids[data.catalogs[k] - 1].tolist() if i in by_id]
+        chosen = rng.permutation(raw)[: max(1, int(share * len(raw)))] if raw else []
+        stand_ins.append(tower.encode([by_id[int(i)] for i in chosen], name))
+    tower.cfg.score_scale = unit
+    tried = {"base": base}
+    for scale in SCALES:
+        tried[scale] = recall_with_extra_items(model, data, [scale * v for v in stand_ins], "val")["recall@50"]["mean"]
+        if tried[scale] >= (1 - tolerance) * base:
+            return scale, tried
+    return SCALES[-1], tried
+
+
 # --------------------------------------------------------------------------- the pipeline step
 
 def catalog_items(settings, dataset_dir=None) -> list[ItemEvent]:
@@ -119,9 +172,11 @@ def cold_items(items: list[ItemEvent], known: np.ndarray, scenario: str, scenari
 
 
 def train_content(settings, dataset_dir, model_dir, items: list[ItemEvent] | None = None,
-                  progress: bool = True) -> dict:
-    """Train the content tower for the SASS artifact in ``model_dir`` and add it, with the cold
-    catalogue items' content vectors, to that artifact (idempotent: a re-run replaces both)."""
+                  progress: bool = True, data=None) -> dict:
+    """Train the content tower for the SASS artifact in ``model_dir``, calibrate its vectors' length
+    on the validation split of ``data`` (the prepared training data; without it the length stays 1)
+    and add it, with the cold catalogue items' content vectors, to that artifact (idempotent: a re-run
+    replaces both).  ``dataset_dir`` names the catalogue (``catalog_items``) when ``items`` is None."""
     if not settings.content.enabled:
         return {"content": False, "reason": "settings.content.enabled is false"}
     t0 = time.perf_counter()
@@ -135,6 +190,7 @@ def train_content(settings, dataset_dir, model_dir, items: list[ItemEvent] | Non
     cfg = content_config(settings, scenarios, int(config["dim"]), image=settings.content.image and any(
         it.image for it in items))
     tower, history = fit_content_tower(items, targets, cfg, settings, settings.training.seed, progress)
+    calibration = _calibrate(settings, model_dir, data, tower, items)
     added = {}
     for s in scenarios:
         t = targets[s]
@@ -144,9 +200,22 @@ def train_content(settings, dataset_dir, model_dir, items: list[ItemEvent] | Non
         artifact.write_scenario(s, ScenarioItems(np.r_[t.item_ids, ids], np.r_[t.vectors, vecs], t.popular))
         added[s] = len(cold)
     save_content_tower(tower, model_dir, {"sass_items": {s: int(len(targets[s].item_ids)) for s in scenarios},
-                                          "catalogue_items": len(items)})
+                                          "catalogue_items": len(items), "calibration": calibration})
     losses = history.losses.get("content", [])
     return {"content": True, "catalogue_items": len(items), "cold_items_added": added,
-            "image": cfg.image, "final_loss": float(np.mean(losses[-10:])) if losses else None,
-            "seconds": time.perf_counter() - t0}
+            "image": cfg.image, "score_scale": tower.cfg.score_scale, "calibration": calibration,
+            "final_loss": float(np.mean(losses[-10:])) if losses else None, "seconds": time.perf_counter() - t0}
+
+
+def _calibrate(settings, model_dir, data, tower: ContentTower, items) -> dict:
+    """Set ``tower.cfg.score_scale`` on the validation split when there is one; returns what was tried."""
+    from training.export import load_model
+
+    if data is None or "val" not in data.evals:
+        return {"calibrated": False, "reason": "no validation data"}
+    model, _ = load_model(model_dir)
+    scale, tried = calibrate_scale(model, data, tower, items, settings.content.warm_tolerance,
+                                   seed=settings.training.seed)
+    tower.cfg.score_scale = scale
+    return {"calibrated": True, "val_recall@50": {str(k): v for k, v in tried.items()}}
 

@@ -44,6 +44,10 @@ class ContentConfig:
     hidden_dim: int = 128
     image: bool = True
     image_dim: int = 32
+    # ``encode``'s vectors have this length (set by ``training.content.calibrate_scale``): a content
+    # vector is a blurred, "typical" behaviour vector that scores high for many users, so at full
+    # length new items crowd warm ones out of a shared index; shorter, they enter only on a clear match
+    score_scale: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,13 +178,14 @@ class ContentTower(nn.Module):
 
     @torch.no_grad()
     def encode(self, items: list[ItemEvent], scenario: str) -> np.ndarray:
-        """float32 [len(items), dim]: the items' vectors in ``scenario``'s item space."""
+        """float32 [len(items), dim]: the items' vectors in ``scenario``'s item space, of length
+        ``cfg.score_scale`` (what goes into a serving index next to the SASS item vectors)."""
         self.eval()
         k = self.cfg.scenarios.index(scenario)
         if not items:
             return np.zeros((0, self.cfg.dim), np.float32)
         v = self(featurize(items, self.cfg), torch.full((len(items),), k, dtype=torch.long))
-        return v.numpy().astype(np.float32)
+        return (self.cfg.score_scale * v).numpy().astype(np.float32)
 
 
 # --------------------------------------------------------------------------- artifact files

@@ -162,7 +162,7 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
         clicks_content_scorer, content_scorer, hold_out_items, pop_new_scorer, random_scorer,
         warm_recall_with_new_items,
     )
-    from training.content import content_config, fit_content_tower
+    from training.content import calibrate_scale, content_config, fit_content_tower
     from training.evaluate import evaluate
     from training.export import export_artifacts
 
@@ -183,6 +183,11 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
     for name, image in variants.items():
         cfg = content_config(settings, settings.scenarios, settings.training.embedding_dim, image=image)
         tower, _ = fit_content_tower(items, targets, cfg, settings, seed, progress)
+        # as train_content does: the vectors' length calibrated on the warm validation split (this
+        # does not change any ranking among the held-out items, only how they compete with warm ones)
+        tower.cfg.score_scale, _ = calibrate_scale(sass.model, split.warm, tower, items,
+                                                   settings.content.warm_tolerance, seed=seed)
+        out.setdefault("score_scale", {})[name] = tower.cfg.score_scale
         vectors = [tower.encode([by_id[i] for i in cat.tolist()], s) for cat, s in zip(split.catalogs, settings.scenarios)]
         scorers[name] = content_scorer(sass.model, vectors)
         if name == "content":

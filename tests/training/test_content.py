@@ -48,26 +48,33 @@ def sass_artifact(syn_data, tmp_path_factory):
     return s, out
 
 
-def test_train_content_adds_the_tower_and_the_cold_items_to_the_artifact(sass_artifact, catalogue):
-    from training.content import train_content
+def test_train_content_adds_the_tower_and_the_cold_items_to_the_artifact(sass_artifact, catalogue, syn_data):
+    from training.content import SCALES, train_content
 
     s, out = sass_artifact
     artifact = ModelArtifact(out)
     sass_ids = {sc: artifact.read_scenario(sc).item_ids for sc in s.scenarios}
     catalogue = catalogue + [catalogue[0].model_copy(update={"item_id": 10_000, "scenarios": ["drama"]})]
-    result = train_content(s, None, out, items=catalogue, progress=False)
+    result = train_content(s, None, out, items=catalogue, progress=False, data=syn_data)
     assert result["content"] and result["image"] and artifact.has_content()
+    # the vectors' length: the longest that keeps the warm validation recall within the tolerance
+    tried = {k: v for k, v in result["calibration"]["val_recall@50"].items() if k != "base"}
+    base, scale = result["calibration"]["val_recall@50"]["base"], result["score_scale"]
+    assert scale in SCALES and (tried[str(scale)] >= 0.99 * base or scale == SCALES[-1])
+    assert all(v < 0.99 * base for k, v in tried.items() if float(k) > scale)
     for sc in s.scenarios:
         after = artifact.read_scenario(sc)
         expected_cold = sorted({it.item_id for it in catalogue if sc in it.shown_in(s.scenarios)} - set(sass_ids[sc].tolist()))
         assert after.item_ids[:len(sass_ids[sc])].tolist() == sass_ids[sc].tolist()
         assert sorted(after.item_ids[len(sass_ids[sc]):].tolist()) == expected_cold
         assert result["cold_items_added"][sc] == len(expected_cold)
-        assert np.allclose(np.linalg.norm(after.vectors, axis=1), 1.0, atol=1e-4)
+        n = len(sass_ids[sc])
+        assert np.allclose(np.linalg.norm(after.vectors[:n], axis=1), 1.0, atol=1e-4)
+        assert np.allclose(np.linalg.norm(after.vectors[n:], axis=1), scale, atol=1e-4)
     assert 10_000 in artifact.read_scenario("drama").item_ids and 10_000 not in artifact.read_scenario("family").item_ids
     # a re-run trains on the SASS rows only and replaces the cold rows instead of stacking them
-    again = train_content(s, None, out, items=catalogue, progress=False)
-    assert again["cold_items_added"] == result["cold_items_added"]
+    again = train_content(s, None, out, items=catalogue, progress=False, data=syn_data)
+    assert again["cold_items_added"] == result["cold_items_added"] and again["score_scale"] == scale
     assert ModelArtifact.CONTENT_CONFIG in artifact.tower_files() and ModelArtifact.CONTENT_STATE in artifact.tower_files()
     tower = load_content_tower(out)
     v = tower.encode(catalogue[:3], "comedy")
