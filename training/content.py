@@ -108,28 +108,34 @@ def recall_with_extra_items(model, data, extra: list[np.ndarray], split: str) ->
     return evaluate(score, replace(data, catalogs=catalogs), split)
 
 
-def calibrate_scale(model, data, tower: ContentTower, items: list[ItemEvent], tolerance: float,
-                    share: float = 0.1, seed: int = 0) -> tuple[float, dict]:
+def calibrate_scale(model, data, items: list[ItemEvent], targets: dict[str, ScenarioItems], cfg: ContentConfig,
+                    settings, share: float = 0.1, seed: int = 0) -> tuple[float, dict]:
     """The longest content-vector length (``SCALES``) at which new items cost the warm items at most
-    ``tolerance`` of their validation recall@50.  Stand-ins for new items: the content vectors of a
-    ``share`` of each scenario's warm items (their own SASS rows stay, so the stand-ins only crowd).
-    Returns (scale, {scale: val recall@50 mean} for the scales tried, plus "base")."""
+    ``settings.content.warm_tolerance`` of their validation recall@50.  Stand-ins for new items: a
+    ``share`` of each scenario's warm items, encoded by a tower trained *without* them (a tower's
+    vectors of items it was fitted to are sharper than those of items it never saw); their own SASS
+    rows stay, so the stand-ins only crowd.  Returns (scale, {scale: val recall@50 mean, "base": ...})."""
+    from dataclasses import replace
+
     from training.evaluate import evaluate, model_scorer
 
     base = evaluate(model_scorer(model), data, "val")["recall@50"]["mean"]
     by_id = {it.item_id: it for it in items}
     rng = np.random.default_rng(seed)
-    unit, tower.cfg.score_scale = tower.cfg.score_scale, 1.0
-    stand_ins = []
+    chosen = {}
     for k, name in enumerate(data.scenarios):
         raw = [i for i in data.items.ids[data.catalogs[k] - 1].tolist() if i in by_id]
-        chosen = rng.permutation(raw)[: max(1, int(share * len(raw)))] if raw else []
-        stand_ins.append(tower.encode([by_id[int(i)] for i in chosen], name))
-    tower.cfg.score_scale = unit
+        chosen[name] = [int(i) for i in rng.permutation(raw)[: max(1, int(share * len(raw)))]] if raw else []
+    rest = {}
+    for name, t in targets.items():
+        keep = ~np.isin(t.item_ids, chosen.get(name, []))
+        rest[name] = ScenarioItems(t.item_ids[keep], t.vectors[keep], t.popular)
+    tower, _ = fit_content_tower(items, rest, replace(cfg, score_scale=1.0), settings, seed, progress=False)
+    stand_ins = [tower.encode([by_id[i] for i in chosen[name]], name) for name in data.scenarios]
     tried = {"base": base}
     for scale in SCALES:
         tried[scale] = recall_with_extra_items(model, data, [scale * v for v in stand_ins], "val")["recall@50"]["mean"]
-        if tried[scale] >= (1 - tolerance) * base:
+        if tried[scale] >= (1 - settings.content.warm_tolerance) * base:
             return scale, tried
     return SCALES[-1], tried
 
@@ -190,7 +196,7 @@ def train_content(settings, dataset_dir, model_dir, items: list[ItemEvent] | Non
     cfg = content_config(settings, scenarios, int(config["dim"]), image=settings.content.image and any(
         it.image for it in items))
     tower, history = fit_content_tower(items, targets, cfg, settings, settings.training.seed, progress)
-    calibration = _calibrate(settings, model_dir, data, tower, items)
+    calibration = _calibrate(settings, model_dir, data, tower, items, targets)
     added = {}
     for s in scenarios:
         t = targets[s]
@@ -207,15 +213,14 @@ def train_content(settings, dataset_dir, model_dir, items: list[ItemEvent] | Non
             "final_loss": float(np.mean(losses[-10:])) if losses else None, "seconds": time.perf_counter() - t0}
 
 
-def _calibrate(settings, model_dir, data, tower: ContentTower, items) -> dict:
+def _calibrate(settings, model_dir, data, tower: ContentTower, items, targets) -> dict:
     """Set ``tower.cfg.score_scale`` on the validation split when there is one; returns what was tried."""
     from training.export import load_model
 
     if data is None or "val" not in data.evals:
         return {"calibrated": False, "reason": "no validation data"}
     model, _ = load_model(model_dir)
-    scale, tried = calibrate_scale(model, data, tower, items, settings.content.warm_tolerance,
-                                   seed=settings.training.seed)
+    scale, tried = calibrate_scale(model, data, items, targets, tower.cfg, settings, seed=settings.training.seed)
     tower.cfg.score_scale = scale
     return {"calibrated": True, "val_recall@50": {str(k): v for k, v in tried.items()}}
 

@@ -185,8 +185,7 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
         tower, _ = fit_content_tower(items, targets, cfg, settings, seed, progress)
         # as train_content does: the vectors' length calibrated on the warm validation split (this
         # does not change any ranking among the held-out items, only how they compete with warm ones)
-        tower.cfg.score_scale, _ = calibrate_scale(sass.model, split.warm, tower, items,
-                                                   settings.content.warm_tolerance, seed=seed)
+        tower.cfg.score_scale, _ = calibrate_scale(sass.model, split.warm, items, targets, cfg, settings, seed=seed)
         out.setdefault("score_scale", {})[name] = tower.cfg.score_scale
         vectors = [tower.encode([by_id[i] for i in cat.tolist()], s) for cat, s in zip(split.catalogs, settings.scenarios)]
         scorers[name] = content_scorer(sass.model, vectors)
@@ -216,6 +215,7 @@ def average_cold_start(runs: list[dict], today_sass: dict | None) -> dict:
     if "warm_recall@50_with_new_items" in runs[0]:
         out["warm_recall@50_with_new_items"] = avg(("warm_recall@50_with_new_items",))
     out["held_out_items"], out["cold_test_clicks"] = runs[0]["held_out_items"], runs[0]["cold_test_clicks"]
+    out["score_scale"] = [r.get("score_scale") for r in runs]  # per seed: the calibrated vector lengths
     content, pop = out["content"]["recall@50"]["mean"], out["pop_new"]["recall@50"]["mean"]
     out["content_vs_pop_new"] = content / pop if pop else None
     if today_sass is not None:
