@@ -83,7 +83,7 @@ def fit_content_tower(items: list[ItemEvent], targets: dict[str, ScenarioItems],
 
 # --------------------------------------------------------------------------- sharing an index with SASS
 
-SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)  # content vector lengths tried, longest first
+BLENDS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)  # content vs anchor, tried in this order
 
 
 def recall_with_extra_items(model, data, extra: list[np.ndarray], split: str) -> dict:
@@ -108,18 +108,20 @@ def recall_with_extra_items(model, data, extra: list[np.ndarray], split: str) ->
     return evaluate(score, replace(data, catalogs=catalogs), split)
 
 
-def calibrate_scale(model, data, items: list[ItemEvent], targets: dict[str, ScenarioItems], cfg: ContentConfig,
-                    settings, share: float = 0.1, seed: int = 0) -> tuple[float, dict]:
-    """The longest content-vector length (``SCALES``) at which new items cost the warm items at most
-    ``settings.content.warm_tolerance`` of their validation recall@50.  Stand-ins for new items: a
-    ``share`` of each scenario's warm items, encoded by a tower trained *without* them (a tower's
-    vectors of items it was fitted to are sharper than those of items it never saw); their own SASS
-    rows stay, so the stand-ins only crowd.  Returns (scale, {scale: val recall@50 mean, "base": ...})."""
+def calibrate_blend(model, data, items: list[ItemEvent], targets: dict[str, ScenarioItems], cfg: ContentConfig,
+                    settings, share: float = 0.1, seed: int = 0) -> tuple[float, list, dict]:
+    """The largest ``blend`` (``BLENDS``; see ``ContentConfig``) at which new items cost the warm
+    items at most ``settings.content.warm_tolerance`` of their validation recall@50.  Anchors: each
+    scenario's mean SASS item vector.  Stand-ins for new items: a ``share`` of each scenario's warm
+    items, encoded by a tower trained *without* them (a tower's vectors of items it was fitted to
+    are sharper than those of items it never saw); their own SASS rows stay, so the stand-ins only
+    crowd.  Returns (blend, anchors, {blend: val recall@50 mean, "base": ...})."""
     from dataclasses import replace
 
     from training.evaluate import evaluate, model_scorer
 
     base = evaluate(model_scorer(model), data, "val")["recall@50"]["mean"]
+    anchors = [targets[name].vectors.mean(0).astype(np.float32) for name in cfg.scenarios]
     by_id = {it.item_id: it for it in items}
     rng = np.random.default_rng(seed)
     chosen = {}
@@ -130,14 +132,15 @@ def calibrate_scale(model, data, items: list[ItemEvent], targets: dict[str, Scen
     for name, t in targets.items():
         keep = ~np.isin(t.item_ids, chosen.get(name, []))
         rest[name] = ScenarioItems(t.item_ids[keep], t.vectors[keep], t.popular)
-    tower, _ = fit_content_tower(items, rest, replace(cfg, score_scale=1.0), settings, seed, progress=False)
+    tower, _ = fit_content_tower(items, rest, replace(cfg, blend=1.0), settings, seed, progress=False)
     stand_ins = [tower.encode([by_id[i] for i in chosen[name]], name) for name in data.scenarios]
     tried = {"base": base}
-    for scale in SCALES:
-        tried[scale] = recall_with_extra_items(model, data, [scale * v for v in stand_ins], "val")["recall@50"]["mean"]
-        if tried[scale] >= (1 - settings.content.warm_tolerance) * base:
-            return scale, tried
-    return SCALES[-1], tried
+    for blend in BLENDS:
+        extra = [blend * v + (1 - blend) * anchors[k] for k, v in enumerate(stand_ins)]
+        tried[blend] = recall_with_extra_items(model, data, extra, "val")["recall@50"]["mean"]
+        if tried[blend] >= (1 - settings.content.warm_tolerance) * base:
+            return blend, [a.tolist() for a in anchors], tried
+    return BLENDS[-1], [a.tolist() for a in anchors], tried
 
 
 # --------------------------------------------------------------------------- the pipeline step
@@ -179,8 +182,8 @@ def cold_items(items: list[ItemEvent], known: np.ndarray, scenario: str, scenari
 
 def train_content(settings, dataset_dir, model_dir, items: list[ItemEvent] | None = None,
                   progress: bool = True, data=None) -> dict:
-    """Train the content tower for the SASS artifact in ``model_dir``, calibrate its vectors' length
-    on the validation split of ``data`` (the prepared training data; without it the length stays 1)
+    """Train the content tower for the SASS artifact in ``model_dir``, calibrate its vectors' blend
+    on the validation split of ``data`` (the prepared training data; without it the blend stays 1)
     and add it, with the cold catalogue items' content vectors, to that artifact (idempotent: a re-run
     replaces both).  ``dataset_dir`` names the catalogue (``catalog_items``) when ``items`` is None."""
     if not settings.content.enabled:
@@ -209,18 +212,18 @@ def train_content(settings, dataset_dir, model_dir, items: list[ItemEvent] | Non
                                           "catalogue_items": len(items), "calibration": calibration})
     losses = history.losses.get("content", [])
     return {"content": True, "catalogue_items": len(items), "cold_items_added": added,
-            "image": cfg.image, "score_scale": tower.cfg.score_scale, "calibration": calibration,
+            "image": cfg.image, "blend": tower.cfg.blend, "calibration": calibration,
             "final_loss": float(np.mean(losses[-10:])) if losses else None, "seconds": time.perf_counter() - t0}
 
 
 def _calibrate(settings, model_dir, data, tower: ContentTower, items, targets) -> dict:
-    """Set ``tower.cfg.score_scale`` on the validation split when there is one; returns what was tried."""
+    """Set ``tower.cfg.blend`` on the validation split when there is one; returns what was tried."""
     from training.export import load_model
 
     if data is None or "val" not in data.evals:
         return {"calibrated": False, "reason": "no validation data"}
     model, _ = load_model(model_dir)
-    scale, tried = calibrate_scale(model, data, items, targets, tower.cfg, settings, seed=settings.training.seed)
-    tower.cfg.score_scale = scale
+    tower.cfg.blend, tower.cfg.anchors, tried = calibrate_blend(model, data, items, targets, tower.cfg, settings,
+                                                                seed=settings.training.seed)
     return {"calibrated": True, "val_recall@50": {str(k): v for k, v in tried.items()}}
 

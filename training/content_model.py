@@ -44,10 +44,13 @@ class ContentConfig:
     hidden_dim: int = 128
     image: bool = True
     image_dim: int = 32
-    # ``encode``'s vectors have this length (set by ``training.content.calibrate_scale``): a content
-    # vector is a blurred, "typical" behaviour vector that scores high for many users, so at full
-    # length new items crowd warm ones out of a shared index; shorter, they enter only on a clear match
-    score_scale: float = 1.0
+    # ``encode`` returns ``blend * v + (1 - blend) * anchors[scenario]`` (set by
+    # ``training.content.calibrate_blend``; anchors: each scenario's mean SASS item vector).  A
+    # content vector is a blurred, "typical" behaviour vector: as it is, new items crowd warm ones
+    # out of a shared index.  Moving it toward the scenario's average item lets a new item in only on
+    # a clear match, and keeps the order among new items (a user's score of the anchor is one constant).
+    blend: float = 1.0
+    anchors: list | None = None  # [n_scenarios][dim]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,14 +181,17 @@ class ContentTower(nn.Module):
 
     @torch.no_grad()
     def encode(self, items: list[ItemEvent], scenario: str) -> np.ndarray:
-        """float32 [len(items), dim]: the items' vectors in ``scenario``'s item space, of length
-        ``cfg.score_scale`` (what goes into a serving index next to the SASS item vectors)."""
+        """float32 [len(items), dim]: the items' vectors in ``scenario``'s item space, blended as
+        ``cfg.blend`` says (what goes into a serving index next to the SASS item vectors)."""
         self.eval()
         k = self.cfg.scenarios.index(scenario)
         if not items:
             return np.zeros((0, self.cfg.dim), np.float32)
         v = self(featurize(items, self.cfg), torch.full((len(items),), k, dtype=torch.long))
-        return (self.cfg.score_scale * v).numpy().astype(np.float32)
+        v = v.numpy().astype(np.float32)
+        if self.cfg.anchors is not None and self.cfg.blend != 1.0:
+            v = self.cfg.blend * v + (1.0 - self.cfg.blend) * np.asarray(self.cfg.anchors[k], np.float32)
+        return v.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- artifact files

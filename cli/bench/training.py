@@ -162,7 +162,7 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
         clicks_content_scorer, content_scorer, hold_out_items, pop_new_scorer, random_scorer,
         warm_recall_with_new_items,
     )
-    from training.content import calibrate_scale, content_config, fit_content_tower
+    from training.content import calibrate_blend, content_config, fit_content_tower
     from training.evaluate import evaluate
     from training.export import export_artifacts
 
@@ -183,10 +183,11 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
     for name, image in variants.items():
         cfg = content_config(settings, settings.scenarios, settings.training.embedding_dim, image=image)
         tower, _ = fit_content_tower(items, targets, cfg, settings, seed, progress)
-        # as train_content does: the vectors' length calibrated on the warm validation split (this
+        # as train_content does: the vectors' blend calibrated on the warm validation split (this
         # does not change any ranking among the held-out items, only how they compete with warm ones)
-        tower.cfg.score_scale, _ = calibrate_scale(sass.model, split.warm, items, targets, cfg, settings, seed=seed)
-        out.setdefault("score_scale", {})[name] = tower.cfg.score_scale
+        tower.cfg.blend, tower.cfg.anchors, _ = calibrate_blend(sass.model, split.warm, items, targets, cfg, settings,
+                                                                seed=seed)
+        out.setdefault("content_blend", {})[name] = tower.cfg.blend
         vectors = [tower.encode([by_id[i] for i in cat.tolist()], s) for cat, s in zip(split.catalogs, settings.scenarios)]
         scorers[name] = content_scorer(sass.model, vectors)
         if name == "content":
@@ -215,7 +216,7 @@ def average_cold_start(runs: list[dict], today_sass: dict | None) -> dict:
     if "warm_recall@50_with_new_items" in runs[0]:
         out["warm_recall@50_with_new_items"] = avg(("warm_recall@50_with_new_items",))
     out["held_out_items"], out["cold_test_clicks"] = runs[0]["held_out_items"], runs[0]["cold_test_clicks"]
-    out["score_scale"] = [r.get("score_scale") for r in runs]  # per seed: the calibrated vector lengths
+    out["content_blend"] = [r.get("content_blend") for r in runs]  # per seed: the calibrated blends
     content, pop = out["content"]["recall@50"]["mean"], out["pop_new"]["recall@50"]["mean"]
     out["content_vs_pop_new"] = content / pop if pop else None
     if today_sass is not None:

@@ -49,7 +49,7 @@ def sass_artifact(syn_data, tmp_path_factory):
 
 
 def test_train_content_adds_the_tower_and_the_cold_items_to_the_artifact(sass_artifact, catalogue, syn_data):
-    from training.content import SCALES, train_content
+    from training.content import BLENDS, train_content
 
     s, out = sass_artifact
     artifact = ModelArtifact(out)
@@ -57,11 +57,11 @@ def test_train_content_adds_the_tower_and_the_cold_items_to_the_artifact(sass_ar
     catalogue = catalogue + [catalogue[0].model_copy(update={"item_id": 10_000, "scenarios": ["drama"]})]
     result = train_content(s, None, out, items=catalogue, progress=False, data=syn_data)
     assert result["content"] and result["image"] and artifact.has_content()
-    # the vectors' length: the longest that keeps the warm validation recall within the tolerance
+    # the blend: the largest that keeps the warm validation recall within the tolerance
     tried = {k: v for k, v in result["calibration"]["val_recall@50"].items() if k != "base"}
-    base, scale = result["calibration"]["val_recall@50"]["base"], result["score_scale"]
-    assert scale in SCALES and (tried[str(scale)] >= 0.99 * base or scale == SCALES[-1])
-    assert all(v < 0.99 * base for k, v in tried.items() if float(k) > scale)
+    base, blend = result["calibration"]["val_recall@50"]["base"], result["blend"]
+    assert blend in BLENDS and (tried[str(blend)] >= 0.99 * base or blend == BLENDS[-1])
+    assert all(v < 0.99 * base for k, v in tried.items() if float(k) > blend)
     for sc in s.scenarios:
         after = artifact.read_scenario(sc)
         expected_cold = sorted({it.item_id for it in catalogue if sc in it.shown_in(s.scenarios)} - set(sass_ids[sc].tolist()))
@@ -69,16 +69,19 @@ def test_train_content_adds_the_tower_and_the_cold_items_to_the_artifact(sass_ar
         assert sorted(after.item_ids[len(sass_ids[sc]):].tolist()) == expected_cold
         assert result["cold_items_added"][sc] == len(expected_cold)
         n = len(sass_ids[sc])
-        assert np.allclose(np.linalg.norm(after.vectors[:n], axis=1), 1.0, atol=1e-4)
-        assert np.allclose(np.linalg.norm(after.vectors[n:], axis=1), scale, atol=1e-4)
+        assert np.allclose(np.linalg.norm(after.vectors[:n], axis=1), 1.0, atol=1e-4)  # SASS rows untouched
     assert 10_000 in artifact.read_scenario("drama").item_ids and 10_000 not in artifact.read_scenario("family").item_ids
     # a re-run trains on the SASS rows only and replaces the cold rows instead of stacking them
     again = train_content(s, None, out, items=catalogue, progress=False, data=syn_data)
-    assert again["cold_items_added"] == result["cold_items_added"] and again["score_scale"] == scale
+    assert again["cold_items_added"] == result["cold_items_added"] and again["blend"] == blend
     assert ModelArtifact.CONTENT_CONFIG in artifact.tower_files() and ModelArtifact.CONTENT_STATE in artifact.tower_files()
     tower = load_content_tower(out)
     v = tower.encode(catalogue[:3], "comedy")
     assert v.shape == (3, 64) and np.allclose(tower.encode(catalogue[:3], "comedy"), v)
+    assert tower.cfg.blend == blend and len(tower.cfg.anchors) == len(s.scenarios)
+    cold = [it for it in catalogue if it.item_id == 10_000]
+    drama = artifact.read_scenario("drama")
+    assert np.allclose(drama.vectors[drama.item_ids == 10_000], tower.encode(cold, "drama"), atol=1e-5)
 
 
 def test_a_damaged_content_tower_is_refused(sass_artifact, tmp_path):
