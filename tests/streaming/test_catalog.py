@@ -138,12 +138,12 @@ def test_catalogue_stage_keeps_the_history_and_dead_letters_bad_items_exactly_on
     items = list(synthetic_catalog(SyntheticSource(n_users=5, n_items=40, n_events=5, seed=1)))
     bad = [b"nope", _raw(item_id=-1), _raw(scenarios=["casino"]), _raw(image="@@")]
     _send(s, [(it.key(), it.to_bytes()) for it in items[:25]] + [(b"x", b) for b in bad])
-    first = run_catalog_stage(s, until_idle=1.5, shutdown=Shutdown())
+    first = run_catalog_stage(s, until_idle=5.0, shutdown=Shutdown())
     assert first.records == 29 and first.applied == 25
     # a second version of item 3 and 15 new items, read by a restarted stage from its checkpoint
     renamed = items[3].model_copy(update={"title": "Renamed", "event_id": "v2", "event_time": items[3].event_time + 1})
     _send(s, [(it.key(), it.to_bytes()) for it in items[25:]] + [(renamed.key(), renamed.to_bytes())])
-    second = run_catalog_stage(s, until_idle=1.5, shutdown=Shutdown())
+    second = run_catalog_stage(s, until_idle=8.0, shutdown=Shutdown())  # the group rejoin takes seconds
     assert second.records == 16  # nothing of the first run is read again
     catalog = read_catalog(s.streaming.offline_dir)
     assert catalog["item_id"].tolist() == list(range(40))
