@@ -83,7 +83,7 @@ def fit_content_tower(items: list[ItemEvent], targets: dict[str, ScenarioItems],
 
 # --------------------------------------------------------------------------- sharing an index with SASS
 
-BLENDS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)  # content vs anchor, tried in this order
+BLENDS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)  # tried in this order; never 0: new items keep their order
 
 
 def recall_with_extra_items(model, data, extra: list[np.ndarray], split: str) -> dict:

@@ -183,17 +183,21 @@ def cold_start_figures(settings, events, items, seed: int, epochs: int | None = 
     for name, image in variants.items():
         cfg = content_config(settings, settings.scenarios, settings.training.embedding_dim, image=image)
         tower, _ = fit_content_tower(items, targets, cfg, settings, seed, progress)
-        # as train_content does: the vectors' blend calibrated on the warm validation split (this
-        # does not change any ranking among the held-out items, only how they compete with warm ones)
+        # the ranking among held-out items: the tower's own vectors (a blend > 0 keeps that order;
+        # blend 0 would make every new item the same vector)
+        cold = [[by_id[i] for i in cat.tolist()] for cat in split.catalogs]
+        vectors = [tower.encode(c, s) for c, s in zip(cold, settings.scenarios)]
+        scorers[name] = content_scorer(sass.model, vectors)
+        if name != "content":
+            continue
+        content_of = [dict(zip(by_id, tower.encode(items, s))) for s in settings.scenarios]
+        scorers["content_of_clicks"] = clicks_content_scorer(split, content_of, vectors)
+        # competing with warm items: blended as train_content calibrates it on the warm validation split
         tower.cfg.blend, tower.cfg.anchors, _ = calibrate_blend(sass.model, split.warm, items, targets, cfg, settings,
                                                                 seed=seed)
-        out.setdefault("content_blend", {})[name] = tower.cfg.blend
-        vectors = [tower.encode([by_id[i] for i in cat.tolist()], s) for cat, s in zip(split.catalogs, settings.scenarios)]
-        scorers[name] = content_scorer(sass.model, vectors)
-        if name == "content":
-            content_of = [dict(zip(by_id, tower.encode(items, s))) for s in settings.scenarios]
-            scorers["content_of_clicks"] = clicks_content_scorer(split, content_of, vectors)
-            out["warm_recall@50_with_new_items"] = warm_recall_with_new_items(split, sass.model, vectors)["recall@50"]
+        out["content_blend"] = tower.cfg.blend
+        served = [tower.encode(c, s) for c, s in zip(cold, settings.scenarios)]
+        out["warm_recall@50_with_new_items"] = warm_recall_with_new_items(split, sass.model, served)["recall@50"]
     for name, scorer in scorers.items():
         r = evaluate(scorer, split, "test")
         out[name] = {"recall@50": r["recall@50"], "recall@20": r["recall@20"]}
