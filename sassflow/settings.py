@@ -62,6 +62,12 @@ class KafkaSettings(BaseModel):
     min_insync_replicas: int | None = Field(None, ge=1)
     consumer_group: str = "sassflow-ingest"
     max_event_bytes: int = Field(4096, ge=256)
+    # The item catalogue (sassflow.contracts.catalog): its own topic, keyed by item id, and its own
+    # dead letters.  Catalogue events carry a thumbnail, hence the larger size limit.
+    items_topic: str = "sassflow.items"
+    items_dlq_topic: str = "sassflow.items.dlq"
+    items_partitions: int = Field(1, ge=1)  # catalogue volume is tiny next to clicks
+    max_item_bytes: int = Field(65536, ge=1024)
 
     def client_kwargs(self) -> dict:
         """Connection/security keyword arguments shared by every kafka-python client."""
@@ -188,6 +194,24 @@ class TrainingSettings(BaseModel):
 MIN_ADMIN_TOKEN_CHARS = 32
 
 
+class ContentSettings(BaseModel):
+    """The content tower (training.content_model): item content -> a vector in each scenario's SASS
+    item space, trained after SASS on the warm items, so a new item is retrievable from its content."""
+
+    enabled: bool = True  # training.content.train_content trains it after SASS; off: bundles without it
+    text_buckets: int = Field(1 << 14, ge=64)  # hashed word/bigram/char-3-gram rows: few collisions for a catalogue of thousands of titles
+    tag_buckets: int = Field(1 << 12, ge=16)  # hashed tags, year and attribute tokens
+    hidden_dim: int = 128
+    image: bool = True  # use the image encoder when items carry images
+    epochs: int = 60  # a few thousand warm items: one epoch is a handful of steps
+    batch_size: int = 256
+    learning_rate: float = 5e-3
+    temperature: float = 0.1  # as SASS's own losses: the targets are SASS vectors on the same unit sphere
+    # New items share each scenario's index with the warm ones; their vectors are shortened until
+    # they cost the warm items at most this share of validation recall@50 (the issue asks >= 0.99x).
+    warm_tolerance: float = Field(0.01, ge=0.0, le=1.0)
+
+
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -210,6 +234,10 @@ class ServingSettings(BaseModel):
     # hnsw_* parameters).  The default is chosen by `sassflow bench ann` (README, "ANN backends").
     ann_backend: Literal["faiss", "hnswlib"] = "faiss"
     batch_max_requests: int = 256  # POST /recommend/batch size limit
+    # New items from the catalogue topic: a consumer thread in the service encodes them with the
+    # bundle's content tower and adds them to a side index searched with each scenario's main one.
+    catalog_consumer: bool = True
+    catalog_poll_ms: int = 200  # an item is searchable one poll + one encode after it is produced
     # Request bodies larger than this are refused with 413 before they are read.  The largest valid
     # batch (batch_max_requests entries with 19-digit ids, pretty-printed) is about 26 KiB; the rest
     # is headroom for new request fields, while parsing a body this size costs about a millisecond.
@@ -324,6 +352,7 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = StreamingSettings()
     feast: FeastSettings = FeastSettings()
     training: TrainingSettings = TrainingSettings()
+    content: ContentSettings = ContentSettings()
     serving: ServingSettings = ServingSettings()
     recall: RecallSettings = RecallSettings()
     airflow: AirflowSettings = AirflowSettings()

@@ -29,10 +29,17 @@ def create_app(settings: Settings, feature_reader: FeatureReader | None = None) 
         service = RecommendationService(settings, reader)
         # The first tick loads the published bundle; until then /readyz says 503 and /healthz 200.
         watcher = BundleWatcher(service, settings.serving.watch_interval_s).start()
+        catalogue = None
+        if settings.serving.catalog_consumer:
+            from serving.content import CatalogueConsumer
+
+            catalogue = CatalogueConsumer(settings, service.catalogue).start()
         app.state.service = service
         app.state.blocking = getattr(reader, "blocking", True)
         yield
         watcher.stop()
+        if catalogue is not None:
+            catalogue.stop()
 
     app = FastAPI(
         title="sassflow recall service",

@@ -153,6 +153,9 @@ class ScenarioCatalog:
         # raw id -> row by binary search: 16 bytes/item, no Python dict of a million entries.
         self._order = np.argsort(self.item_ids, kind="stable")
         self._sorted_ids = self.item_ids[self._order]
+        # New items since the bundle was built (``serving.content.FreshItems``): a small side index,
+        # replaced whole by one assignment off the request path and searched with the main one.
+        self.fresh = None
 
     @property
     def size(self) -> int:
@@ -171,4 +174,10 @@ class ScenarioCatalog:
         """(scores [B, k'], raw item ids [B, k']) with -1 ids where the index ran out."""
         scores, rows = search(self.index, queries, k)
         ids = np.where(rows >= 0, self.item_ids[np.maximum(rows, 0)], -1)
-        return scores, ids
+        fresh = self.fresh  # one read: a concurrent replacement is seen whole or not at all
+        if fresh is None or len(fresh.item_ids) == 0:
+            return scores, ids
+        f_scores, f_ids = fresh.search(queries, k)
+        scores, ids = np.concatenate([scores, f_scores], 1), np.concatenate([ids, f_ids], 1)
+        top = np.argsort(-np.where(ids >= 0, scores, -np.inf), axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from sassflow.settings import Settings
 from serving.bundle import BundleError, LoadedBundle, bundle_path, load_bundle, read_pointer, rollback_bundle
+from serving.content import LiveCatalogue
 from serving.feature_reader import FeatureReader
 from serving.metrics import ServingMetrics
 from serving.branches import Branches
@@ -71,6 +72,7 @@ class RecommendationService:
         self.refused: dict[str, str] = {}  # bundle id -> reason; not retried until republished
         self.pointer_problem: str | None = None  # why CURRENT names no bundle, when it does not
         self.branches = Branches(settings, self.metrics.registry, recall_store)
+        self.catalogue = LiveCatalogue(settings.scenarios)  # new items, searchable before the next bundle
         self._swap_lock = threading.Lock()
         configure_threads(settings)
 
@@ -124,6 +126,10 @@ class RecommendationService:
 
     def _install(self, new: LoadedBundle, load_s: float) -> dict:
         """Make ``new`` the served bundle (call with the swap lock held)."""
+        try:
+            self.catalogue.attach(new)  # items the new bundle lacks stay searchable across the swap
+        except Exception as exc:  # a content tower that cannot load must not block the bundle
+            log.error("bundle %s: new items not searchable: %s", new.bundle_id, exc)
         configure_threads(self.settings)  # a training tower may have just imported torch
         old = self.bundle
         self.bundle = new  # the one atomic step

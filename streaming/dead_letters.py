@@ -22,10 +22,11 @@ UNDECODABLE = "undecodable_batch"
 
 
 class DeadLetters:
-    def __init__(self, settings, producer, source_topic: str):
+    def __init__(self, settings, producer, source_topic: str, dlq_topic: str | None = None):
         self.s = settings
         self.producer = producer
         self.source_topic = source_topic
+        self.dlq_topic = dlq_topic or settings.kafka.dlq_topic  # the catalogue has its own
         self._sent: dict[int, set[int]] = {}  # partition -> offsets already on the topic (replay guard)
 
     def forget(self, partition: int) -> None:
@@ -52,7 +53,7 @@ class DeadLetters:
                    ("source_topic", self.source_topic.encode()),
                    ("source_partition", str(partition).encode()),
                    ("source_offset", str(offset).encode())] + (extra_headers or [])
-        self.producer.send(self.s.kafka.dlq_topic, key=key, value=value, headers=headers)
+        self.producer.send(self.dlq_topic, key=key, value=value, headers=headers)
         metrics.DEAD_LETTERED.labels(reason).inc()
 
     def flush(self) -> None:
@@ -61,7 +62,7 @@ class DeadLetters:
     def _already_sent(self, partition: int, from_offset: int) -> set[int]:
         from kafka import KafkaConsumer, TopicPartition
 
-        dlq = self.s.kafka.dlq_topic
+        dlq = self.dlq_topic
         c = KafkaConsumer(**self.s.kafka.client_kwargs(), enable_auto_commit=False, group_id=None)
         try:
             tps = [TopicPartition(dlq, q) for q in (c.partitions_for_topic(dlq) or set())]

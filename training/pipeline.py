@@ -4,6 +4,7 @@ JSON-able dicts out, every intermediate result in a folder so each step can run 
     build_training_set -> <dir>/events.parquet          (offline history, a time window)
     pretrain           -> <dir>/pretrained.pt + history (stage 1)
     finetune           -> <dir>/ model artifact         (stage 2, ModelArtifact layout)
+    train_content_tower -> <model dir>/content_*        (the content tower + cold items, same artifact)
     evaluate           -> <dir>/metrics.json            (BENCHMARKS.md protocol, val + test)
     evaluate_with_baselines -> the same + the baselines on the same prepared data
     register_and_gate  -> registry row + gate decision (candidate, re-scored champion, popularity)
@@ -169,6 +170,15 @@ def evaluate_with_baselines(settings, dataset_dir, model_dir, baselines=("pop",)
                           for name, f in fitted.items()}}
 
 
+def train_content_tower(settings, dataset_dir, model_dir) -> dict:
+    """The content tower for the fine-tuned artifact in ``model_dir`` (``training.content``), its
+    length calibrated on the dataset's validation split; the retrain DAG's step after fine-tuning,
+    before evaluation and registration (the artifact's checksum must cover it)."""
+    from training.content import train_content
+
+    return train_content(settings, dataset_dir, model_dir, data=load_data(settings, dataset_dir))
+
+
 def register_and_gate(settings, model_dir, metrics: dict | None = None, name: str = "sass", *,
                       dataset_dir=None, events: pd.DataFrame | None = None, data=None) -> dict:
     """Register an exported model as a candidate and run the champion/challenger gate on it: the
@@ -198,9 +208,11 @@ def register_and_gate(settings, model_dir, metrics: dict | None = None, name: st
 
 
 def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("pop",),
-                   register: bool = True, report: bool = True, progress: bool = True) -> dict:
+                   register: bool = True, report: bool = True, progress: bool = True,
+                   catalog: list | None = None) -> dict:
     """Prepare, pre-train, fine-tune, evaluate (with baselines), export, register, gate and
-    write the run report, all from one events frame."""
+    write the run report, all from one events frame.  ``catalog``: the item catalogue; with it the
+    content tower is trained and added to the artifact before it is registered."""
     from training.baselines import fit
     from training.evaluate import evaluate as run_eval
     from training.export import export_artifacts
@@ -220,7 +232,12 @@ def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("
                                                    "window": list(data.window), "run_id": run_id,
                                                    "train_config": cfg.__dict__})
     (out / "metrics.json").write_text(json.dumps(metrics["sass"], indent=2))
-    result = {"run_id": run_id, "artifact_dir": str(out), "metrics": metrics["sass"],
+    content = None
+    if catalog:
+        from training.content import train_content
+
+        content = train_content(settings, None, out, items=catalog, progress=progress, data=data)
+    result = {"content": content, "run_id": run_id, "artifact_dir": str(out), "metrics": metrics["sass"],
               "baselines": {k: v for k, v in metrics.items() if k != "sass"},
               "seconds": sass.history.seconds, "events": data.n_events, "window": list(data.window)}
     if register:

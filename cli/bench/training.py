@@ -82,16 +82,24 @@ def bench_train(settings, data_dir, epochs: int | None = None, progress: bool = 
 
 
 def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, models=None,
-                  epochs: int | None = None, progress: bool = True, branches: bool = True) -> dict:
+                  epochs: int | None = None, progress: bool = True, branches: bool = True,
+                  cold_start: bool = True, synthetic: dict | None = None) -> dict:
     """Every model x seed, the BENCHMARKS.md protocol on the test split, averaged over seeds; with
-    ``branches`` (and sass among the models) also the recall branches (``cli.bench.recall_quality``)."""
+    ``branches`` (and sass among the models) also the recall branches (``cli.bench.recall_quality``);
+    then (``cold_start``) the cold-start protocol per seed (``cold_start_figures``).  ``synthetic``:
+    the synthetic source's parameters instead of a dataset folder."""
     from training.baselines import MODELS, fit
+    from training.data import prepare
     from training.evaluate import evaluate
     from training.pipeline import set_threads
 
     set_threads(settings)
     models = list(models or MODELS)
-    data = _data(settings, data_dir, scenarios_file)
+    t0 = time.perf_counter()
+    events, items = source_events_and_catalog(settings, data_dir, scenarios_file, synthetic)
+    data = prepare(events, settings.scenarios)
+    _log(f"loaded {len(events)} events and {len(items)} catalogue items, built features in "
+         f"{time.perf_counter() - t0:.1f}s")
     runs: dict[str, list[dict]] = {m: [] for m in models}
     val: dict[str, list[dict]] = {m: [] for m in models}
     seconds: dict[str, float] = {m: 0.0 for m in models}
@@ -116,29 +124,135 @@ def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, model
         return {metric: {k: float(np.mean([r[metric][k] for r in rs])) for k in rs[0][metric]}
                 for metric in rs[0]}
 
-    result = {"dataset": str(data_dir), "seeds": seeds, "models": {m: avg(runs[m]) for m in models},
+    result = {"dataset": "synthetic" if synthetic else str(data_dir), "seeds": seeds,
+              "models": {m: avg(runs[m]) for m in models},
               "val": {m: avg(val[m]) for m in models},
               "std_recall@50_mean": {m: float(np.std([r["recall@50"]["mean"] for r in runs[m]])) for m in models},
               "train_s": seconds, "best_epochs": best_epochs}
     if branches and sass_scorers:
-        result["branches"] = _branches(settings, data, data_dir, scenarios_file, sass_scorers, result["models"])
+        item_tags = {it.item_id: list(it.tags) for it in items}
+        result["branches"] = _branches(settings, data, events, item_tags, sass_scorers, result["models"])
+    if cold_start:
+        figures = [cold_start_figures(settings, events, items, seed, epochs, progress) for seed in range(seeds)]
+        result["cold_start"] = average_cold_start(figures, result["models"].get("sass"))
     from training.report import write_report
 
     rdir = Path(settings.training.report_dir) / time.strftime("bench-quality-%Y%m%dT%H%M%S")
     result["report"] = write_report(rdir, losses, result["models"], data.scenarios,
-                                    title=f"bench quality on {Path(data_dir).name}, {seeds} seeds")["dir"]
+                                    title=f"bench quality on {result['dataset']}, {seeds} seeds")["dir"]
     return result
 
 
-def _branches(settings, data, data_dir, scenarios_file, sass_scorers, models: dict) -> dict:
-    """The recall branches on the same data and SASS models, and the issue's check against every model."""
+def _branches(settings, data, events, item_tags: dict, sass_scorers, models: dict) -> dict:
+    """The recall branches on the same data and SASS models (tags: the catalogue's), and the issue's
+    check against every model."""
     from cli.bench.recall_quality import branch_quality
-    from sassflow.datasets import Dataset
 
-    sf = Path(scenarios_file) if scenarios_file else settings.data.find_scenarios_file(Path(data_dir))
-    dataset = Dataset(data_dir, sf, settings.scenarios)
-    out = branch_quality(settings, data, dataset.load_events(), dataset.item_tags(), sass_scorers)
+    out = branch_quality(settings, data, events, item_tags, sass_scorers)
     merged = out["merged"]["recall@50"]
     out["checks"]["merged_at_50_beats_every_model_in_every_scenario"] = all(
         merged[str(k)] >= max(m["recall@50"][str(k)] for m in models.values()) for k in range(data.n_scenarios))
+    return out
+
+
+# --------------------------------------------------------------------------- cold start (issue 15)
+
+def source_events_and_catalog(settings, data_dir=None, scenarios_file=None, synthetic: dict | None = None):
+    """(events frame, catalogue items) of a MovieLens-format folder, or of the synthetic source
+    (``synthetic``: its ``n_users``/``n_items``/``n_events``/``seed``), whose items carry posters."""
+    from streaming.catalog import movielens_catalog, synthetic_catalog
+
+    if synthetic is not None:
+        from streaming.sources import SyntheticSource, events_frame
+
+        src = SyntheticSource(scenarios=settings.scenarios, **synthetic)
+        return events_frame(src.events()), list(synthetic_catalog(src))
+    from sassflow.datasets import Dataset
+
+    data_dir = Path(data_dir)
+    ds = Dataset(data_dir, Path(scenarios_file) if scenarios_file else settings.data.find_scenarios_file(data_dir),
+                 settings.scenarios)
+    return ds.load_events(), list(movielens_catalog(ds))
+
+
+def cold_start_figures(settings, events, items, seed: int, epochs: int | None = None, progress: bool = True,
+                       frac: float = 0.1) -> dict:
+    """One seed of the cold-start protocol (``training.coldstart``): SASS on the warm items, the
+    content tower aligned to it (with and, when items carry images, without the image modality),
+    then recall on the held-out items' test clicks against pop_new and random, and the warm items'
+    recall under the usual protocol."""
+    import tempfile
+
+    from sassflow.contracts.artifacts import ModelArtifact
+    from training.baselines import fit
+    from training.coldstart import (
+        clicks_content_scorer, content_scorer, hold_out_items, pop_new_scorer, random_scorer,
+        warm_recall_with_new_items,
+    )
+    from training.content import calibrate_blend, content_config, fit_content_tower
+    from training.evaluate import evaluate
+    from training.export import export_artifacts
+
+    split = hold_out_items(events, settings.scenarios, {it.item_id: it.shown_in(settings.scenarios) for it in items},
+                           frac, seed)
+    _log(f"cold start seed {seed}: {len(split.held_out)} items held out, {split.n_cold_clicks} cold test clicks")
+    sass = fit("sass", split.warm, settings.training, _cfg(settings, seed, epochs, progress))
+    out = {"warm_recall@50": evaluate(sass.scorer, split.warm, "test")["recall@50"],
+           "held_out_items": int(len(split.held_out)), "cold_test_clicks": split.n_cold_clicks}
+    with tempfile.TemporaryDirectory() as tmp:
+        export_artifacts(sass.model, tmp, split.warm)
+        targets = {s: ModelArtifact(tmp).read_scenario(s) for s in settings.scenarios}
+    by_id = {it.item_id: it for it in items}
+    variants = {"content": settings.content.image and any(it.image for it in items)}
+    if variants["content"]:
+        variants["content_no_image"] = False
+    scorers = {"pop_new": pop_new_scorer(split), "random": random_scorer(seed)}
+    for name, image in variants.items():
+        cfg = content_config(settings, settings.scenarios, settings.training.embedding_dim, image=image)
+        tower, _ = fit_content_tower(items, targets, cfg, settings, seed, progress)
+        # the ranking among held-out items: the tower's own vectors (a blend > 0 keeps that order;
+        # blend 0 would make every new item the same vector)
+        cold = [[by_id[i] for i in cat.tolist()] for cat in split.catalogs]
+        vectors = [tower.encode(c, s) for c, s in zip(cold, settings.scenarios)]
+        scorers[name] = content_scorer(sass.model, vectors)
+        if name != "content":
+            continue
+        content_of = [dict(zip(by_id, tower.encode(items, s))) for s in settings.scenarios]
+        scorers["content_of_clicks"] = clicks_content_scorer(split, content_of, vectors)
+        # competing with warm items: blended as train_content calibrates it on the warm validation split
+        tower.cfg.blend, tower.cfg.anchors, _ = calibrate_blend(sass.model, split.warm, items, targets, cfg, settings,
+                                                                seed=seed)
+        out["content_blend"] = tower.cfg.blend
+        served = [tower.encode(c, s) for c, s in zip(cold, settings.scenarios)]
+        out["warm_recall@50_with_new_items"] = warm_recall_with_new_items(split, sass.model, served)["recall@50"]
+    for name, scorer in scorers.items():
+        r = evaluate(scorer, split, "test")
+        out[name] = {"recall@50": r["recall@50"], "recall@20": r["recall@20"]}
+        _log(f"cold start seed {seed} {name}: recall@50 mean {r['recall@50']['mean']:.4f}, "
+             f"recall@20 mean {r['recall@20']['mean']:.4f}")
+    return out
+
+
+def average_cold_start(runs: list[dict], today_sass: dict | None) -> dict:
+    """The seeds' cold-start figures averaged; ``warm_ratio`` against today's SASS recall@50 mean."""
+    def avg(key_path):
+        vals = [r for r in runs]
+        for k in key_path:
+            vals = [v[k] for v in vals]
+        return {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
+
+    out = {name: {m: avg((name, m)) for m in ("recall@50", "recall@20")}
+           for name in ("content", "content_of_clicks", "content_no_image", "pop_new", "random") if name in runs[0]}
+    out["warm_recall@50"] = avg(("warm_recall@50",))
+    if "warm_recall@50_with_new_items" in runs[0]:
+        out["warm_recall@50_with_new_items"] = avg(("warm_recall@50_with_new_items",))
+    out["held_out_items"], out["cold_test_clicks"] = runs[0]["held_out_items"], runs[0]["cold_test_clicks"]
+    out["content_blend"] = [r.get("content_blend") for r in runs]  # per seed: the calibrated blends
+    content, pop = out["content"]["recall@50"]["mean"], out["pop_new"]["recall@50"]["mean"]
+    out["content_vs_pop_new"] = content / pop if pop else None
+    if today_sass is not None:
+        out["warm_ratio"] = out["warm_recall@50"]["mean"] / today_sass["recall@50"]["mean"]
+        if "warm_recall@50_with_new_items" in out:
+            out["warm_ratio_with_new_items"] = (out["warm_recall@50_with_new_items"]["mean"]
+                                                / today_sass["recall@50"]["mean"])
     return out

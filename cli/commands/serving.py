@@ -34,9 +34,11 @@ def register(commands, benches) -> None:
                    "(every service follows)").set_defaults(func=cmd_bundle_rollback)
     sub.add_parser("list", help="bundles on disk, the current one marked").set_defaults(func=cmd_bundle_list)
 
+    from cli.bench.freshness import add_bench_parser
     from cli.bench.serving import add_bench_parsers
 
     add_bench_parsers(benches)
+    add_bench_parser(benches)
 
 
 def cmd_serve(args, settings) -> int:

@@ -1,4 +1,5 @@
-"""`sassflow kafka …`, `sassflow produce`, `sassflow readback`, `sassflow ingest`, `sassflow bench ingest`."""
+"""`sassflow kafka …`, `sassflow produce` (events or the item catalogue), `sassflow readback`, `sassflow ingest`,
+`sassflow ingest-catalog`, `sassflow bench ingest`."""
 from __future__ import annotations
 
 import json
@@ -25,6 +26,9 @@ def register(commands, benches) -> None:
     produce.add_argument("--items", type=int, default=20_000, help="synthetic: number of items")
     produce.add_argument("--events", type=int, default=1_000_000, help="synthetic: stream length")
     produce.add_argument("--seed", type=int, default=0)
+    produce.add_argument("--catalog", action="store_true",
+                         help="send the source's item catalogue (MovieLens: title, genres, year; synthetic: "
+                              "titles, tags, posters) to the items topic instead of events")
     produce.set_defaults(func=cmd_produce)
 
     readback = commands.add_parser("readback", help="read a topic from the beginning and count what is on it")
@@ -38,6 +42,11 @@ def register(commands, benches) -> None:
     p.add_argument("--max-events", type=int, default=None, help="each process stops after this many records")
     p.add_argument("--until-idle", type=float, default=None, help="stop after S seconds without records")
     p.set_defaults(func=cmd_ingest)
+
+    p = commands.add_parser("ingest-catalog", help="consume catalogue events into the offline catalogue "
+                            "history (bad ones to the items dead-letter topic)")
+    p.add_argument("--until-idle", type=float, default=None, help="stop after S seconds without records")
+    p.set_defaults(func=cmd_ingest_catalog)
 
     b = benches.add_parser("ingest", help="throughput, freshness and exactness of the ingest pipeline")
     b.add_argument("--events", type=int, default=200_000)
@@ -107,12 +116,42 @@ def cmd_produce(args, settings) -> int:
     from streaming.topics import ensure_topics
 
     source = open_source(args, settings)
+    if args.catalog:
+        return produce_catalog(args, settings, source)
     total = min(args.limit or source.n_events, source.n_events)
     if args.topic is None:
         ensure_topics(settings)
     result = produce_events(settings, source.events(limit=args.limit), topic=args.topic, total=total, rate=args.rate)
     print(f"produced {result.events} events in {result.seconds:.1f}s ({result.eps:,.0f} events/s)", file=sys.stderr)
     print(json.dumps(result.to_dict()))
+    return 0
+
+
+def produce_catalog(args, settings, source) -> int:
+    """The source's catalogue on the items topic (key = item id)."""
+    from streaming.catalog import ensure_catalog_topics, movielens_catalog, synthetic_catalog
+    from streaming.produce import produce_events
+
+    if hasattr(source, "dataset"):
+        items, total = movielens_catalog(source.dataset), len(source.dataset.movies)
+    else:
+        items, total = synthetic_catalog(source), source.n_items
+    if args.limit:
+        items, total = (it for _, it in zip(range(args.limit), items)), min(total, args.limit)
+    if args.topic is None:
+        ensure_catalog_topics(settings)
+    result = produce_events(settings, items, topic=args.topic or settings.kafka.items_topic, total=total,
+                            rate=args.rate)
+    print(f"produced {result.events} catalogue items in {result.seconds:.1f}s", file=sys.stderr)
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+def cmd_ingest_catalog(args, settings) -> int:
+    from streaming.catalog import run_catalog_stage
+
+    r = run_catalog_stage(settings, until_idle=args.until_idle)
+    print(json.dumps({"records": r.records, "applied": r.applied}))
     return 0
 
 

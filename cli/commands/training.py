@@ -12,11 +12,14 @@ def _print(obj) -> None:
 def cmd_train(args, settings) -> int:
     from training.pipeline import load_events, train_pipeline
 
+    from training.content import catalog_items
+
     if args.history:
         from training.data import load_history_events
 
         events = load_history_events(settings.streaming.offline_dir, args.start_ms, args.end_ms,
                                      settings.scenarios)
+        data = None  # the catalogue comes from the offline catalogue history
     else:
         data = args.data or settings.data.find_movielens()
         if data is None:
@@ -26,10 +29,12 @@ def cmd_train(args, settings) -> int:
     if events.empty:
         print("no events to train on", file=sys.stderr)
         return 2
-    res = train_pipeline(settings, events, baselines=tuple(b for b in args.baselines.split(",") if b))
+    catalog = catalog_items(settings, data) if settings.content.enabled else None
+    res = train_pipeline(settings, events, baselines=tuple(b for b in args.baselines.split(",") if b),
+                         catalog=catalog)
     from cli.output import emit_json
 
-    emit_json({k: res[k] for k in ("run_id", "artifact_dir", "registry", "report", "total_s") if k in res}
+    emit_json({k: res[k] for k in ("run_id", "artifact_dir", "registry", "report", "total_s", "content") if k in res}
               | {"val_recall@50": res["metrics"]["val"]["recall@50"]["mean"],
                  "test_recall@50": res["metrics"]["test"]["recall@50"]["mean"]})
     return 0
@@ -78,8 +83,12 @@ def cmd_bench_quality(args, settings) -> int:
     from cli.bench.training import bench_quality
 
     models = args.models.split(",") if args.models else None
-    emit_json(bench_quality(settings, args.data or settings.data.find_movielens(), args.scenarios,
-                            args.seeds, models, args.epochs))
+    # flat popularity and taste-driven clicks: what an item is, not how popular it is, decides them
+    synthetic = ({"n_users": args.users, "n_items": args.items, "n_events": args.events, "seed": 0,
+                  "zipf_a": 0.3, "click_scale": 5.0, "click_bias": -4.0} if args.source == "synthetic" else None)
+    data = None if synthetic else args.data or settings.data.find_movielens()
+    emit_json(bench_quality(settings, data, args.scenarios, args.seeds, models, args.epochs,
+                            cold_start=not args.no_cold_start, synthetic=synthetic))
     return 0
 
 
@@ -111,4 +120,10 @@ def register(commands, benches) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--models", default=None, help="comma-separated subset of the models")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: settings)")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the held-out-items protocol (cold_start)")
+    p.add_argument("--source", choices=["movielens", "synthetic"], default="movielens",
+                   help="synthetic: the synthetic source, whose items carry posters (content_no_image)")
+    p.add_argument("--users", type=int, default=2000, help="synthetic: users")
+    p.add_argument("--items", type=int, default=5000, help="synthetic: items")
+    p.add_argument("--events", type=int, default=400_000, help="synthetic: events")
     p.set_defaults(func=cmd_bench_quality)

@@ -12,12 +12,16 @@ Model artifact::
     scenarios/<s>/item_ids.npy  raw ids of scenario s's catalog
     scenarios/<s>/vectors.npy   float32 [n, d] item vectors of scenario s, row i = item_ids[i]
     scenarios/<s>/popular.npy   raw ids by training click count, descending
+    content_config.json         optional: the content tower (training.content_model) config, and
+    content_model.pt            its state_dict; with it, scenarios/<s>/ also holds catalogue items
+                                the SASS model never saw, with their content vectors (cold start)
 
 Serving bundle (``<bundle_dir>/<bundle_id>/``)::
 
     manifest.json               ``BundleManifest``: bundle id, model version, per-scenario counts
                                 and index specs, sha256 + size of every other file
-    tower/                      the artifact's tower files (config.json, model.pt, vocabularies)
+    tower/                      the artifact's tower files (config.json, model.pt, vocabularies,
+                                and the content tower's two files when the model has one)
     <s>/index.faiss             the scenario's index, row i = item_ids[i] (index.hnsw: an hnswlib index,
                                 when the manifest's index spec says backend "hnswlib")
     <s>/item_ids.npy            raw item ids, int64
@@ -57,6 +61,9 @@ class ModelArtifact:
     USER_IDS = "user_ids.npy"
     ITEM_IDS = "item_ids.npy"
     TOWER_FILES = (CONFIG, STATE, USER_IDS, ITEM_IDS)  # what the request-time user tower needs
+    CONTENT_CONFIG = "content_config.json"
+    CONTENT_STATE = "content_model.pt"
+    CONTENT_FILES = (CONTENT_CONFIG, CONTENT_STATE)  # the content tower: serving encodes new items with it
     _SCENARIOS = "scenarios"
     _SCENARIO_ARRAYS = ("item_ids", "vectors", "popular")
 
@@ -97,7 +104,12 @@ class ModelArtifact:
         return ScenarioItems(*(np.load(folder / f"{a}.npy", allow_pickle=False) for a in self._SCENARIO_ARRAYS))
 
     def tower_files(self) -> dict[str, Path]:
-        return {name: self.root / name for name in self.TOWER_FILES}
+        """What a bundle's tower folder gets: the user tower, and the content tower when there is one."""
+        names = self.TOWER_FILES + (self.CONTENT_FILES if self.has_content() else ())
+        return {name: self.root / name for name in names}
+
+    def has_content(self) -> bool:
+        return all((self.root / name).exists() for name in self.CONTENT_FILES)
 
 
 class BundleLayout:

@@ -46,6 +46,11 @@ def test_train_then_registry_commands(tiny_data, settings, capsys):
     # random ratings: whether the model beats popularity is up to chance, the gate's rule is not
     assert gate["promoted"] == (gate["candidate"] > gate["popularity"]) and gate["champion"] is None
     status = "promoted" if gate["promoted"] else "rejected"
+    # the movies' content tower is in the registered artifact (its checksum covers it)
+    from sassflow.contracts.artifacts import ModelArtifact
+
+    assert out["content"]["content"] and out["content"]["catalogue_items"] == 100
+    assert ModelArtifact(out["artifact_dir"]).has_content()
     args = parser.parse_args(["registry", "list"])
     assert args.func(args, settings) == 0
     assert status in capsys.readouterr().out
