@@ -48,7 +48,7 @@ def errors(*codes: int) -> dict:
 async def answer(request: Request, service: RecommendationService, fields: list[dict]):
     triples = [(f["user_id"], f["scenario"], f["k"]) for f in fields]
     try:
-        return await call(request, service.recommend_many, triples)
+        return await call(request, service.recommend_many, triples, [f["ranking"] for f in fields])
     except NotReady as exc:
         raise ApiError(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
     except FeaturesUnavailable as exc:

@@ -21,6 +21,7 @@ from sassflow.settings import Settings
 from serving.bundle import BundleError, LoadedBundle, bundle_path, load_bundle, read_pointer, rollback_bundle
 from serving.feature_reader import FeatureReader
 from serving.metrics import ServingMetrics
+from serving.ranking import ItemFeatureCache, RankingStage, SimpleCandidates
 from serving.recall import AnnRecall, Candidates, PopularRecall
 
 log = logging.getLogger("sassflow.serving")
@@ -56,6 +57,7 @@ class Recommendation:
     fallback: bool
     model_version: str
     bundle_id: str
+    ranked: bool = False  # ordered by the bundle's rankers (else: the recall order)
 
 
 class RecommendationService:
@@ -68,43 +70,67 @@ class RecommendationService:
         self.refused: dict[str, str] = {}  # bundle id -> reason; not retried until republished
         self.pointer_problem: str | None = None  # why CURRENT names no bundle, when it does not
         self.sources = (AnnRecall(), PopularRecall())  # asked in order; the last answers everyone
+        self.ranking = RankingStage(ItemFeatureCache(feature_reader, settings.ranking.item_cache_s), settings.scenarios,
+                                    self.metrics.stage_seconds)
         self._swap_lock = threading.Lock()
         configure_threads(settings)
 
     # ------------------------------------------------------------ requests
 
-    def recommend_many(self, requests: list[tuple[int, str, int]]) -> list[Recommendation]:
+    def recommend_many(self, requests: list[tuple[int, str, int]], ranking: list[bool] | None = None
+                       ) -> list[Recommendation]:
         """Answer ``(user_id, scenario, k)`` requests: one feature read, then per scenario the recall
-        sources in order (the ANN branch, the popular fallback for whoever it could not place)."""
+        sources in order (the ANN branch, the popular fallback for whoever it could not place) and,
+        where ``ranking`` (per request, default on) and the bundle has rankers, the ranking stage over
+        ``ranking.candidates`` recalled items; else the recall order's top k."""
         bundle = self.bundle  # this request's bundle, whatever swaps happen meanwhile
         if bundle is None:
             raise NotReady("no bundle loaded yet")
         start = time.perf_counter()
         rows = self.features.read([(u, s) for u, s, _ in requests])
+        self.metrics.stage_seconds.labels("features").observe(time.perf_counter() - start)
+        ranked = [bundle.rankers is not None and (ranking is None or ranking[i]) for i in range(len(requests))]
+        depth = self.settings.ranking.candidates
         out: list[Recommendation | None] = [None] * len(requests)
         by_scenario: dict[str, list[int]] = {}
         for i, (_, s, _) in enumerate(requests):
             by_scenario.setdefault(s, []).append(i)
         for scenario, idx in by_scenario.items():
-            found: list[Candidates | None] = [None] * len(idx)
-            for source in self.sources:
-                missing = [j for j, c in enumerate(found) if c is None]
-                if not missing:
-                    break
-                answers = source.retrieve(bundle, scenario, [rows[idx[j]] for j in missing],
-                                          [requests[idx[j]][2] for j in missing])
-                for j, c in zip(missing, answers):
-                    found[j] = c
+            t0 = time.perf_counter()
+            found = self._recall(bundle, scenario, [rows[i] for i in idx],
+                                 [max(requests[i][2], depth) if ranked[i] else requests[i][2] for i in idx])
+            self.metrics.stage_seconds.labels("recall").observe(time.perf_counter() - t0)
+            personal = [j for j, i in enumerate(idx) if ranked[i] and found[j].source != PopularRecall.name]
+            answers = dict(zip(personal, self._rank(bundle, scenario, [rows[idx[j]] for j in personal],
+                                                    [found[j] for j in personal], [requests[idx[j]][2] for j in personal])))
             for j, i in enumerate(idx):
-                user_id, _, _ = requests[i]
-                c = found[j]
-                out[i] = Recommendation(user_id, scenario, c.items, c.scores, c.source == PopularRecall.name,
-                                        str(bundle.model_version), bundle.bundle_id)
+                c, k = found[j], requests[i][2]
+                items, scores = (answers[j].items, answers[j].scores) if j in answers else (c.items[:k], c.scores[:k])
+                out[i] = Recommendation(requests[i][0], scenario, items, scores, c.source == PopularRecall.name,
+                                        str(bundle.model_version), bundle.bundle_id, j in answers)
         self.metrics.observe(out, time.perf_counter() - start)
         return out
 
-    def recommend(self, user_id: int, scenario: str, k: int) -> Recommendation:
-        return self.recommend_many([(user_id, scenario, k)])[0]
+    def _recall(self, bundle, scenario: str, rows: list[dict], ks: list[int]) -> list[Candidates]:
+        found: list[Candidates | None] = [None] * len(rows)
+        for source in self.sources:
+            missing = [j for j, c in enumerate(found) if c is None]
+            if not missing:
+                break
+            answers = source.retrieve(bundle, scenario, [rows[j] for j in missing], [ks[j] for j in missing])
+            for j, c in zip(missing, answers):
+                found[j] = c
+        return found
+
+    def _rank(self, bundle, scenario: str, rows: list[dict], found: list[Candidates], ks: list[int]) -> list:
+        """The ranked answers of ``found`` (the hand-off: each candidate's item and branch)."""
+        if not rows:
+            return []
+        lists = [SimpleCandidates(c.items, c.source) for c in found]
+        return self.ranking.rank(bundle, bundle.rankers, scenario, rows, lists, ks)
+
+    def recommend(self, user_id: int, scenario: str, k: int, ranking: bool = True) -> Recommendation:
+        return self.recommend_many([(user_id, scenario, k)], [ranking])[0]
 
     # ------------------------------------------------------------ bundles
 

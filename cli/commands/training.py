@@ -79,7 +79,7 @@ def cmd_bench_quality(args, settings) -> int:
 
     models = args.models.split(",") if args.models else None
     emit_json(bench_quality(settings, args.data or settings.data.find_movielens(), args.scenarios,
-                            args.seeds, models, args.epochs))
+                            args.seeds, models, args.epochs, ranking=not args.no_ranking))
     return 0
 
 
@@ -111,4 +111,5 @@ def register(commands, benches) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--models", default=None, help="comma-separated subset of the models")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: settings)")
+    p.add_argument("--no-ranking", action="store_true", help="skip the rankers (the ranking figures)")
     p.set_defaults(func=cmd_bench_quality)

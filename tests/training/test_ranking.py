@@ -1,0 +1,141 @@
+"""The rankers' data, models and training (training.ranking_data, training.rankers, training.ranking)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from training.data import TEST, prepare
+from training.evaluate import popularity_scorer
+from training.rankers import (ITEM_COLUMNS, RECALL_BRANCHES, USER_COLUMNS, FineRanker, RankerConfig, dense_matrix,
+                              load_rankers, save_rankers)
+from training.ranking import RankingData, RankingParams, ranking_metrics, train_rankers
+from training.ranking_data import PointInTime, event_arrays
+
+SCEN = ["family", "thriller", "action", "comedy", "drama"]
+
+
+def test_point_in_time_windows_equal_the_online_tiles_read_as_of_the_same_time():
+    """The training lists' user and item windows and serving's read path (stream aggregation -> stored
+    tiles -> features.windows as of t) agree, at many times."""
+    from features.windows import evaluate
+    from sassflow.contracts.features import ITEM_SCENARIO_STATS, USER_PROFILE, USER_SCENARIO_STATS
+    from streaming.aggregate import batch_features
+    from streaming.replay import frame_to_evs
+    from streaming.sources import SyntheticSource, events_frame
+
+    ev = events_frame(SyntheticSource(n_users=12, n_items=40, n_events=4000, scenarios=SCEN, seed=4,
+                                      mean_gap_ms=60_000.0).events())
+    data = prepare(ev, SCEN, with_test=False)  # every event is "train": the history counts all of them
+    pit = PointInTime(event_arrays(ev, data), len(data.items), len(SCEN))
+    rng = np.random.default_rng(0)
+    lo, hi = int(ev["event_time"].min()), int(ev["event_time"].max()) + 2 * 3_600_000
+    checked = 0
+    for t in np.sort(rng.integers(lo, hi, 25)):
+        rows = batch_features(frame_to_evs(ev[ev["event_time"] < t]), SCEN)  # what the stream holds at t
+        users, items = sorted(rows.user_scenario), sorted(rows.item_scenario)
+        if not users:
+            continue
+        u = data.users.index([k[0] for k in users]); s = np.array([SCEN.index(k[1]) for k in users])
+        got = pit.user_columns(u, s, np.full(len(users), t))
+        for j, (user, scenario) in enumerate(users):
+            online = evaluate(USER_SCENARIO_STATS, rows.user_scenario[(user, scenario)][0], int(t), len(SCEN))
+            online.update(evaluate(USER_PROFILE, rows.user_profile[user][0], int(t), len(SCEN)))
+            for name in USER_COLUMNS:
+                want = (online["scenario_click_share"][SCEN.index(scenario)] if name == "user_scenario_share"
+                        else online[name.removeprefix("user_")])
+                assert got[name][j] == pytest.approx(want, rel=1e-6), (name, t)
+        i = data.items.index([k[0] for k in items]); s = np.array([SCEN.index(k[1]) for k in items])
+        got = pit.item_columns(i, s, np.full(len(items), t))
+        for j, key in enumerate(items):
+            online = evaluate(ITEM_SCENARIO_STATS, rows.item_scenario[key][0], int(t), len(SCEN))
+            for name in ITEM_COLUMNS:
+                assert got[name][j] == pytest.approx(online[name.removeprefix("item_")], rel=1e-6), (name, t)
+        checked += len(users) + len(items)
+    assert checked > 300
+
+
+@pytest.fixture(scope="module")
+def ranking_data(syn_events, syn_data):
+    """Lists whose recall is popularity (a weak recall the rankers have room to beat)."""
+    p = RankingParams(candidates=60, coarse_keep=20, exposure_negatives=10, fine_epochs=3, batch_lists=32)
+    return RankingData(syn_data, syn_events, popularity_scorer(syn_data.item_clicks), p), p
+
+
+def test_lists_see_nothing_of_their_own_request_or_of_the_test_split(syn_events, syn_data, ranking_data):
+    rd, p = ranking_data
+    ev = event_arrays(syn_events, syn_data)
+    first = {}
+    for code, lists, split in ((1, rd.train, "val"), (TEST, rd.test, "test")):
+        m = ev.split == code
+        t_first = pd.Series(ev.time[m]).groupby(ev.user[m]).min()
+        first[split] = t_first
+    # recount a sample of item windows by brute force: events before the test split, strictly before t
+    hist = (ev.split < TEST)
+    rng = np.random.default_rng(1)
+    q = syn_data.evals["test"].queries
+    for row in rng.choice(len(rd.test.owner), 200, replace=False):
+        owner = rd.test.owner[row]
+        item, scen = rd.test.item[row], rd.test.scenario[owner]
+        # the list's user: the test query of the same sequences (lists keep the query order)
+        user = q["user"][np.flatnonzero((q["scenario"] == scen) & (q["recent_clicks"] == rd.test.recent[owner]).all(1))[0]]
+        t = first["test"][user]
+        week = (t // 3_600_000 - 167) * 3_600_000
+        mine = hist & (ev.item == item) & (ev.scenario == scen) & (ev.time < t) & (ev.time >= week)
+        assert rd.test.item_cols["item_clk_7d"][row] == (mine & ev.click).sum()
+        assert rd.test.item_cols["item_imp_7d"][row] == (mine & ~ev.click).sum()
+    # a test list's candidates exclude what the user had before the split, and its labels are test clicks
+    assert rd.test.candidate.all() and rd.test.label.sum() > 0
+    assert (rd.train.shown | (rd.train.label > 0) | rd.train.candidate).all()
+
+
+def test_exposure_negatives_are_recalled_but_unshown(ranking_data):
+    rd, p = ranking_data
+    extra = ~rd.train.shown & (rd.train.label == 0)
+    assert extra.any() and rd.train.candidate[extra].all()
+    per_list = np.bincount(rd.train.owner[extra], minlength=rd.train.n_lists)
+    assert per_list.max() <= p.exposure_negatives
+    only = rd.impressions_only()
+    assert not (~only.shown & (only.label == 0)).any() and only.n_lists == rd.train.n_lists
+
+
+def test_the_cascade_beats_a_weak_recall_order_and_the_gate_says_so(ranking_data, tmp_path):
+    rd, p = ranking_data
+    res = train_rankers(rd, p, list(RECALL_BRANCHES))
+    test = res.metrics["test"]
+    assert test["fine"]["ndcg@10"]["mean"] > 1.15 * test["recall_order"]["ndcg@10"]["mean"], test
+    assert res.included and "recall order" in res.reason
+    # the files round-trip, and what is loaded scores exactly as what was trained
+    save_rankers(tmp_path, res.cfg, res.coarse, res.fine, np.arange(1, res.cfg.n_items + 1))
+    cfg, coarse, fine, ids, _ = load_rankers(tmp_path)
+    for a, b in zip(res.fine.state_dict().values(), fine.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_metrics_follow_the_protocol(ranking_data):
+    rd, _ = ranking_data
+    lists = rd.test
+    perfect = ranking_metrics(lists, lists.label.astype(float), 5)
+    # a perfect ranker finds min(10, targets among candidates) of the targets at the top
+    assert perfect["ndcg@10"]["mean"] <= 1.0 and perfect["auc"]["mean"] == pytest.approx(1.0)
+    found = np.bincount(lists.owner, weights=lists.label, minlength=lists.n_lists)
+    expect = np.minimum(found, 10) / lists.n_targets
+    per_s = [expect[lists.scenario == s].mean() for s in range(5) if (lists.scenario == s).any()]
+    assert perfect["recall@10"]["mean"] == pytest.approx(np.mean(per_s))
+
+
+def test_a_candidate_score_does_not_depend_on_the_other_candidates():
+    torch.manual_seed(0)
+    cfg = RankerConfig(n_items=50, n_scenarios=2, seq_len=4, branches=list(RECALL_BRANCHES))
+    fine = FineRanker(cfg).eval()
+    rng = np.random.default_rng(0)
+    cols = {n: rng.random(30) for n in USER_COLUMNS + ITEM_COLUMNS + ("recall_score",)}
+    dense = torch.from_numpy(dense_matrix(cols, rng.integers(-1, 2, 30), cfg.branches))
+    item = torch.from_numpy(rng.integers(0, 51, 30))
+    seq = torch.from_numpy(rng.integers(0, 51, (1, 4)))
+    with torch.inference_mode():
+        full = fine(seq, seq, torch.zeros(30, dtype=torch.long), item, torch.ones(30, dtype=torch.long), dense)
+        pick = torch.from_numpy(rng.permutation(30)[:7])
+        part = fine(seq, seq, torch.zeros(7, dtype=torch.long), item[pick], torch.ones(7, dtype=torch.long), dense[pick])
+    torch.testing.assert_close(part, full[pick])

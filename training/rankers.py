@@ -1,0 +1,234 @@
+"""The ranking models (coarse and fine) and the one definition of what they read: the model code that
+serving runs at request time, as ``training.model`` is for recall.
+
+Inputs of one candidate (all as of the request, nothing of the candidate's own impression):
+
+* ``dense``: the user's window features in the scenario and across scenarios, the candidate item's
+  window features in the scenario (``sassflow.contracts.features``: counts, CTRs, ``trending``), its
+  recall score and its recall branch (one-hot over ``RankerConfig.branches``).  ``dense_matrix``
+  turns named columns into this matrix, the same way for the training lists (``training.ranking_data``)
+  and for online rows (``serving.ranking``);
+* the candidate's item id, the scenario, and the user's two click sequences (this scenario, all
+  scenarios; ``recent_clicks`` / ``recent_clicks_all``).
+
+A candidate's score is a function of these inputs only: never of the other candidates of the request
+(no list position, no normalisation over the list), so a ranker may score any subset in any order.
+
+- ``CoarseRanker``: a small MLP over ``dense`` and the scenario: cheap enough for every merged
+  candidate (~500), it keeps the best ~100.
+- ``FineRanker`` (BST/DIN style): the item embedding of the two click sequences (position and segment
+  embeddings, a learned "no history" token) through one transformer encoder layer, once per request;
+  the candidate's embedding (+ scenario) attends over that encoded sequence (target attention), and
+  an MLP reads [candidate, attended interest, their product, dense, scenario].
+
+Both standardise ``dense`` with the training rows' mean and std, kept as buffers in the state_dict.
+Files: ``RankerArtifact`` (``sassflow.contracts.artifacts``); loading uses ``weights_only=True`` and
+checks every tensor's shape against the config, like ``training.export.load_model``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from sassflow.contracts.artifacts import RankerArtifact
+from sassflow.contracts.features import ITEM_SCENARIO_STATS, USER_SCENARIO_STATS
+from training.export import ArtifactError
+
+# The named columns behind ``dense`` (user_* and item_* come from the feature contract's derived
+# window features; ``user_scenario_share`` is the request scenario's entry of scenario_click_share).
+USER_WINDOW = tuple(f.name for f in USER_SCENARIO_STATS.derived)
+USER_PROFILE = ("total_imp_7d", "total_clk_7d")
+ITEM_WINDOW = tuple(f.name for f in ITEM_SCENARIO_STATS.derived)
+USER_COLUMNS = tuple(f"user_{n}" for n in USER_WINDOW + USER_PROFILE) + ("user_scenario_share",)
+ITEM_COLUMNS = tuple(f"item_{n}" for n in ITEM_WINDOW)
+RECALL_SCORE = "recall_score"
+# The recall branches a ranker knows (its branch one-hot), by the names serving's sources carry
+# (``serving.recall``: the ANN branch, the popular fallback).  A ranker records its list in its config,
+# so serving reads the branches of the ranker it runs; a branch it does not know gets all zeros.
+RECALL_BRANCHES = ("sass", "popular")
+COUNT_PREFIXES = ("imp_", "clk_", "total_")  # heavy-tailed counts: log1p
+SCENARIO_DIM = 8
+
+
+def dense_names(branches: list[str]) -> list[str]:
+    return list(USER_COLUMNS) + list(ITEM_COLUMNS) + [RECALL_SCORE] + [f"branch_{b}" for b in branches]
+
+
+def _transform(name: str, values: np.ndarray) -> np.ndarray:
+    base = name.split("_", 1)[1] if name.startswith(("user_", "item_")) else name
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    if base.startswith(COUNT_PREFIXES):
+        return np.log1p(np.maximum(v, 0.0))
+    if base == "trending":
+        return np.log(np.maximum(v, 1e-6))
+    return v
+
+
+def dense_matrix(cols: dict[str, np.ndarray], branch: np.ndarray, branches: list[str]) -> np.ndarray:
+    """float32 [n, len(dense_names)]: ``cols`` holds USER_COLUMNS, ITEM_COLUMNS and RECALL_SCORE (arrays
+    of n rows, NaN/None = no value); ``branch`` the index of each candidate's branch in ``branches``
+    (-1: a branch the ranker does not know, all zeros)."""
+    n = len(branch)
+    out = np.zeros((n, len(USER_COLUMNS) + len(ITEM_COLUMNS) + 1 + len(branches)), np.float32)
+    for j, name in enumerate(USER_COLUMNS + ITEM_COLUMNS + (RECALL_SCORE,)):
+        out[:, j] = _transform(name, cols[name])
+    known = (branch >= 0) & (branch < len(branches))
+    out[np.flatnonzero(known), len(USER_COLUMNS) + len(ITEM_COLUMNS) + 1 + branch[known]] = 1.0
+    return out
+
+
+@dataclass
+class RankerConfig:
+    n_items: int  # item vocabulary size (index 0: unknown / padding)
+    n_scenarios: int
+    seq_len: int
+    branches: list[str]
+    dim: int = 32
+    heads: int = 2
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    coarse_hidden: list[int] = field(default_factory=lambda: [64, 32])
+    dropout: float = 0.1
+
+    @property
+    def n_dense(self) -> int:
+        return len(dense_names(self.branches))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mlp(dims: list[int], dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+    return nn.Sequential(*layers, nn.Linear(dims[-1], 1))
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with the training rows' statistics (buffers: saved with the weights)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("std", torch.ones(n))
+
+    def fit(self, x: np.ndarray) -> None:
+        std = x.std(0)
+        # a column constant in training (a branch no training candidate came from) keeps its scale: a
+        # tiny std would blow a serving-time 1 up to thousands
+        self.mean.copy_(torch.from_numpy(x.mean(0)).float())
+        self.std.copy_(torch.from_numpy(np.where(std > 1e-3, std, 1.0)).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class CoarseRanker(nn.Module):
+    """MLP over the dense features and the scenario: one logit per candidate."""
+
+    def __init__(self, cfg: RankerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.norm = Standardize(cfg.n_dense)
+        self.scenario = nn.Embedding(cfg.n_scenarios, SCENARIO_DIM)
+        self.mlp = _mlp([cfg.n_dense + SCENARIO_DIM] + list(cfg.coarse_hidden))
+
+    def forward(self, dense: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([self.norm(dense), self.scenario(scenario)], -1)).squeeze(-1)
+
+
+class FineRanker(nn.Module):
+    """Target attention from the candidate to the user's transformer-encoded click sequences."""
+
+    def __init__(self, cfg: RankerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, L = cfg.dim, cfg.seq_len
+        self.norm = Standardize(cfg.n_dense)
+        self.item = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+        self.scenario = nn.Embedding(cfg.n_scenarios, d)
+        self.position = nn.Embedding(2 * L + 1, d)  # slot 0: the "no history" token
+        self.no_history = nn.Parameter(torch.zeros(1, 1, d))
+        self.encoder = nn.TransformerEncoderLayer(d, cfg.heads, dim_feedforward=2 * d, dropout=cfg.dropout,
+                                                  batch_first=True)
+        self.target_attention = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
+        self.mlp = _mlp([4 * d + cfg.n_dense] + list(cfg.hidden), cfg.dropout)
+        for e in (self.item, self.scenario, self.position):
+            nn.init.normal_(e.weight, std=0.05)
+
+    def encode_sequences(self, recent: torch.Tensor, recent_all: torch.Tensor):
+        """[B, L] + [B, L] item indices (0 = padding) -> (memory [B, 2L+1, d], padding mask [B, 2L+1])."""
+        seq = torch.cat([recent, recent_all], 1)
+        B = seq.shape[0]
+        x = torch.cat([self.no_history.expand(B, -1, -1), self.item(seq)], 1)
+        x = x + self.position.weight[None, : x.shape[1]]
+        pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool), seq == 0], 1)
+        return self.encoder(x, src_key_padding_mask=pad), pad
+
+    def score(self, memory: torch.Tensor, pad: torch.Tensor, owner: torch.Tensor, item: torch.Tensor,
+              scenario: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Logits of n candidates; ``owner`` [n]: the row of ``memory`` (the request) each belongs to."""
+        cand = self.item(item)
+        scen = self.scenario(scenario)
+        query = (cand + scen)[:, None, :]
+        attended, _ = self.target_attention(query, memory[owner], memory[owner], key_padding_mask=pad[owner],
+                                            need_weights=False)
+        attended = attended[:, 0]
+        x = torch.cat([cand, attended, cand * attended, scen, self.norm(dense)], -1)
+        return self.mlp(x).squeeze(-1)
+
+    def forward(self, recent, recent_all, owner, item, scenario, dense) -> torch.Tensor:
+        memory, pad = self.encode_sequences(recent, recent_all)
+        return self.score(memory, pad, owner, item, scenario, dense)
+
+
+# --------------------------------------------------------------------------- files
+
+def save_rankers(out_dir, cfg: RankerConfig, coarse: CoarseRanker, fine: FineRanker | None, item_ids: np.ndarray,
+                 extra: dict | None = None) -> RankerArtifact:
+    art = RankerArtifact(out_dir)
+    art.root.mkdir(parents=True, exist_ok=True)
+    torch.save(coarse.state_dict(), art.root / RankerArtifact.COARSE)
+    if fine is not None:
+        torch.save(fine.state_dict(), art.root / RankerArtifact.FINE)
+    np.save(art.root / RankerArtifact.ITEM_IDS, np.asarray(item_ids, np.int64))
+    (art.root / RankerArtifact.CONFIG).write_text(json.dumps({"ranker": cfg.to_dict(), "fine": fine is not None,
+                                                              **(extra or {})}, indent=1))
+    return art
+
+
+def _load_state(path: Path, model: nn.Module) -> nn.Module:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types on a damaged file
+        raise ArtifactError(f"{path.name}: cannot load state_dict ({type(exc).__name__})") from exc
+    expected = model.state_dict()
+    if not isinstance(state, dict) or set(state) != set(expected):
+        raise ArtifactError(f"{path.name}: tensors do not match the ranker config")
+    for k, v in expected.items():
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
+            raise ArtifactError(f"{path.name}: {k} has shape {tuple(getattr(state[k], 'shape', ()))}, expected "
+                                f"{tuple(v.shape)}")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_rankers(folder) -> tuple[RankerConfig, CoarseRanker, FineRanker | None, np.ndarray, dict]:
+    """(config, coarse, fine or None, raw item ids of the vocabulary, the whole config.json)."""
+    art = RankerArtifact(folder)
+    try:
+        meta = json.loads((art.root / RankerArtifact.CONFIG).read_text())
+        cfg = RankerConfig(**meta["ranker"])
+        item_ids = np.load(art.root / RankerArtifact.ITEM_IDS, allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"ranker {art.root.name}: unreadable config or vocabulary ({exc})") from exc
+    if item_ids.dtype != np.int64 or len(item_ids) != cfg.n_items:
+        raise ArtifactError(f"ranker {art.root.name}: {len(item_ids)} item ids, config says {cfg.n_items}")
+    coarse = _load_state(art.root / RankerArtifact.COARSE, CoarseRanker(cfg))
+    fine = _load_state(art.root / RankerArtifact.FINE, FineRanker(cfg)) if meta.get("fine") else None
+    return cfg, coarse, fine, item_ids, meta
