@@ -214,20 +214,23 @@ def build_bundle(settings: Settings, artifact_dir, model_version, publish: bool 
 
 def build_synthetic_bundle(
     settings: Settings, n_items: int, dim: int, scenarios: list[str] | None = None, seed: int = 0,
-    model_version=None, publish: bool = False, progress=None, catalog=None,
+    model_version=None, publish: bool = False, progress=None, catalog=None, ranker_dir=None,
 ) -> Path:
     """A bundle over a synthetic catalog with the mean-history tower (tests, benchmarks).
 
-    ``catalog``: ``synthetic_catalog`` of these same arguments, when the caller already made it."""
+    ``catalog``: ``synthetic_catalog`` of these same arguments, when the caller already made it;
+    ``ranker_dir``: a ranker artifact to ship (e.g. ``serving.synthetic.synthetic_rankers``)."""
     from serving.synthetic import synthetic_catalog
 
     scenarios = scenarios or settings.scenarios
     if catalog is None:
         catalog = synthetic_catalog(n_items, dim, scenarios, seed)
     data = {s: ScenarioItems(c.item_ids, c.vectors, c.popular) for s, c in catalog.items()}
+    ranking, ranker_files = ranking_entry(ranker_dir) if ranker_dir is not None else (None, None)
     path = write_bundle(
         settings, model_version if model_version is not None else f"synthetic-{seed}",
         {"kind": "mean_history", "dim": dim, "seed": seed}, {}, data, progress=progress,
+        ranking=ranking, ranker_files=ranker_files,
     )
     if publish:
         publish_bundle(settings, path.name)

@@ -27,8 +27,10 @@ def test_point_in_time_windows_equal_the_online_tiles_read_as_of_the_same_time()
 
     ev = events_frame(SyntheticSource(n_users=12, n_items=40, n_events=4000, scenarios=SCEN, seed=4,
                                       mean_gap_ms=60_000.0).events())
-    data = prepare(ev, SCEN, with_test=False)  # every event is "train": the history counts all of them
-    pit = PointInTime(event_arrays(ev, data), len(data.items), len(SCEN))
+    data = prepare(ev, SCEN, with_test=False)
+    arrays = event_arrays(ev, data)
+    arrays.split[:] = 0  # every event before the test split: the history counts all of them
+    pit = PointInTime(arrays, len(data.items), len(SCEN))
     rng = np.random.default_rng(0)
     lo, hi = int(ev["event_time"].min()), int(ev["event_time"].max()) + 2 * 3_600_000
     checked = 0
