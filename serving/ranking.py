@@ -128,7 +128,9 @@ def _user_columns(rows: list[dict], scenario_index: int) -> dict[str, np.ndarray
     return out
 
 
-def _item_columns(item_rows: list[dict | None]) -> dict[str, np.ndarray]:
+def _item_columns(item_rows: list[dict | None], n: int) -> dict[str, np.ndarray]:
+    if not any(item_rows):  # no item rows (a reader without them, or items without events)
+        return {f"item_{name}": np.full(n, np.nan) for name in ITEM_FEATURE_NAMES}
     out = {}
     for name in ITEM_FEATURE_NAMES:
         out[f"item_{name}"] = np.array([np.nan if r is None or r.get(name) is None else r[name] for r in item_rows],
@@ -161,11 +163,11 @@ class RankingStage:
         branch_names = [b for c in lists for b in c.branches]
         known = {b: j for j, b in enumerate(cfg.branches)}
         branch = np.array([known.get(b, -1) for b in branch_names], np.int64)
-        cols = {k: v[owner] for k, v in _user_columns(rows, self.scenarios.index(scenario)).items()}
-        cols.update(_item_columns(self.items.get([(int(i), scenario) for i in raw.tolist()])))
+        cols = _item_columns(self.items.get([(int(i), scenario) for i in raw.tolist()]), len(raw))
         t0 = self._observe("item_features", t0)
         cols[RECALL_SCORE] = self._recall_scores(bundle, scenario, rows, owner, raw)
-        dense = torch.from_numpy(dense_matrix(cols, branch, cfg.branches))
+        user_cols = _user_columns(rows, self.scenarios.index(scenario))
+        dense = torch.from_numpy(dense_matrix(cols, branch, cfg.branches, user_cols, owner))
         s = self.scenarios.index(scenario)
         with torch.inference_mode():
             scen = torch.full((len(owner),), s, dtype=torch.long)

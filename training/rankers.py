@@ -59,26 +59,30 @@ def dense_names(branches: list[str]) -> list[str]:
     return list(USER_COLUMNS) + list(ITEM_COLUMNS) + [RECALL_SCORE] + [f"branch_{b}" for b in branches]
 
 
-def _transform(name: str, values: np.ndarray) -> np.ndarray:
-    base = name.split("_", 1)[1] if name.startswith(("user_", "item_")) else name
-    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
-    if base.startswith(COUNT_PREFIXES):
-        return np.log1p(np.maximum(v, 0.0))
-    if base == "trending":
-        return np.log(np.maximum(v, 1e-6))
-    return v
+def _transformed(names: tuple[str, ...], cols: dict[str, np.ndarray]) -> np.ndarray:
+    """[n, len(names)] float32: NaN -> 0, counts -> log1p, ``trending`` -> log (one pass per kind)."""
+    x = np.column_stack([np.asarray(cols[name], np.float64) for name in names]) if names else np.zeros((0, 0))
+    x[np.isnan(x)] = 0.0
+    base = [n.split("_", 1)[1] if n.startswith(("user_", "item_")) else n for n in names]
+    counts = [j for j, b in enumerate(base) if b.startswith(COUNT_PREFIXES)]
+    trend = [j for j, b in enumerate(base) if b == "trending"]
+    x[:, counts] = np.log1p(np.maximum(x[:, counts], 0.0))
+    x[:, trend] = np.log(np.maximum(x[:, trend], 1e-6))
+    return x.astype(np.float32)
 
 
-def dense_matrix(cols: dict[str, np.ndarray], branch: np.ndarray, branches: list[str]) -> np.ndarray:
-    """float32 [n, len(dense_names)]: ``cols`` holds USER_COLUMNS, ITEM_COLUMNS and RECALL_SCORE (arrays
-    of n rows, NaN/None = no value); ``branch`` the index of each candidate's branch in ``branches``
-    (-1: a branch the ranker does not know, all zeros)."""
-    n = len(branch)
-    out = np.zeros((n, len(USER_COLUMNS) + len(ITEM_COLUMNS) + 1 + len(branches)), np.float32)
-    for j, name in enumerate(USER_COLUMNS + ITEM_COLUMNS + (RECALL_SCORE,)):
-        out[:, j] = _transform(name, cols[name])
+def dense_matrix(cols: dict[str, np.ndarray], branch: np.ndarray, branches: list[str],
+                 user_cols: dict[str, np.ndarray] | None = None, owner: np.ndarray | None = None) -> np.ndarray:
+    """float32 [n, len(dense_names)]: ``cols`` holds ITEM_COLUMNS and RECALL_SCORE (arrays of n rows,
+    NaN = no value) and USER_COLUMNS, unless ``user_cols`` gives those per request (candidate i
+    belongs to request ``owner[i]``: transformed once per request); ``branch`` the index of each
+    candidate's branch in ``branches`` (-1: a branch the ranker does not know, all zeros)."""
+    n, nu = len(branch), len(USER_COLUMNS)
+    out = np.zeros((n, nu + len(ITEM_COLUMNS) + 1 + len(branches)), np.float32)
+    out[:, :nu] = _transformed(USER_COLUMNS, cols) if user_cols is None else _transformed(USER_COLUMNS, user_cols)[owner]
+    out[:, nu:nu + len(ITEM_COLUMNS) + 1] = _transformed(ITEM_COLUMNS + (RECALL_SCORE,), cols)
     known = (branch >= 0) & (branch < len(branches))
-    out[np.flatnonzero(known), len(USER_COLUMNS) + len(ITEM_COLUMNS) + 1 + branch[known]] = 1.0
+    out[np.flatnonzero(known), nu + len(ITEM_COLUMNS) + 1 + branch[known]] = 1.0
     return out
 
 
@@ -142,6 +146,30 @@ class CoarseRanker(nn.Module):
         return self.mlp(torch.cat([self.norm(dense), self.scenario(scenario)], -1)).squeeze(-1)
 
 
+class TargetAttention(nn.Module):
+    """Multi-head attention from each candidate to its request's encoded sequence.  Keys and values are
+    projected once per request, not once per candidate (a request's ~100 candidates share them)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, d // heads
+        self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = memory.shape
+        split = lambda x: x.view(B, T, self.heads, self.head_dim)  # noqa: E731
+        return split(self.key(memory)), split(self.value(memory))
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pad: torch.Tensor,
+                owner: torch.Tensor) -> torch.Tensor:
+        """query [n, d]; keys/values [B, T, h, d/h]; pad [B, T]; owner [n] -> [n, d]."""
+        q = self.query(query).view(len(query), self.heads, self.head_dim)
+        k, v = keys[owner], values[owner]  # [n, T, h, d/h]
+        logits = torch.einsum("nhe,nthe->nht", q, k) / self.head_dim ** 0.5
+        weights = torch.softmax(logits.masked_fill(pad[owner][:, None, :], float("-inf")), dim=-1)
+        return self.out(torch.einsum("nht,nthe->nhe", weights, v).reshape(len(query), -1))
+
+
 class FineRanker(nn.Module):
     """Target attention from the candidate to the user's transformer-encoded click sequences."""
 
@@ -156,7 +184,7 @@ class FineRanker(nn.Module):
         self.no_history = nn.Parameter(torch.zeros(1, 1, d))
         self.encoder = nn.TransformerEncoderLayer(d, cfg.heads, dim_feedforward=2 * d, dropout=cfg.dropout,
                                                   batch_first=True)
-        self.target_attention = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
+        self.target_attention = TargetAttention(d, cfg.heads)
         self.mlp = _mlp([4 * d + cfg.n_dense] + list(cfg.hidden), cfg.dropout)
         for e in (self.item, self.scenario, self.position):
             nn.init.normal_(e.weight, std=0.05)
@@ -175,10 +203,8 @@ class FineRanker(nn.Module):
         """Logits of n candidates; ``owner`` [n]: the row of ``memory`` (the request) each belongs to."""
         cand = self.item(item)
         scen = self.scenario(scenario)
-        query = (cand + scen)[:, None, :]
-        attended, _ = self.target_attention(query, memory[owner], memory[owner], key_padding_mask=pad[owner],
-                                            need_weights=False)
-        attended = attended[:, 0]
+        keys, values = self.target_attention.keys_values(memory)
+        attended = self.target_attention(cand + scen, keys, values, pad, owner)
         x = torch.cat([cand, attended, cand * attended, scen, self.norm(dense)], -1)
         return self.mlp(x).squeeze(-1)
 

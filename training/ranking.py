@@ -62,7 +62,7 @@ def _log(msg: str) -> None:
 
 
 def dense_of(lists: RankingLists, branches: list[str]) -> np.ndarray:
-    return dense_matrix(lists.columns(), lists.branch, branches)
+    return dense_matrix(lists.row_columns(), lists.branch, branches, lists.user_cols, lists.owner)
 
 
 def _list_starts(owner: np.ndarray, n_lists: int) -> np.ndarray:

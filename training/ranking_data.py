@@ -129,6 +129,7 @@ class PointInTime:
 class RankingLists:
     """Requests (``lists``) and their candidate rows, flattened (``rows``: ``owner`` = list index)."""
 
+    user: np.ndarray  # [n_lists] user indices
     scenario: np.ndarray  # [n_lists]
     recent: np.ndarray  # [n_lists, L] item indices, this scenario's clicks, newest first
     recent_all: np.ndarray  # [n_lists, L]
@@ -148,12 +149,9 @@ class RankingLists:
     def n_lists(self) -> int:
         return len(self.scenario)
 
-    def columns(self) -> dict[str, np.ndarray]:
-        """Every named column of ``training.rankers.dense_matrix`` per row."""
-        cols = {k: v[self.owner] for k, v in self.user_cols.items()}
-        cols.update(self.item_cols)
-        cols[RECALL_SCORE] = self.recall_score
-        return cols
+    def row_columns(self) -> dict[str, np.ndarray]:
+        """The per-row named columns of ``training.rankers.dense_matrix`` (the user's are per list)."""
+        return {**self.item_cols, RECALL_SCORE: self.recall_score}
 
     def take_lists(self, lists: np.ndarray) -> "RankingLists":
         """The lists ``lists`` (indices) and their rows, renumbered."""
@@ -164,7 +162,7 @@ class RankingLists:
         rows = rows[np.argsort(new[self.owner[rows]], kind="stable")]
         per_row = {k: getattr(self, k)[rows] for k in ("item", "label", "shown", "candidate", "recall_score",
                                                          "recall_rank", "branch")}
-        return RankingLists(scenario=self.scenario[lists], recent=self.recent[lists], recent_all=self.recent_all[lists],
+        return RankingLists(user=self.user[lists], scenario=self.scenario[lists], recent=self.recent[lists], recent_all=self.recent_all[lists],
                             user_cols={k: v[lists] for k, v in self.user_cols.items()}, n_targets=self.n_targets[lists],
                             owner=new[self.owner[rows]], item_cols={k: v[rows] for k, v in self.item_cols.items()},
                             **per_row)
@@ -221,7 +219,7 @@ def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: S
     n_targets = np.bincount(np.concatenate([t[:, 0] for t in es.targets] + [np.zeros(0, np.int64)]),
                             minlength=n_q)
     lists = RankingLists(
-        scenario=q["scenario"].astype(np.int64), recent=q["recent_clicks"], recent_all=q["recent_clicks_all"],
+        user=q["user"].astype(np.int64), scenario=q["scenario"].astype(np.int64), recent=q["recent_clicks"], recent_all=q["recent_clicks_all"],
         user_cols=pit.user_columns(q["user"], q["scenario"], as_of), n_targets=n_targets,
         owner=owner, item=item, label=np.isin(k_of, click_keys).astype(np.float32), shown=np.isin(k_of, shown_keys),
         candidate=rank < n_candidates, recall_score=score.astype(np.float32), recall_rank=rank,

@@ -28,6 +28,9 @@ def add_bench_parsers(benches) -> None:
     p.add_argument("--k", type=int, default=20, help="items per request")
     p.add_argument("--scenarios", type=int, default=0,
                    help="split the catalog over this many scenarios (default: all of settings.scenarios)")
+    p.add_argument("--ranking", action="store_true",
+                   help="ship (untrained) coarse + fine rankers in the bundle: recall, then ranking of --candidates")
+    p.add_argument("--candidates", type=int, default=500, help="candidates per request handed to ranking")
     p.set_defaults(func=bench_serve)
     p = benches.add_parser("swap", help="hot swaps of bundles under steady load")
     p.add_argument("--swaps", type=int, default=10)
@@ -42,23 +45,29 @@ def _say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def _bench_settings(settings, state_dir: Path, scenarios: list[str]):
+def _bench_settings(settings, state_dir: Path, scenarios: list[str], candidates: int | None = None):
     """The caller's serving settings, with all state in a scratch folder and admin disabled."""
-    return settings.model_copy(update={
+    update = {
         "state_dir": state_dir, "scenarios": scenarios,
         "serving": settings.serving.model_copy(update={"bundle_dir": state_dir / "bundles", "admin_token": None}),
-    })
+    }
+    if candidates:
+        update["ranking"] = settings.ranking.model_copy(update={"candidates": candidates})
+    return settings.model_copy(update=update)
 
 
-def _prepare(settings, n_items, dim, seed):
-    """Build + publish a synthetic bundle and the matching user table; returns (bundle path, features file)."""
+def _prepare(settings, n_items, dim, seed, ranking: bool = False):
+    """Build + publish a synthetic bundle (with untrained rankers when ``ranking``) and the matching
+    user table; returns (bundle path, features file, users)."""
     from serving.bundle import build_synthetic_bundle
     from serving.feature_reader import save_recent_clicks
-    from serving.synthetic import synthetic_catalog, synthetic_users
+    from serving.synthetic import synthetic_catalog, synthetic_rankers, synthetic_users
 
     t0 = time.perf_counter()
     catalog = synthetic_catalog(n_items, dim, settings.scenarios, seed)
-    path = build_synthetic_bundle(settings, n_items, dim, seed=seed, progress=_say, catalog=catalog, publish=True)
+    rankers = synthetic_rankers(Path(settings.state_dir) / "rankers", catalog, seed).root if ranking else None
+    path = build_synthetic_bundle(settings, n_items, dim, seed=seed, progress=_say, catalog=catalog, publish=True,
+                                  ranker_dir=rankers)
     _say(f"bundle {path.name} built in {time.perf_counter() - t0:.1f}s")
     users = synthetic_users(catalog, BENCH_USERS, seed)
     features = Path(settings.state_dir) / "features.npz"
@@ -124,9 +133,10 @@ def bench_serve(args, settings) -> int:
     from cli.local.server import ServerProcess
 
     scenarios = settings.scenarios[: args.scenarios] if args.scenarios else settings.scenarios
+    ranking = bool(getattr(args, "ranking", False))
     with tempfile.TemporaryDirectory(prefix="sassflow-bench-serve-") as tmp:
-        bs = _bench_settings(settings, Path(tmp), scenarios)
-        path, features, users = _prepare(bs, args.items, args.dim, seed=0)
+        bs = _bench_settings(settings, Path(tmp), scenarios, args.candidates if ranking else None)
+        path, features, users = _prepare(bs, args.items, args.dim, seed=0, ranking=ranking)
         load_before = _machine_load()
         with ServerProcess(bs, static_features=features, log_path=Path(tmp) / "server.log") as srv:
             srv.wait_ready(timeout=600)
@@ -139,6 +149,9 @@ def bench_serve(args, settings) -> int:
             out, _ = gen.communicate()
             server_cpu_s = sum(server_proc.cpu_times()[:2]) - cpu0
             result = json.loads(out.strip().splitlines()[-1])
+            import httpx
+
+            stages = stage_p99_ms(httpx.get(srv.url + "/metrics").text)
             all_requests = sum(result["versions"].values())  # including the warm-up
         _say("measuring the in-process core and recall against exact search")
         core = _core_and_recall(bs, path, users, args.k)
@@ -155,9 +168,36 @@ def bench_serve(args, settings) -> int:
             "recall_at_100": core["recall_at_100"], "recall_at_100_min_scenario": core["recall_at_100_min"],
             "index_type": core["index_type"], "index_params": core["index_params"],
             "items_per_scenario": core["items_per_scenario"],
+            "ranking": ranking, "candidates": args.candidates if ranking else args.k, "stage_p99_ms": stages,
             "machine_before": load_before, "machine_after": _machine_load(),
         })
     return 0
+
+
+def stage_p99_ms(metrics_text: str, q: float = 0.99) -> dict[str, float]:
+    """Per pipeline stage, the q-quantile (ms) of ``sassflow_recommend_stage_seconds`` from the
+    service's /metrics: linear within the histogram bucket that holds it (Prometheus' estimate)."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("sassflow_recommend_stage_seconds_bucket{"):
+            labels, value = line[line.index("{") + 1:line.index("}")], float(line.rsplit(" ", 1)[1])
+            fields = dict(part.split("=", 1) for part in labels.split(","))
+            le = float(fields["le"].strip('"'))
+            buckets.setdefault(fields["stage"].strip('"'), []).append((le, value))
+    out = {}
+    for stage, rows in buckets.items():
+        rows.sort()
+        total = rows[-1][1]
+        if not total:
+            continue
+        target, prev_le, prev_n = q * total, 0.0, 0.0
+        for le, n in rows:
+            if n >= target:
+                upper = le if le != float("inf") else prev_le
+                out[stage] = 1000 * (prev_le + (upper - prev_le) * ((target - prev_n) / max(n - prev_n, 1e-9)))
+                break
+            prev_le, prev_n = le, n
+    return out
 
 
 def _rss_sampler(pid: int, stop: threading.Event, samples: list, interval: float = 0.05) -> threading.Thread:

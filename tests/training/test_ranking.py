@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from training.data import TEST, prepare
-from training.evaluate import popularity_scorer
 from training.rankers import (ITEM_COLUMNS, RECALL_BRANCHES, USER_COLUMNS, FineRanker, RankerConfig, dense_matrix,
                               load_rankers, save_rankers)
 from training.ranking import RankingData, RankingParams, ranking_metrics, train_rankers
@@ -58,14 +57,30 @@ def test_point_in_time_windows_equal_the_online_tiles_read_as_of_the_same_time()
     assert checked > 300
 
 
+def random_scorer(k, queries, catalog):
+    """A recall model that knows nothing: random scores (seeded per scenario)."""
+    return torch.rand(len(queries["user"]), len(catalog), generator=torch.Generator().manual_seed(k))
+
+
 @pytest.fixture(scope="module")
-def ranking_data(syn_events, syn_data):
-    """Lists whose recall is popularity (a weak recall the rankers have room to beat)."""
+def world():
+    """Synthetic events with Zipf popularity and user taste: what the streaming features can see."""
+    from streaming.sources import SyntheticSource, events_frame
+
+    ev = events_frame(SyntheticSource(n_users=1000, n_items=400, n_events=400_000, seed=5).events())
+    return ev, prepare(ev, SCEN)
+
+
+@pytest.fixture(scope="module")
+def ranking_data(world):
+    """Lists of a recall order that carries no information: what the rankers find is theirs."""
+    ev, data = world
     p = RankingParams(candidates=60, coarse_keep=20, exposure_negatives=10, fine_epochs=3, batch_lists=32)
-    return RankingData(syn_data, syn_events, popularity_scorer(syn_data.item_clicks), p), p
+    return RankingData(data, ev, random_scorer, p), p
 
 
-def test_lists_see_nothing_of_their_own_request_or_of_the_test_split(syn_events, syn_data, ranking_data):
+def test_lists_see_nothing_of_their_own_request_or_of_the_test_split(world, ranking_data):
+    syn_events, syn_data = world
     rd, p = ranking_data
     ev = event_arrays(syn_events, syn_data)
     first = {}
@@ -76,12 +91,9 @@ def test_lists_see_nothing_of_their_own_request_or_of_the_test_split(syn_events,
     # recount a sample of item windows by brute force: events before the test split, strictly before t
     hist = (ev.split < TEST)
     rng = np.random.default_rng(1)
-    q = syn_data.evals["test"].queries
     for row in rng.choice(len(rd.test.owner), 200, replace=False):
         owner = rd.test.owner[row]
-        item, scen = rd.test.item[row], rd.test.scenario[owner]
-        # the list's user: the test query of the same sequences (lists keep the query order)
-        user = q["user"][np.flatnonzero((q["scenario"] == scen) & (q["recent_clicks"] == rd.test.recent[owner]).all(1))[0]]
+        item, scen, user = rd.test.item[row], rd.test.scenario[owner], rd.test.user[owner]
         t = first["test"][user]
         week = (t // 3_600_000 - 167) * 3_600_000
         mine = hist & (ev.item == item) & (ev.scenario == scen) & (ev.time < t) & (ev.time >= week)
@@ -106,7 +118,9 @@ def test_the_cascade_beats_a_weak_recall_order_and_the_gate_says_so(ranking_data
     rd, p = ranking_data
     res = train_rankers(rd, p, list(RECALL_BRANCHES))
     test = res.metrics["test"]
-    assert test["fine"]["ndcg@10"]["mean"] > 1.15 * test["recall_order"]["ndcg@10"]["mean"], test
+    # the streaming features (popularity in the windows, trending) and the click sequences find clicks
+    # a random recall order does not (1.5x-2.7x over seeds; seed 0 here, deterministic on CPU)
+    assert test["fine"]["ndcg@10"]["mean"] > 1.3 * test["recall_order"]["ndcg@10"]["mean"], test
     assert res.included and "recall order" in res.reason
     # the files round-trip, and what is loaded scores exactly as what was trained
     save_rankers(tmp_path, res.cfg, res.coarse, res.fine, np.arange(1, res.cfg.n_items + 1))
@@ -141,3 +155,32 @@ def test_a_candidate_score_does_not_depend_on_the_other_candidates():
         pick = torch.from_numpy(rng.permutation(30)[:7])
         part = fine(seq, seq, torch.zeros(7, dtype=torch.long), item[pick], torch.ones(7, dtype=torch.long), dense[pick])
     torch.testing.assert_close(part, full[pick])
+
+
+def test_retrain_steps_gate_register_and_ship_the_rankers_as_decided(syn_events, tmp_path):
+    """train_rankers -> register_rankers -> build_bundle: a ranker that cannot beat the recall order
+    by the required gain is rejected in the registry, left out of the bundle, and the manifest says why."""
+    import json
+
+    from sassflow.settings import Settings
+    from serving.bundle import build_bundle, load_bundle
+    from training.pipeline import finetune, register_rankers, train_rankers as train_step
+    from training.registry import ModelRegistry
+
+    settings = Settings(state_dir=tmp_path, training={"finetune_epochs": 1, "batch_size": 256},
+                        ranking={"candidates": 60, "coarse_keep": 20, "exposure_negatives": 10, "fine_epochs": 1,
+                                 "min_gain": 100.0}, serving={"exact_index_max_items": 100_000})
+    data_dir = tmp_path / "dataset"
+    data_dir.mkdir()
+    syn_events.to_parquet(data_dir / "events.parquet", index=False)
+    finetune(settings, data_dir, None, tmp_path / "model")
+    result = train_step(settings, data_dir, tmp_path / "model", tmp_path / "rankers")
+    assert not result["included"] and "x (1 + 100.0)" in result["reason"]
+    assert set(result["metrics"]) == {"val", "test"} and "fine" in result["metrics"]["test"]
+    reg = register_rankers(settings, tmp_path / "rankers")
+    assert ModelRegistry.from_settings(settings).get(reg["version"]).status == "rejected"
+    path = build_bundle(settings, tmp_path / "model", 1, publish=False, ranker_dir=reg["ranker_dir"])
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["ranking"]["included"] is False and manifest["ranking"]["reason"] == result["reason"]
+    assert not any(f.startswith("ranking/") for f in manifest["files"])
+    assert load_bundle(path, settings).rankers is None
