@@ -64,6 +64,7 @@ class BundleRankers:
     coarse: object
     fine: object | None
     items: object  # training.vocab.Vocab over the rankers' item vocabulary
+    item_clicks: np.ndarray  # [n_scenarios, n_items + 1] the popularity prior
     coarse_keep: int
 
 
@@ -76,8 +77,8 @@ def load_rankers(path: Path, manifest: dict, coarse_keep: int) -> BundleRankers 
     from training.rankers import load_rankers as load
     from training.vocab import Vocab
 
-    cfg, coarse, fine, item_ids, _ = load(BundleLayout(path).ranking_dir)
-    return BundleRankers(cfg, coarse, fine, Vocab(item_ids), coarse_keep)
+    r = load(BundleLayout(path).ranking_dir)
+    return BundleRankers(r.cfg, r.coarse, r.fine, Vocab(r.item_ids), r.item_clicks, coarse_keep)
 
 
 def nonfinite_ranker_weights(rankers: BundleRankers) -> list[str]:
@@ -154,7 +155,7 @@ class RankingStage:
         """Each request's candidates ranked (coarse, then fine over the coarse top), cut to its k."""
         import torch
 
-        from training.rankers import RECALL_SCORE, dense_matrix
+        from training.rankers import ITEM_PRIOR, RECALL_SCORE, dense_matrix
 
         t0 = time.perf_counter()
         cfg = rankers.cfg
@@ -165,10 +166,11 @@ class RankingStage:
         branch = np.array([known.get(b, -1) for b in branch_names], np.int64)
         cols = _item_columns(self.items.get([(int(i), scenario) for i in raw.tolist()]), len(raw))
         t0 = self._observe("item_features", t0)
-        cols[RECALL_SCORE] = self._recall_scores(bundle, scenario, rows, owner, raw)
-        user_cols = _user_columns(rows, self.scenarios.index(scenario))
-        dense = torch.from_numpy(dense_matrix(cols, branch, cfg.branches, user_cols, owner))
         s = self.scenarios.index(scenario)
+        cols[RECALL_SCORE] = self._recall_scores(bundle, scenario, rows, owner, raw)
+        cols[ITEM_PRIOR] = rankers.item_clicks[s, rankers.items.index(raw)].astype(np.float64)
+        user_cols = _user_columns(rows, s)
+        dense = torch.from_numpy(dense_matrix(cols, branch, cfg.branches, user_cols, owner))
         with torch.inference_mode():
             scen = torch.full((len(owner),), s, dtype=torch.long)
             coarse = rankers.coarse(dense, scen).numpy().astype(np.float64)

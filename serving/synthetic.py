@@ -76,5 +76,8 @@ def synthetic_rankers(out_dir, catalog: dict[str, SyntheticScenario], seed: int,
     item_ids = np.sort(np.concatenate([c.item_ids for c in catalog.values()]))
     cfg = RankerConfig(n_items=len(item_ids), n_scenarios=len(catalog), seq_len=seq_len,
                        branches=list(RECALL_BRANCHES))
-    return save_rankers(out_dir, cfg, CoarseRanker(cfg).eval(), FineRanker(cfg).eval(), item_ids,
+    clicks = np.zeros((len(catalog), len(item_ids) + 1), np.int64)
+    for s, c in enumerate(catalog.values()):  # popularity: the catalog's popular list, best first
+        clicks[s, np.searchsorted(item_ids, c.popular) + 1] = np.arange(len(c.popular), 0, -1)
+    return save_rankers(out_dir, cfg, CoarseRanker(cfg).eval(), FineRanker(cfg).eval(), item_ids, clicks,
                         extra={"included": True, "reason": "synthetic rankers (untrained)", "gate_metrics": {}})

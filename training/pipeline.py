@@ -7,6 +7,8 @@ JSON-able dicts out, every intermediate result in a folder so each step can run 
     evaluate           -> <dir>/metrics.json            (BENCHMARKS.md protocol, val + test)
     evaluate_with_baselines -> the same + the baselines on the same prepared data
     register_and_gate  -> registry row + gate decision
+    train_rankers      -> <dir>/ ranker artifact        (coarse + fine, gated against the recall order)
+    register_rankers   -> registry row ``ranker``       (promoted if the gate kept them, else rejected)
     train_pipeline     -> all of it in memory (`sassflow train`)
 """
 from __future__ import annotations
@@ -256,7 +258,7 @@ def train_rankers(settings, dataset_dir, model_dir, out_dir, with_test: bool = T
     res = fit(rd, p, list(RECALL_BRANCHES))
     val = res.metrics["val"]
     gate_metrics = {f"{name}_ndcg@10": val[name]["ndcg@10"]["mean"] for name in ("fine", "coarse", "recall_order")}
-    save_rankers(out_dir, res.cfg, res.coarse, res.fine, data.items.ids,
+    save_rankers(out_dir, res.cfg, res.coarse, res.fine, data.items.ids, data.item_clicks,
                  extra={"included": res.included, "reason": res.reason, "gate_metrics": gate_metrics,
                         "metrics": res.metrics, "seconds": res.seconds, "window": list(data.window),
                         "recall_model": str(model_dir)})

@@ -47,6 +47,11 @@ ITEM_WINDOW = tuple(f.name for f in ITEM_SCENARIO_STATS.derived)
 USER_COLUMNS = tuple(f"user_{n}" for n in USER_WINDOW + USER_PROFILE) + ("user_scenario_share",)
 ITEM_COLUMNS = tuple(f"item_{n}" for n in ITEM_WINDOW)
 RECALL_SCORE = "recall_score"
+# The candidate's clicks in the scenario over the recall model's training data (the ranker artifact
+# ships them): an all-time popularity prior that the windows (at most 7 days) and a log-q corrected
+# recall score both lack.
+ITEM_PRIOR = "item_clk_train"
+ROW_COLUMNS = ITEM_COLUMNS + (ITEM_PRIOR, RECALL_SCORE)  # per candidate; USER_COLUMNS are per request
 # The recall branches a ranker knows (its branch one-hot), by the names serving's sources carry
 # (``serving.recall``: the ANN branch, the popular fallback).  A ranker records its list in its config,
 # so serving reads the branches of the ranker it runs; a branch it does not know gets all zeros.
@@ -56,7 +61,7 @@ SCENARIO_DIM = 8
 
 
 def dense_names(branches: list[str]) -> list[str]:
-    return list(USER_COLUMNS) + list(ITEM_COLUMNS) + [RECALL_SCORE] + [f"branch_{b}" for b in branches]
+    return list(USER_COLUMNS) + list(ROW_COLUMNS) + [f"branch_{b}" for b in branches]
 
 
 def _transformed(names: tuple[str, ...], cols: dict[str, np.ndarray]) -> np.ndarray:
@@ -73,16 +78,17 @@ def _transformed(names: tuple[str, ...], cols: dict[str, np.ndarray]) -> np.ndar
 
 def dense_matrix(cols: dict[str, np.ndarray], branch: np.ndarray, branches: list[str],
                  user_cols: dict[str, np.ndarray] | None = None, owner: np.ndarray | None = None) -> np.ndarray:
-    """float32 [n, len(dense_names)]: ``cols`` holds ITEM_COLUMNS and RECALL_SCORE (arrays of n rows,
+    """float32 [n, len(dense_names)]: ``cols`` holds ROW_COLUMNS (arrays of n rows,
     NaN = no value) and USER_COLUMNS, unless ``user_cols`` gives those per request (candidate i
     belongs to request ``owner[i]``: transformed once per request); ``branch`` the index of each
     candidate's branch in ``branches`` (-1: a branch the ranker does not know, all zeros)."""
     n, nu = len(branch), len(USER_COLUMNS)
-    out = np.zeros((n, nu + len(ITEM_COLUMNS) + 1 + len(branches)), np.float32)
+    nr = len(ROW_COLUMNS)
+    out = np.zeros((n, nu + nr + len(branches)), np.float32)
     out[:, :nu] = _transformed(USER_COLUMNS, cols) if user_cols is None else _transformed(USER_COLUMNS, user_cols)[owner]
-    out[:, nu:nu + len(ITEM_COLUMNS) + 1] = _transformed(ITEM_COLUMNS + (RECALL_SCORE,), cols)
+    out[:, nu:nu + nr] = _transformed(ROW_COLUMNS, cols)
     known = (branch >= 0) & (branch < len(branches))
-    out[np.flatnonzero(known), nu + len(ITEM_COLUMNS) + 1 + branch[known]] = 1.0
+    out[np.flatnonzero(known), nu + nr + branch[known]] = 1.0
     return out
 
 
@@ -216,9 +222,11 @@ class FineRanker(nn.Module):
 # --------------------------------------------------------------------------- files
 
 def save_rankers(out_dir, cfg: RankerConfig, coarse: CoarseRanker, fine: FineRanker | None, item_ids: np.ndarray,
-                 extra: dict | None = None) -> RankerArtifact:
+                 item_clicks: np.ndarray, extra: dict | None = None) -> RankerArtifact:
+    """``item_clicks``: [n_scenarios, n_items + 1] the ITEM_PRIOR counts by vocabulary index."""
     art = RankerArtifact(out_dir)
     art.root.mkdir(parents=True, exist_ok=True)
+    np.save(art.root / RankerArtifact.ITEM_CLICKS, np.asarray(item_clicks, np.int64))
     torch.save(coarse.state_dict(), art.root / RankerArtifact.COARSE)
     if fine is not None:
         torch.save(fine.state_dict(), art.root / RankerArtifact.FINE)
@@ -244,17 +252,29 @@ def _load_state(path: Path, model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def load_rankers(folder) -> tuple[RankerConfig, CoarseRanker, FineRanker | None, np.ndarray, dict]:
-    """(config, coarse, fine or None, raw item ids of the vocabulary, the whole config.json)."""
+@dataclass
+class LoadedRankers:
+    cfg: RankerConfig
+    coarse: CoarseRanker
+    fine: FineRanker | None
+    item_ids: np.ndarray  # raw ids of the vocabulary (index i + 1)
+    item_clicks: np.ndarray  # [n_scenarios, n_items + 1]
+    meta: dict  # the whole config.json
+
+
+def load_rankers(folder) -> LoadedRankers:
     art = RankerArtifact(folder)
     try:
         meta = json.loads((art.root / RankerArtifact.CONFIG).read_text())
         cfg = RankerConfig(**meta["ranker"])
         item_ids = np.load(art.root / RankerArtifact.ITEM_IDS, allow_pickle=False)
+        item_clicks = np.load(art.root / RankerArtifact.ITEM_CLICKS, allow_pickle=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"ranker {art.root.name}: unreadable config or vocabulary ({exc})") from exc
     if item_ids.dtype != np.int64 or len(item_ids) != cfg.n_items:
         raise ArtifactError(f"ranker {art.root.name}: {len(item_ids)} item ids, config says {cfg.n_items}")
+    if item_clicks.shape != (cfg.n_scenarios, cfg.n_items + 1):
+        raise ArtifactError(f"ranker {art.root.name}: item clicks of shape {item_clicks.shape}")
     coarse = _load_state(art.root / RankerArtifact.COARSE, CoarseRanker(cfg))
     fine = _load_state(art.root / RankerArtifact.FINE, FineRanker(cfg)) if meta.get("fine") else None
-    return cfg, coarse, fine, item_ids, meta
+    return LoadedRankers(cfg, coarse, fine, item_ids, item_clicks, meta)

@@ -48,6 +48,7 @@ class RankingParams:
     dim: int = 32
     seed: int = 0
     min_gain: float = 0.0
+    loss: str = "bce"
     progress: bool = False
 
     @classmethod
@@ -105,6 +106,16 @@ def _fine_batch(model: FineRanker, lists: RankingLists, dense: torch.Tensor, sta
     return logits, rows
 
 
+def listwise_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy within each request: every clicked row against all rows of its request
+    (the sampled-softmax view of NDCG's top-heavy goal); requests without a click add nothing."""
+    groups, inv = torch.unique(owner, return_inverse=True)
+    top = torch.full((len(groups),), -torch.inf).scatter_reduce(0, inv, logits.detach(), "amax")
+    lse = torch.log(torch.zeros(len(groups)).index_add(0, inv, torch.exp(logits - top[inv]))) + top
+    pos = labels > 0
+    return (lse[inv[pos]] - logits[pos]).mean() if pos.any() else logits.sum() * 0.0
+
+
 def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: RankingParams,
              validate=None) -> tuple[FineRanker, list[float]]:
     """The fine ranker; ``validate(model) -> NDCG@10`` after each epoch picks the epoch kept."""
@@ -124,7 +135,8 @@ def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: Ranki
         for batch in tqdm(batches, desc=f"fine ranker {epoch + 1}/{p.fine_epochs}", disable=not p.progress,
                           file=sys.stderr, leave=False, mininterval=1.0):
             logits, rows = _fine_batch(model, lists, d, starts, batch)
-            loss = F.binary_cross_entropy_with_logits(logits, y[rows])
+            loss = (F.binary_cross_entropy_with_logits(logits, y[rows]) if p.loss == "bce"
+                    else listwise_softmax_loss(logits, y[rows], torch.from_numpy(lists.owner[rows])))
             opt.zero_grad()
             loss.backward()
             opt.step()

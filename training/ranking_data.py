@@ -11,6 +11,8 @@ Features as of the list's time t (the user's first event of the split), never th
 * user windows: impressions / clicks in 1h / 24h / 7d of (user, scenario), CTRs, the 7d totals over
   every scenario and this scenario's share of the clicks;
 * item windows: impressions / clicks of (item, scenario) in 1h / 24h / 7d, CTRs, ``trending``;
+* the item's clicks in the scenario over the train split (what the recall model was trained on, the
+  ranker artifact ships them: a popularity prior beyond the windows' 7 days);
 * the recall score and branch.
 
 Windows are ``features.windows``' (``window_start_ms`` <= event time < t, the tiles a reader sums as
@@ -36,7 +38,7 @@ import torch
 from sassflow.contracts.features import WINDOW_1H, WINDOW_7D, WINDOW_24H, WINDOWS, window_start_ms
 from training.data import TEST, TRAIN, VAL, NO_TIME, TrainingData, split_by_user_time
 from training.evaluate import Scorer
-from training.rankers import ITEM_COLUMNS, RECALL_SCORE, USER_COLUMNS
+from training.rankers import ITEM_PRIOR, RECALL_SCORE, USER_COLUMNS
 
 SPLITS = {"train": TRAIN, "val": VAL, "test": TEST}
 RECALL_BRANCH = "sass"  # what the SASS candidates are labelled (serving.recall.AnnRecall.name)
@@ -142,7 +144,7 @@ class RankingLists:
     candidate: np.ndarray  # [n_rows] among the recall stage's top n_candidates
     recall_score: np.ndarray  # [n_rows]
     recall_rank: np.ndarray  # [n_rows] position in the recall order (evaluation only, never a feature)
-    item_cols: dict[str, np.ndarray]  # ITEM_COLUMNS, [n_rows]
+    item_cols: dict[str, np.ndarray]  # ITEM_COLUMNS and ITEM_PRIOR, [n_rows]
     branch: np.ndarray = field(default=None)  # [n_rows] index into the ranker's branches
 
     @property
@@ -223,7 +225,8 @@ def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: S
         user_cols=pit.user_columns(q["user"], q["scenario"], as_of), n_targets=n_targets,
         owner=owner, item=item, label=np.isin(k_of, click_keys).astype(np.float32), shown=np.isin(k_of, shown_keys),
         candidate=rank < n_candidates, recall_score=score.astype(np.float32), recall_rank=rank,
-        item_cols=pit.item_columns(item, q["scenario"][owner], as_of[owner]),
+        item_cols={**pit.item_columns(item, q["scenario"][owner], as_of[owner]),
+                   ITEM_PRIOR: data.item_clicks[q["scenario"][owner], item].astype(np.float64)},
         branch=np.zeros(len(owner), np.int64))
     keep = np.flatnonzero((lists.n_targets > 0) & (True if only is None else only))  # a request whose clicks were all seen before has no target
     return lists.take_lists(keep)

@@ -30,6 +30,7 @@ Ranker artifact (``RankerArtifact``, trained after the recall model on the same 
                                 ranker is present, its metrics and the gate's decision
     coarse.pt, fine.pt          state_dicts (loaded with weights_only=True)
     item_ids.npy                raw-id vocabulary of the item embeddings, int64
+    item_clicks.npy             training clicks per scenario and item (the popularity prior), int64
 
 A bundle id, a scenario folder and every path in the manifest are plain names checked by the
 patterns below, so nothing a manifest or a pointer file says can lead outside the bundle.  A new
@@ -115,7 +116,8 @@ class RankerArtifact:
     COARSE = "coarse.pt"
     FINE = "fine.pt"
     ITEM_IDS = "item_ids.npy"
-    FILES = (CONFIG, COARSE, FINE, ITEM_IDS)
+    ITEM_CLICKS = "item_clicks.npy"  # int64 [n_scenarios, n_items + 1]: training clicks by vocabulary index
+    FILES = (CONFIG, COARSE, FINE, ITEM_IDS, ITEM_CLICKS)
 
     def __init__(self, root):
         self.root = Path(root)
@@ -264,7 +266,8 @@ class BundleManifest(BaseModel):
         required = BundleLayout.required_files(self.scenarios)
         if self.ranking is not None and self.ranking.included:
             required += [f"{BundleLayout.RANKING}/{name}" for name in
-                         (RankerArtifact.CONFIG, RankerArtifact.COARSE, RankerArtifact.ITEM_IDS)
+                         (RankerArtifact.CONFIG, RankerArtifact.COARSE, RankerArtifact.ITEM_IDS,
+                          RankerArtifact.ITEM_CLICKS)
                          + ((RankerArtifact.FINE,) if self.ranking.fine else ())]
         missing = [f for f in required if f not in self.files]
         if missing:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.data import TEST, prepare
-from training.rankers import (ITEM_COLUMNS, RECALL_BRANCHES, USER_COLUMNS, FineRanker, RankerConfig, dense_matrix,
+from training.rankers import (ITEM_COLUMNS, RECALL_BRANCHES, ROW_COLUMNS, USER_COLUMNS, FineRanker, RankerConfig, dense_matrix,
                               load_rankers, save_rankers)
 from training.ranking import RankingData, RankingParams, ranking_metrics, train_rankers
 from training.ranking_data import PointInTime, event_arrays
@@ -123,9 +123,10 @@ def test_the_cascade_beats_a_weak_recall_order_and_the_gate_says_so(ranking_data
     assert test["fine"]["ndcg@10"]["mean"] > 1.3 * test["recall_order"]["ndcg@10"]["mean"], test
     assert res.included and "recall order" in res.reason
     # the files round-trip, and what is loaded scores exactly as what was trained
-    save_rankers(tmp_path, res.cfg, res.coarse, res.fine, np.arange(1, res.cfg.n_items + 1))
-    cfg, coarse, fine, ids, _ = load_rankers(tmp_path)
-    for a, b in zip(res.fine.state_dict().values(), fine.state_dict().values()):
+    save_rankers(tmp_path, res.cfg, res.coarse, res.fine, np.arange(1, res.cfg.n_items + 1),
+                 np.zeros((res.cfg.n_scenarios, res.cfg.n_items + 1), np.int64))
+    loaded = load_rankers(tmp_path)
+    for a, b in zip(res.fine.state_dict().values(), loaded.fine.state_dict().values()):
         assert torch.equal(a, b)
 
 
@@ -146,7 +147,7 @@ def test_a_candidate_score_does_not_depend_on_the_other_candidates():
     cfg = RankerConfig(n_items=50, n_scenarios=2, seq_len=4, branches=list(RECALL_BRANCHES))
     fine = FineRanker(cfg).eval()
     rng = np.random.default_rng(0)
-    cols = {n: rng.random(30) for n in USER_COLUMNS + ITEM_COLUMNS + ("recall_score",)}
+    cols = {n: rng.random(30) for n in USER_COLUMNS + ROW_COLUMNS}
     dense = torch.from_numpy(dense_matrix(cols, rng.integers(-1, 2, 30), cfg.branches))
     item = torch.from_numpy(rng.integers(0, 51, 30))
     seq = torch.from_numpy(rng.integers(0, 51, (1, 4)))
