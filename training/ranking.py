@@ -40,6 +40,7 @@ class RankingParams:
     candidates: int = 500
     coarse_keep: int = 100
     exposure_negatives: int = 50
+    hard_negatives: int = 100
     holdout: float = 0.15
     coarse_epochs: int = 2
     fine_epochs: int = 4
@@ -154,21 +155,23 @@ def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: Ranki
 
 def fit_lambdarank(lists: RankingLists, dense: np.ndarray, valid: RankingLists, valid_dense: np.ndarray,
                    seed: int = 0):
-    """LightGBM LambdaRank on the same rows and features (+ the scenario, categorical)."""
+    """LightGBM LambdaRank on the same rows and features (+ the scenario, categorical), early-stopped on
+    the validation lists' NDCG@10; returns ``predict(lists, dense) -> scores``."""
     import lightgbm as lgb
 
-    def xy(ls, dn):
-        return np.column_stack([dn, ls.scenario[ls.owner]]), ls.label, np.diff(_list_starts(ls.owner, ls.n_lists))
+    def dataset(ls, dn, reference=None):
+        x = np.column_stack([dn, ls.scenario[ls.owner]])
+        return lgb.Dataset(x, ls.label, group=np.diff(_list_starts(ls.owner, ls.n_lists)),
+                           categorical_feature=[x.shape[1] - 1], reference=reference, free_raw_data=False)
 
-    x, y, g = xy(lists, dense)
-    vx, vy, vg = xy(valid, valid_dense)
-    model = lgb.LGBMRanker(objective="lambdarank", n_estimators=400, learning_rate=0.05, num_leaves=31,
-                           min_child_samples=50, subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
-                           random_state=seed, n_jobs=1, verbose=-1)
-    model.fit(x, y, group=g, eval_set=[(vx, vy)], eval_group=[vg], eval_at=[K],
-              categorical_feature=[x.shape[1] - 1], callbacks=[lgb.early_stopping(30, verbose=False)])
-    return lambda ls, dn: model.predict(np.column_stack([dn, ls.scenario[ls.owner]]),
-                                        num_iteration=model.best_iteration_)
+    train = dataset(lists, dense)
+    params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [K], "learning_rate": 0.05,
+              "num_leaves": 31, "min_data_in_leaf": 50, "bagging_fraction": 0.8, "bagging_freq": 1,
+              "feature_fraction": 0.8, "seed": seed, "num_threads": 1, "verbose": -1}
+    booster = lgb.train(params, train, num_boost_round=400, valid_sets=[dataset(valid, valid_dense, train)],
+                        callbacks=[lgb.early_stopping(30, verbose=False)])
+    return lambda ls, dn: booster.predict(np.column_stack([dn, ls.scenario[ls.owner]]),
+                                          num_iteration=booster.best_iteration)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -288,18 +291,14 @@ class RankingData:
         self.pit = PointInTime(self.ev, len(data.items), data.n_scenarios)
         held = holdout_users(data.evals["val"].queries["user"], p.holdout)
         self.train = build_lists(data, self.ev, self.pit, scorer, "val", p.candidates, p.exposure_negatives,
-                                 seed=p.seed, only=~held)
+                                 p.hard_negatives, seed=p.seed, only=~held)
         self.valid = build_lists(data, self.ev, self.pit, scorer, "val", p.candidates, only=held)
         self.test = build_lists(data, self.ev, self.pit, scorer, "test", p.candidates) if with_test else None
         self.seconds = time.perf_counter() - t0
 
     def impressions_only(self) -> RankingLists:
         """The training lists without the exposure negatives (the ablation)."""
-        rows = self.train.shown | (self.train.label > 0)
-        kept = RankingLists(**{**self.train.__dict__, **{k: getattr(self.train, k)[rows] for k in (
-            "owner", "item", "label", "shown", "candidate", "recall_score", "recall_rank", "branch")},
-            "item_cols": {k: v[rows] for k, v in self.train.item_cols.items()}})
-        return kept
+        return self.train.take_rows(np.flatnonzero(self.train.shown | (self.train.label > 0)))
 
 
 def ranker_config(data, p: RankingParams, branches: list[str]) -> RankerConfig:
@@ -337,7 +336,9 @@ def train_rankers(rd: RankingData, p: RankingParams, branches: list[str], train:
         scores = cascade(rd.valid, valid_coarse, model, valid_dense, p.coarse_keep)
         return ranking_metrics(rd.valid, scores, n_s)["ndcg@10"]["mean"]
 
-    fine, curve = fit_fine(cfg, train, dense, p, validate)
+    fine_rows = np.flatnonzero((train.recall_rank < p.hard_negatives) | train.shown | (train.label > 0))
+    fine_train = train.take_rows(fine_rows)
+    fine, curve = fit_fine(cfg, fine_train, dense[fine_rows], p, validate)
     t2 = time.perf_counter()
     metrics = {"val": evaluate_cascade(rd.valid, valid_dense, coarse, fine, p, n_s)}
     if rd.test is not None:

@@ -127,6 +127,9 @@ class PointInTime:
         return {f"item_{k}": v for k, v in cols.items()}
 
 
+ROW_FIELDS = ("owner", "item", "label", "shown", "candidate", "recall_score", "recall_rank", "branch")
+
+
 @dataclass
 class RankingLists:
     """Requests (``lists``) and their candidate rows, flattened (``rows``: ``owner`` = list index)."""
@@ -155,6 +158,11 @@ class RankingLists:
         """The per-row named columns of ``training.rankers.dense_matrix`` (the user's are per list)."""
         return {**self.item_cols, RECALL_SCORE: self.recall_score}
 
+    def take_rows(self, rows: np.ndarray) -> "RankingLists":
+        """The same lists with only the rows ``rows`` (sorted indices)."""
+        per_row = {k: getattr(self, k)[rows] for k in ROW_FIELDS}
+        return RankingLists(**{**self.__dict__, **per_row, "item_cols": {k: v[rows] for k, v in self.item_cols.items()}})
+
     def take_lists(self, lists: np.ndarray) -> "RankingLists":
         """The lists ``lists`` (indices) and their rows, renumbered."""
         lists = np.asarray(lists, np.int64)
@@ -162,8 +170,7 @@ class RankingLists:
         new[lists] = np.arange(len(lists))
         rows = np.flatnonzero(new[self.owner] >= 0)
         rows = rows[np.argsort(new[self.owner[rows]], kind="stable")]
-        per_row = {k: getattr(self, k)[rows] for k in ("item", "label", "shown", "candidate", "recall_score",
-                                                         "recall_rank", "branch")}
+        per_row = {k: getattr(self, k)[rows] for k in ROW_FIELDS if k != "owner"}
         return RankingLists(user=self.user[lists], scenario=self.scenario[lists], recent=self.recent[lists], recent_all=self.recent_all[lists],
                             user_cols={k: v[lists] for k, v in self.user_cols.items()}, n_targets=self.n_targets[lists],
                             owner=new[self.owner[rows]], item_cols={k: v[rows] for k, v in self.item_cols.items()},
@@ -186,12 +193,14 @@ def _scores_of(scorer: Scorer, data: TrainingData, split: str, k: int, rows: np.
 
 
 def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: Scorer, split: str,
-                n_candidates: int, exposure_negatives: int | None = None, seed: int = 0,
+                n_candidates: int, exposure_negatives: int | None = None, hard_negatives: int = 0, seed: int = 0,
                 only: np.ndarray | None = None, chunk: int = 1024) -> RankingLists:
     """The ranking lists of ``split`` (``data.evals[split]``'s requests).
 
     ``exposure_negatives`` None: evaluation lists (rows = the top ``n_candidates``); else training lists
-    (rows = the request's impressions in the split + that many sampled unshown candidates).  ``only``: a
+    (rows = the request's impressions in the split, every unshown candidate among the recall order's top
+    ``hard_negatives`` -- the fine ranker's input at serving -- and ``exposure_negatives`` sampled from
+    the other unshown candidates: the coarse ranker's input).  ``only``: a
     boolean mask over the split's requests to build (default all); the lists keep the split's numbering
     until the requests without targets are dropped at the end."""
     es, code = data.evals[split], SPLITS[split]
@@ -213,7 +222,7 @@ def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: S
         for lo in range(0, len(rows_k), chunk):
             r = rows_k[lo:lo + chunk]
             parts.append(_chunk_rows(scorer, data, split, k, r, catalog, excluded, n_candidates, exposure_negatives,
-                                     click_keys, shown_keys, key, rng))
+                                     hard_negatives, click_keys, shown_keys, key, rng))
     owner, item, score, rank = (np.concatenate([p[j] for p in parts]) if parts else np.zeros(0, np.int64)
                                 for j in range(4))
     k_of = key(owner, item)
@@ -232,8 +241,8 @@ def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: S
     return lists.take_lists(keep)
 
 
-def _chunk_rows(scorer, data, split, k, r, catalog, excluded, n_candidates, exposure_negatives, click_keys,
-                shown_keys, key, rng):
+def _chunk_rows(scorer, data, split, k, r, catalog, excluded, n_candidates, exposure_negatives, hard_negatives,
+                click_keys, shown_keys, key, rng):
     """(owner, item, recall score, recall rank) rows of one chunk of one scenario's requests."""
     s = _scores_of(scorer, data, split, k, r).clone()
     local = np.full(len(data.evals[split].queries["user"]), -1, np.int64)
@@ -251,9 +260,9 @@ def _chunk_rows(scorer, data, split, k, r, catalog, excluded, n_candidates, expo
     else:
         cat_keys = key(np.repeat(r, len(catalog)), np.tile(catalog, len(r))).reshape(len(r), -1)
         shown_here = np.isin(cat_keys, shown_keys) | np.isin(cat_keys, click_keys)
-        take = shown_here & valid
+        take = (shown_here | (is_cand & (rank < hard_negatives))) & valid
         if exposure_negatives > 0:
-            pool = is_cand & ~shown_here
+            pool = is_cand & ~take
             noise = np.where(pool, rng.random(pool.shape), np.inf)
             m = min(exposure_negatives, pool.shape[1])
             pick = np.argpartition(noise, m - 1, axis=1)[:, :m] if m else np.zeros((len(r), 0), np.int64)

@@ -75,7 +75,8 @@ def world():
 def ranking_data(world):
     """Lists of a recall order that carries no information: what the rankers find is theirs."""
     ev, data = world
-    p = RankingParams(candidates=60, coarse_keep=20, exposure_negatives=10, fine_epochs=3, batch_lists=32)
+    p = RankingParams(candidates=60, coarse_keep=20, exposure_negatives=10, hard_negatives=20, fine_epochs=3,
+                      batch_lists=32)
     return RankingData(data, ev, random_scorer, p), p
 
 
@@ -108,8 +109,12 @@ def test_exposure_negatives_are_recalled_but_unshown(ranking_data):
     rd, p = ranking_data
     extra = ~rd.train.shown & (rd.train.label == 0)
     assert extra.any() and rd.train.candidate[extra].all()
-    per_list = np.bincount(rd.train.owner[extra], minlength=rd.train.n_lists)
-    assert per_list.max() <= p.exposure_negatives
+    # every unshown candidate of the recall order's top hard_negatives (the fine ranker's region) ...
+    hard = rd.train.recall_rank < p.hard_negatives
+    assert np.bincount(rd.train.owner[hard], minlength=rd.train.n_lists).max() == p.hard_negatives
+    # ... and at most exposure_negatives sampled from the rest of the candidates
+    sampled = extra & ~hard
+    assert 0 < np.bincount(rd.train.owner[sampled], minlength=rd.train.n_lists).max() <= p.exposure_negatives
     only = rd.impressions_only()
     assert not (~only.shown & (only.label == 0)).any() and only.n_lists == rd.train.n_lists
 
