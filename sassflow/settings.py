@@ -184,6 +184,12 @@ class RankingSettings(BaseModel):
     # serving the ranker scores recalled items nobody showed, which impressions alone never cover).
     # A tenth of the candidates: enough to cover the recall list's range, cheap to train on.
     exposure_negatives: int = Field(50, ge=0)
+    # Every unshown candidate among the recall order's top this many is a training negative too: the
+    # fine ranker sees the coarse top ``coarse_keep`` at serving, so it trains on that region whole.
+    hard_negatives: int = Field(100, ge=0)
+    # The fine ranker's loss: pointwise binary cross-entropy, or a softmax over each request's rows
+    # (every click against its request's candidates).
+    loss: Literal["bce", "softmax"] = "bce"
     # Share of the users whose validation requests are held out to pick the fine ranker's epoch and
     # to gate the rankers (never trained on).
     holdout: float = Field(0.15, gt=0, lt=1)

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from sassflow.contracts.artifacts import RankerArtifact
 from sassflow.contracts.features import ITEM_SCENARIO_STATS, USER_SCENARIO_STATS
-from training.export import ArtifactError
+from training.export import ArtifactError, load_state_into
 
 # The named columns behind ``dense`` (user_* and item_* come from the feature contract's derived
 # window features; ``user_scenario_share`` is the request scenario's entry of scenario_click_share).
@@ -236,22 +236,6 @@ def save_rankers(out_dir, cfg: RankerConfig, coarse: CoarseRanker, fine: FineRan
     return art
 
 
-def _load_state(path: Path, model: nn.Module) -> nn.Module:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types on a damaged file
-        raise ArtifactError(f"{path.name}: cannot load state_dict ({type(exc).__name__})") from exc
-    expected = model.state_dict()
-    if not isinstance(state, dict) or set(state) != set(expected):
-        raise ArtifactError(f"{path.name}: tensors do not match the ranker config")
-    for k, v in expected.items():
-        if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
-            raise ArtifactError(f"{path.name}: {k} has shape {tuple(getattr(state[k], 'shape', ()))}, expected "
-                                f"{tuple(v.shape)}")
-    model.load_state_dict(state)
-    return model.eval()
-
-
 @dataclass
 class LoadedRankers:
     cfg: RankerConfig
@@ -275,6 +259,7 @@ def load_rankers(folder) -> LoadedRankers:
         raise ArtifactError(f"ranker {art.root.name}: {len(item_ids)} item ids, config says {cfg.n_items}")
     if item_clicks.shape != (cfg.n_scenarios, cfg.n_items + 1):
         raise ArtifactError(f"ranker {art.root.name}: item clicks of shape {item_clicks.shape}")
-    coarse = _load_state(art.root / RankerArtifact.COARSE, CoarseRanker(cfg))
-    fine = _load_state(art.root / RankerArtifact.FINE, FineRanker(cfg)) if meta.get("fine") else None
+    coarse = load_state_into(CoarseRanker(cfg), art.root / RankerArtifact.COARSE, RankerArtifact.CONFIG)
+    fine = (load_state_into(FineRanker(cfg), art.root / RankerArtifact.FINE, RankerArtifact.CONFIG)
+            if meta.get("fine") else None)
     return LoadedRankers(cfg, coarse, fine, item_ids, item_clicks, meta)

@@ -35,28 +35,32 @@ K = 10  # the ranking metrics' cut-off: the final list a user sees
 
 @dataclass
 class RankingParams:
-    """The knobs of one ranker training (defaults live in ``settings.ranking``)."""
+    """The knobs of one ranker training: ``settings.ranking``'s fields (where the defaults live and say
+    why), plus the seed and whether to show progress bars."""
 
-    candidates: int = 500
-    coarse_keep: int = 100
-    exposure_negatives: int = 50
-    hard_negatives: int = 100
-    holdout: float = 0.15
-    coarse_epochs: int = 2
-    fine_epochs: int = 4
-    batch_lists: int = 128
-    learning_rate: float = 2e-3
-    dim: int = 32
+    candidates: int
+    coarse_keep: int
+    exposure_negatives: int
+    hard_negatives: int
+    holdout: float
+    coarse_epochs: int
+    fine_epochs: int
+    batch_lists: int
+    learning_rate: float
+    dim: int
+    min_gain: float
+    loss: str
     seed: int = 0
-    min_gain: float = 0.0
-    loss: str = "bce"
     progress: bool = False
 
     @classmethod
-    def from_settings(cls, rs, **over) -> "RankingParams":
+    def from_settings(cls, rs=None, **over) -> "RankingParams":
+        """From ``settings.ranking`` (default: the defaults), ``over`` replacing any field."""
+        from sassflow.settings import RankingSettings
+
+        rs = rs or RankingSettings()
         kw = {k: getattr(rs, k) for k in cls.__dataclass_fields__ if hasattr(rs, k)}
-        kw.update(over)
-        return cls(**kw)
+        return cls(**{**kw, **over})
 
 
 def _log(msg: str) -> None:

@@ -75,8 +75,8 @@ def world():
 def ranking_data(world):
     """Lists of a recall order that carries no information: what the rankers find is theirs."""
     ev, data = world
-    p = RankingParams(candidates=60, coarse_keep=20, exposure_negatives=10, hard_negatives=20, fine_epochs=3,
-                      batch_lists=32)
+    p = RankingParams.from_settings(candidates=60, coarse_keep=20, exposure_negatives=10, hard_negatives=20,
+                                    fine_epochs=3, batch_lists=32)
     return RankingData(data, ev, random_scorer, p), p
 
 
