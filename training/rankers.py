@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 
 from sassflow.contracts.artifacts import RankerArtifact
-from sassflow.contracts.features import ITEM_SCENARIO_STATS, USER_SCENARIO_STATS
+from sassflow.contracts.features import (HOUR_MS, ITEM_SCENARIO_STATS, MINUTE_MS, SINCE_CLICK, USER_SCENARIO_STATS,
+                                         WINDOW_7D)
 from training.export import ArtifactError, load_state_into
 
 # The named columns behind ``dense`` (user_* and item_* come from the feature contract's derived
@@ -67,8 +68,10 @@ def dense_names(branches: list[str]) -> list[str]:
 def _transformed(names: tuple[str, ...], cols: dict[str, np.ndarray]) -> np.ndarray:
     """[n, len(names)] float32: NaN -> 0, counts -> log1p, ``trending`` -> log (one pass per kind)."""
     x = np.column_stack([np.asarray(cols[name], np.float64) for name in names]) if names else np.zeros((0, 0))
-    x[np.isnan(x)] = 0.0
     base = [n.split("_", 1)[1] if n.startswith(("user_", "item_")) else n for n in names]
+    since = [j for j, b in enumerate(base) if b == SINCE_CLICK.name]  # no click in 7d: older than the window
+    x[:, since] = np.log1p(np.nan_to_num(x[:, since], nan=float(WINDOW_7D.span_ms + HOUR_MS)) / MINUTE_MS)
+    x[np.isnan(x)] = 0.0
     counts = [j for j, b in enumerate(base) if b.startswith(COUNT_PREFIXES)]
     trend = [j for j, b in enumerate(base) if b == "trending"]
     x[:, counts] = np.log1p(np.maximum(x[:, counts], 0.0))

@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sassflow.contracts.features import WINDOW_1H, WINDOW_7D, WINDOW_24H, WINDOWS, window_start_ms
+from sassflow.contracts.features import (HOUR_MS, MINUTE_MS, SINCE_CLICK, WINDOW_1H, WINDOW_7D, WINDOW_24H, WINDOWS,
+                                         window_start_ms)
 from training.data import TEST, TRAIN, VAL, NO_TIME, TrainingData, split_by_user_time
 from training.evaluate import Scorer
 from training.rankers import ITEM_PRIOR, RECALL_SCORE, USER_COLUMNS
@@ -84,6 +85,24 @@ class WindowCounter:
     def window(self, key: np.ndarray, t: np.ndarray, window) -> np.ndarray:
         return self.before(key, t) - self.before(key, window_start_ms(window, t))
 
+    def last_before(self, key: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """The time of each key's newest event before t (-1: none)."""
+        base = key.astype(np.int64) * self.span
+        pos = np.searchsorted(self.sorted, base + np.searchsorted(self.times, t), side="left") - 1
+        hit = self.sorted[np.maximum(pos, 0)] if len(self.sorted) else np.zeros(len(key), np.int64)
+        ok = (pos >= 0) & (hit // self.span == key)
+        return np.where(ok, self.times[np.minimum(hit % self.span, max(len(self.times) - 1, 0))]
+                        if len(self.times) else -1, -1)
+
+
+def since_click_ms(last_click: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``features.windows.since_click_ms`` from the newest click's time: to the start of its minute
+    tile within the last hour, of its hour tile within 7 days, NaN beyond (or without a click)."""
+    in_hour = (last_click >= 0) & (last_click >= window_start_ms(WINDOW_1H, t))
+    in_week = (last_click >= 0) & (last_click >= window_start_ms(WINDOW_7D, t))
+    tile = np.where(in_hour, last_click // MINUTE_MS * MINUTE_MS, last_click // HOUR_MS * HOUR_MS)
+    return np.where(in_week, (t - tile).astype(np.float64), np.nan)
+
 
 def _window_columns(imps: WindowCounter, clks: WindowCounter, key: np.ndarray, t: np.ndarray) -> dict:
     """The ``features.windows.scenario_window_features`` of keys as of t (+ ``trending``)."""
@@ -118,6 +137,7 @@ class PointInTime:
         out = {f"user_{k}": v for k, v in cols.items() if f"user_{k}" in USER_COLUMNS}
         out["user_total_imp_7d"] = self.all_imps.window(user, t, WINDOW_7D).astype(np.float64)
         out["user_total_clk_7d"] = self.all_clks.window(user, t, WINDOW_7D).astype(np.float64)
+        out[f"user_{SINCE_CLICK.name}"] = since_click_ms(self.user_clks.last_before(user * self.S + scenario, t), t)
         out["user_scenario_share"] = np.where(out["user_total_clk_7d"] > 0, out[f"user_clk_{WINDOW_7D.name}"]
                                               / np.maximum(out["user_total_clk_7d"], 1), 0.0)
         return out
