@@ -180,13 +180,11 @@ class RankingSettings(BaseModel):
     # the coarse ranker keeps for the fine one (~100): the fine ranker's cost is per kept candidate.
     candidates: int = Field(500, ge=1)
     coarse_keep: int = Field(100, ge=1)
-    # Recalled-but-unshown candidates added per training request as negatives (the exposure gap: at
-    # serving the ranker scores recalled items nobody showed, which impressions alone never cover).
-    # A tenth of the candidates: enough to cover the recall list's range, cheap to train on.
-    exposure_negatives: int = Field(50, ge=0)
-    # Every unshown candidate among the recall order's top this many is a training negative too: the
-    # fine ranker sees the coarse top ``coarse_keep`` at serving, so it trains on that region whole.
-    hard_negatives: int = Field(100, ge=0)
+    # Negatives drawn per training request, uniformly from its recalled candidates that were not
+    # clicked, shown or not (the exposure gap: at serving the ranker scores recalled items nobody
+    # showed, which impressions alone never cover; a uniform draw keeps the ranking unbiased).  A
+    # tenth of the candidates: enough to cover the recall list's range, cheap to train on.
+    exposure_negatives: int = Field(50, ge=1)
     # The fine ranker's loss: pointwise binary cross-entropy, or a softmax over each request's rows
     # (every click against its request's candidates).
     loss: Literal["bce", "softmax"] = "bce"

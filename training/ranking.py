@@ -41,7 +41,6 @@ class RankingParams:
     candidates: int
     coarse_keep: int
     exposure_negatives: int
-    hard_negatives: int
     holdout: float
     coarse_epochs: int
     fine_epochs: int
@@ -295,14 +294,20 @@ class RankingData:
         self.pit = PointInTime(self.ev, len(data.items), data.n_scenarios)
         held = holdout_users(data.evals["val"].queries["user"], p.holdout)
         self.train = build_lists(data, self.ev, self.pit, scorer, "val", p.candidates, p.exposure_negatives,
-                                 p.hard_negatives, seed=p.seed, only=~held)
+                                 seed=p.seed, only=~held)
         self.valid = build_lists(data, self.ev, self.pit, scorer, "val", p.candidates, only=held)
         self.test = build_lists(data, self.ev, self.pit, scorer, "test", p.candidates) if with_test else None
         self.seconds = time.perf_counter() - t0
 
+    def with_exposure(self) -> RankingLists:
+        """The training rows that cover the exposure gap: the recalled candidates, clicked or drawn
+        uniformly (shown or not) -- what the rankers see at serving, labelled by clicks."""
+        t = self.train
+        return t.take_rows(np.flatnonzero(t.candidate & ((t.label > 0) | t.sampled)))
+
     def impressions_only(self) -> RankingLists:
-        """The training lists without the exposure negatives (the ablation)."""
-        return self.train.take_rows(np.flatnonzero(self.train.shown | (self.train.label > 0)))
+        """The training rows of the impressions alone (the ablation: no recalled-but-unshown item)."""
+        return self.train.take_rows(np.flatnonzero(self.train.shown))
 
 
 def ranker_config(data, p: RankingParams, branches: list[str]) -> RankerConfig:
@@ -327,7 +332,7 @@ def train_rankers(rd: RankingData, p: RankingParams, branches: list[str], train:
     """Coarse then fine on ``train`` (default: the training lists with exposure negatives), the gate on
     the validation lists, and the test figures when ``rd`` has test lists."""
     n_s = rd.data.n_scenarios
-    train = train or rd.train
+    train = train or rd.with_exposure()
     cfg = ranker_config(rd.data, p, branches)
     t0 = time.perf_counter()
     dense = dense_of(train, branches)
@@ -340,9 +345,7 @@ def train_rankers(rd: RankingData, p: RankingParams, branches: list[str], train:
         scores = cascade(rd.valid, valid_coarse, model, valid_dense, p.coarse_keep)
         return ranking_metrics(rd.valid, scores, n_s)["ndcg@10"]["mean"]
 
-    fine_rows = np.flatnonzero((train.recall_rank < p.hard_negatives) | train.shown | (train.label > 0))
-    fine_train = train.take_rows(fine_rows)
-    fine, curve = fit_fine(cfg, fine_train, dense[fine_rows], p, validate)
+    fine, curve = fit_fine(cfg, train, dense, p, validate)
     t2 = time.perf_counter()
     metrics = {"val": evaluate_cascade(rd.valid, valid_dense, coarse, fine, p, n_s)}
     if rd.test is not None:

@@ -147,7 +147,7 @@ class PointInTime:
         return {f"item_{k}": v for k, v in cols.items()}
 
 
-ROW_FIELDS = ("owner", "item", "label", "shown", "candidate", "recall_score", "recall_rank", "branch")
+ROW_FIELDS = ("owner", "item", "label", "shown", "candidate", "sampled", "recall_score", "recall_rank", "branch")
 
 
 @dataclass
@@ -165,6 +165,7 @@ class RankingLists:
     label: np.ndarray  # [n_rows] 1 = clicked in the split
     shown: np.ndarray  # [n_rows] an impression of the request in the split
     candidate: np.ndarray  # [n_rows] among the recall stage's top n_candidates
+    sampled: np.ndarray  # [n_rows] a candidate drawn as a negative (training lists)
     recall_score: np.ndarray  # [n_rows]
     recall_rank: np.ndarray  # [n_rows] position in the recall order (evaluation only, never a feature)
     item_cols: dict[str, np.ndarray]  # ITEM_COLUMNS and ITEM_PRIOR, [n_rows]
@@ -213,14 +214,14 @@ def _scores_of(scorer: Scorer, data: TrainingData, split: str, k: int, rows: np.
 
 
 def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: Scorer, split: str,
-                n_candidates: int, exposure_negatives: int | None = None, hard_negatives: int = 0, seed: int = 0,
+                n_candidates: int, exposure_negatives: int | None = None, seed: int = 0,
                 only: np.ndarray | None = None, chunk: int = 1024) -> RankingLists:
     """The ranking lists of ``split`` (``data.evals[split]``'s requests).
 
-    ``exposure_negatives`` None: evaluation lists (rows = the top ``n_candidates``); else training lists
-    (rows = the request's impressions in the split, every unshown candidate among the recall order's top
-    ``hard_negatives`` -- the fine ranker's input at serving -- and ``exposure_negatives`` sampled from
-    the other unshown candidates: the coarse ranker's input).  ``only``: a
+    ``exposure_negatives`` None: evaluation lists (rows = the top ``n_candidates``); else training lists,
+    rows: the request's impressions in the split (``shown``), its clicked candidates, and
+    ``exposure_negatives`` candidates drawn uniformly from the others (``sampled``, shown or not: a
+    uniform draw keeps a pointwise model's ranking unbiased).  ``only``: a
     boolean mask over the split's requests to build (default all); the lists keep the split's numbering
     until the requests without targets are dropped at the end."""
     es, code = data.evals[split], SPLITS[split]
@@ -242,9 +243,9 @@ def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: S
         for lo in range(0, len(rows_k), chunk):
             r = rows_k[lo:lo + chunk]
             parts.append(_chunk_rows(scorer, data, split, k, r, catalog, excluded, n_candidates, exposure_negatives,
-                                     hard_negatives, click_keys, shown_keys, key, rng))
-    owner, item, score, rank = (np.concatenate([p[j] for p in parts]) if parts else np.zeros(0, np.int64)
-                                for j in range(4))
+                                     click_keys, shown_keys, key, rng))
+    owner, item, score, rank, sampled = (np.concatenate([p[j] for p in parts]) if parts else np.zeros(0, np.int64)
+                                         for j in range(5))
     k_of = key(owner, item)
     # the split's clicks on items the user had not seen before it (es.targets: what recall is judged on)
     n_targets = np.bincount(np.concatenate([t[:, 0] for t in es.targets] + [np.zeros(0, np.int64)]),
@@ -253,7 +254,8 @@ def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: S
         user=q["user"].astype(np.int64), scenario=q["scenario"].astype(np.int64), recent=q["recent_clicks"], recent_all=q["recent_clicks_all"],
         user_cols=pit.user_columns(q["user"], q["scenario"], as_of), n_targets=n_targets,
         owner=owner, item=item, label=np.isin(k_of, click_keys).astype(np.float32), shown=np.isin(k_of, shown_keys),
-        candidate=rank < n_candidates, recall_score=score.astype(np.float32), recall_rank=rank,
+        candidate=rank < n_candidates, sampled=sampled.astype(bool), recall_score=score.astype(np.float32),
+        recall_rank=rank,
         item_cols={**pit.item_columns(item, q["scenario"][owner], as_of[owner]),
                    ITEM_PRIOR: data.item_clicks[q["scenario"][owner], item].astype(np.float64)},
         branch=np.zeros(len(owner), np.int64))
@@ -261,9 +263,9 @@ def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: S
     return lists.take_lists(keep)
 
 
-def _chunk_rows(scorer, data, split, k, r, catalog, excluded, n_candidates, exposure_negatives, hard_negatives,
-                click_keys, shown_keys, key, rng):
-    """(owner, item, recall score, recall rank) rows of one chunk of one scenario's requests."""
+def _chunk_rows(scorer, data, split, k, r, catalog, excluded, n_candidates, exposure_negatives, click_keys,
+                shown_keys, key, rng):
+    """(owner, item, recall score, recall rank, sampled) rows of one chunk of one scenario's requests."""
     s = _scores_of(scorer, data, split, k, r).clone()
     local = np.full(len(data.evals[split].queries["user"]), -1, np.int64)
     local[r] = np.arange(len(r))
@@ -273,21 +275,19 @@ def _chunk_rows(scorer, data, split, k, r, catalog, excluded, n_candidates, expo
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :].repeat(len(r), 0), 1)
     valid = torch.isfinite(s).numpy()
-    n_c = min(n_candidates, s.shape[1])
-    is_cand = (rank < n_c) & valid
+    is_cand = (rank < min(n_candidates, s.shape[1])) & valid
+    sampled = np.zeros_like(is_cand)
     if exposure_negatives is None:
         take = is_cand
     else:
         cat_keys = key(np.repeat(r, len(catalog)), np.tile(catalog, len(r))).reshape(len(r), -1)
-        shown_here = np.isin(cat_keys, shown_keys) | np.isin(cat_keys, click_keys)
-        take = (shown_here | (is_cand & (rank < hard_negatives))) & valid
-        if exposure_negatives > 0:
-            pool = is_cand & ~take
+        clicked = np.isin(cat_keys, click_keys)
+        pool = is_cand & ~clicked
+        m = min(exposure_negatives, pool.shape[1])
+        if m:
             noise = np.where(pool, rng.random(pool.shape), np.inf)
-            m = min(exposure_negatives, pool.shape[1])
-            pick = np.argpartition(noise, m - 1, axis=1)[:, :m] if m else np.zeros((len(r), 0), np.int64)
-            sampled = np.zeros_like(pool)
-            np.put_along_axis(sampled, pick, True, 1)
-            take |= sampled & pool
+            np.put_along_axis(sampled, np.argpartition(noise, m - 1, axis=1)[:, :m], True, 1)
+            sampled &= pool
+        take = ((np.isin(cat_keys, shown_keys) | clicked) & valid) | (is_cand & clicked) | sampled
     qi, ci = np.nonzero(take)
-    return r[qi], catalog[ci], s.numpy()[qi, ci], rank[qi, ci]
+    return r[qi], catalog[ci], s.numpy()[qi, ci], rank[qi, ci], sampled[qi, ci]

@@ -152,7 +152,8 @@ def ranking_run(settings, data, events, scorer, seed: int, progress: bool = Fals
     with_exposure = train_rankers(rd, p, branches)
     without = train_rankers(rd, p, branches, train=rd.impressions_only())
     t1 = time.perf_counter()
-    rank = fit_lambdarank(rd.train, dense_of(rd.train, branches), rd.valid, dense_of(rd.valid, branches), seed)
+    train = rd.with_exposure()
+    rank = fit_lambdarank(train, dense_of(train, branches), rd.valid, dense_of(rd.valid, branches), seed)
     lambdarank = ranking_metrics(rd.test, rank(rd.test, dense_of(rd.test, branches)), data.n_scenarios)
     test = with_exposure.metrics["test"]
     _log(f"seed {seed} ranking test ndcg@10: fine {test['fine']['ndcg@10']['mean']:.4f}, lambdarank "
