@@ -185,14 +185,16 @@ class RankingSettings(BaseModel):
     # showed, which impressions alone never cover; a uniform draw keeps the ranking unbiased).  A
     # tenth of the candidates: enough to cover the recall list's range, cheap to train on.
     exposure_negatives: int = Field(50, ge=1)
-    # The fine ranker's loss: pointwise binary cross-entropy, or a softmax over each request's rows
-    # (every click against its request's candidates).
-    loss: Literal["bce", "softmax"] = "bce"
+    # The rankers' loss: a softmax over each request's rows (every click against its request's
+    # candidates: NDCG's top-heavy goal, chosen on validation NDCG@10) or pointwise cross-entropy.
+    loss: Literal["softmax", "bce"] = "softmax"
     # Share of the users whose validation requests are held out to pick the fine ranker's epoch and
     # to gate the rankers (never trained on).
     holdout: float = Field(0.15, gt=0, lt=1)
     coarse_epochs: int = Field(2, ge=1)
-    fine_epochs: int = Field(4, ge=1)  # the best of these on the validation lists is kept
+    # The best of these on the validation lists is kept (with the softmax loss the first epoch is
+    # close to the best; each costs as much as building the lists).
+    fine_epochs: int = Field(2, ge=1)
     batch_lists: int = Field(128, ge=1)  # requests per fine-ranker step (their sequences encoded once)
     learning_rate: float = 2e-3
     dim: int = 32  # the fine ranker's embedding width: its cost per candidate grows with it

@@ -77,19 +77,37 @@ def _list_starts(owner: np.ndarray, n_lists: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- training
 
+def _loss(p: RankingParams, logits: torch.Tensor, labels: torch.Tensor, owner: np.ndarray) -> torch.Tensor:
+    if p.loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    return listwise_softmax_loss(logits, labels, torch.from_numpy(owner))
+
+
+def _list_batches(lists: RankingLists, rng: np.random.Generator, batch_lists: int) -> list[np.ndarray]:
+    """Batches of whole requests (list indices) in a random order."""
+    return np.array_split(rng.permutation(lists.n_lists), max(1, lists.n_lists // batch_lists))
+
+
+def _rows_of(starts: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.arange(starts[j], starts[j + 1]) for j in batch])
+
+
 def fit_coarse(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: RankingParams) -> CoarseRanker:
+    """The coarse MLP on batches of whole requests (``p.loss``: pointwise or listwise)."""
     torch.manual_seed(p.seed)
     model = CoarseRanker(cfg)
     model.norm.fit(dense)
     x, scen = torch.from_numpy(dense), torch.from_numpy(lists.scenario[lists.owner])
     y = torch.from_numpy(lists.label)
+    starts = _list_starts(lists.owner, lists.n_lists)
     opt = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
     rng = np.random.default_rng(p.seed)
     model.train()
     for _ in range(p.coarse_epochs):
-        for idx in np.array_split(rng.permutation(len(y)), max(1, len(y) // 2048)):
-            i = torch.from_numpy(idx)
-            loss = F.binary_cross_entropy_with_logits(model(x[i], scen[i]), y[i])
+        for batch in _list_batches(lists, rng, 4 * p.batch_lists):
+            rows = _rows_of(starts, batch)
+            i = torch.from_numpy(rows)
+            loss = _loss(p, model(x[i], scen[i]), y[i], lists.owner[rows])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -100,7 +118,7 @@ def _fine_batch(model: FineRanker, lists: RankingLists, dense: torch.Tensor, sta
                 rows: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Logits of the rows of the lists ``batch`` (or of ``rows``, which must belong to them)."""
     if rows is None:
-        rows = np.concatenate([np.arange(starts[j], starts[j + 1]) for j in batch])
+        rows = _rows_of(starts, batch)
     local = np.full(lists.n_lists, -1, np.int64)
     local[batch] = np.arange(len(batch))
     owner = torch.from_numpy(local[lists.owner[rows]])
@@ -135,12 +153,11 @@ def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: Ranki
     best, best_state, curve = -np.inf, None, []
     for epoch in range(p.fine_epochs):
         model.train()
-        batches = np.array_split(rng.permutation(lists.n_lists), max(1, lists.n_lists // p.batch_lists))
+        batches = _list_batches(lists, rng, p.batch_lists)
         for batch in tqdm(batches, desc=f"fine ranker {epoch + 1}/{p.fine_epochs}", disable=not p.progress,
                           file=sys.stderr, leave=False, mininterval=1.0):
             logits, rows = _fine_batch(model, lists, d, starts, batch)
-            loss = (F.binary_cross_entropy_with_logits(logits, y[rows]) if p.loss == "bce"
-                    else listwise_softmax_loss(logits, y[rows], torch.from_numpy(lists.owner[rows])))
+            loss = _loss(p, logits, y[rows], lists.owner[rows])
             opt.zero_grad()
             loss.backward()
             opt.step()
