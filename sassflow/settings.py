@@ -192,9 +192,10 @@ class RankingSettings(BaseModel):
     # to gate the rankers (never trained on).
     holdout: float = Field(0.15, gt=0, lt=1)
     coarse_epochs: int = Field(2, ge=1)
-    # The best of these on the validation lists is kept (with the softmax loss the first epoch is
-    # close to the best; each costs as much as building the lists).
-    fine_epochs: int = Field(2, ge=1)
+    # The best of these on the validation lists is kept.  One: with the softmax loss the first epoch
+    # is within a hair of the best on validation, and the rankers must add at most half to a
+    # retrain's wall time (each epoch costs about as much as building the lists and the coarse model).
+    fine_epochs: int = Field(1, ge=1)
     batch_lists: int = Field(128, ge=1)  # requests per fine-ranker step (their sequences encoded once)
     learning_rate: float = 2e-3
     dim: int = 32  # the fine ranker's embedding width: its cost per candidate grows with it

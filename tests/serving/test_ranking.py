@@ -97,3 +97,19 @@ def test_rollback_restores_recall_and_ranking_together(setup):
     publish_bundle(settings, plain.name)
     back = rollback_bundle(settings)
     assert back.bundle_id == ranked.name and back.rankers is not None
+
+
+def test_the_ranking_parameter_is_strict(setup):
+    from serving.schemas import ApiError, RequestModels, parse_batch, parse_query
+
+    models = RequestModels(setup[0])
+    base = [("user_id", "1"), ("scenario", "drama")]
+    assert parse_query(models, base)["ranking"] is True
+    assert parse_query(models, base + [("ranking", "false")])["ranking"] is False
+    for bad in ("False", "0", "no", ""):
+        with pytest.raises(ApiError) as err:
+            parse_query(models, base + [("ranking", bad)])
+        assert err.value.status == 422 and "true or false" in err.value.detail
+    assert parse_batch(models, b'{"requests": [{"user_id": 1, "scenario": "drama", "ranking": false}]}')[0]["ranking"] is False
+    with pytest.raises(ApiError):
+        parse_batch(models, b'{"requests": [{"user_id": 1, "scenario": "drama", "ranking": "false"}]}')
