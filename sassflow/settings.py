@@ -183,8 +183,9 @@ class RankingSettings(BaseModel):
     # Negatives drawn per training request, uniformly from its recalled candidates that were not
     # clicked, shown or not (the exposure gap: at serving the ranker scores recalled items nobody
     # showed, which impressions alone never cover; a uniform draw keeps the ranking unbiased).  A
-    # tenth of the candidates: enough to cover the recall list's range, cheap to train on.
-    exposure_negatives: int = Field(50, ge=1)
+    # twentieth of the candidates: twice as many cost half again the fine ranker's training for a
+    # hair of validation NDCG (README), and the rankers must add at most half to a retrain.
+    exposure_negatives: int = Field(25, ge=1)
     # The rankers' loss: a softmax over each request's rows (every click against its request's
     # candidates: NDCG's top-heavy goal, chosen on validation NDCG@10) or pointwise cross-entropy.
     loss: Literal["softmax", "bce"] = "softmax"
@@ -192,10 +193,9 @@ class RankingSettings(BaseModel):
     # to gate the rankers (never trained on).
     holdout: float = Field(0.15, gt=0, lt=1)
     coarse_epochs: int = Field(2, ge=1)
-    # The best of these on the validation lists is kept.  One: with the softmax loss the first epoch
-    # is within a hair of the best on validation, and the rankers must add at most half to a
-    # retrain's wall time (each epoch costs about as much as building the lists and the coarse model).
-    fine_epochs: int = Field(1, ge=1)
+    # The best of these on the validation lists is kept (with the softmax loss the first epoch is
+    # close to the best, the second still gains a little; each costs as much as building the lists).
+    fine_epochs: int = Field(2, ge=1)
     batch_lists: int = Field(128, ge=1)  # requests per fine-ranker step (their sequences encoded once)
     learning_rate: float = 2e-3
     dim: int = 32  # the fine ranker's embedding width: its cost per candidate grows with it
