@@ -36,17 +36,21 @@ USER_SHARE = "scenario_click_share"
 
 
 class CandidateList(Protocol):
-    """The hand-off from recall: ``items`` best first and ``branches`` (one per item)."""
+    """The hand-off from recall: ``items`` best first, ``branches`` (one per item) and ``scores`` (each
+    item's score in its branch: for the SASS branch the user·item inner product, reused as the
+    recall score; for the others it is computed here)."""
 
     items: list[int]
     branches: list[str]
+    scores: list[float]
 
 
 class SimpleCandidates:
     """A candidate list of one branch (today's ANN or popular candidates, ``serving.recall.Candidates``)."""
 
-    def __init__(self, items: list[int], branch: str):
+    def __init__(self, items: list[int], branch: str, scores: list[float] | None = None):
         self.items, self.branches = list(items), [branch] * len(items)
+        self.scores = list(scores) if scores is not None else [float("nan")] * len(items)
 
 
 @dataclass
@@ -167,7 +171,8 @@ class RankingStage:
         cols = _item_columns(self.items.get([(int(i), scenario) for i in raw.tolist()]), len(raw))
         t0 = self._observe("item_features", t0)
         s = self.scenarios.index(scenario)
-        cols[RECALL_SCORE] = self._recall_scores(bundle, scenario, rows, owner, raw)
+        given = np.fromiter((x for c in lists for x in c.scores), np.float64, count=len(owner))
+        cols[RECALL_SCORE] = self._recall_scores(bundle, scenario, rows, owner, raw, given, branch_names)
         cols[ITEM_PRIOR] = rankers.item_clicks[s, rankers.items.index(raw)].astype(np.float64)
         user_cols = _user_columns(rows, s)
         dense = torch.from_numpy(dense_matrix(cols, branch, cfg.branches, user_cols, owner))
@@ -205,15 +210,23 @@ class RankingStage:
         return logits.numpy()
 
     @staticmethod
-    def _recall_scores(bundle, scenario: str, rows: list[dict], owner: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """The SASS inner product of each candidate with its request's user vector (0 outside the index)."""
+    def _recall_scores(bundle, scenario: str, rows: list[dict], owner: np.ndarray, raw: np.ndarray,
+                       given: np.ndarray, branches: list[str]) -> np.ndarray:
+        """The SASS inner product of each candidate with its request's user vector: the SASS branch's
+        own score where it found the item, else computed (0 for an item outside the index)."""
+        from training.rankers import RECALL_BRANCHES
+
+        out = np.where(np.array([b == RECALL_BRANCHES[0] for b in branches], bool) & np.isfinite(given), given, np.nan)
+        todo = np.flatnonzero(np.isnan(out))
+        if not len(todo):
+            return out
         catalog = bundle.catalogs[scenario]
         users = bundle.tower.encode(rows, scenario)
-        item_rows, inside = catalog.lookup(raw)
-        out = np.zeros(len(raw), np.float64)
+        item_rows, inside = catalog.lookup(raw[todo])
+        out[todo] = 0.0
         if inside.any():
             vectors = item_vectors(catalog.index, item_rows[inside])
-            out[inside] = np.einsum("nd,nd->n", vectors, users[owner[inside]])
+            out[todo[inside]] = np.einsum("nd,nd->n", vectors, users[owner[todo[inside]]])
         return out
 
     @staticmethod

@@ -126,7 +126,7 @@ class RecommendationService:
         """The ranked answers of ``found`` (the hand-off: each candidate's item and branch)."""
         if not rows:
             return []
-        lists = [SimpleCandidates(c.items, c.source) for c in found]
+        lists = [SimpleCandidates(c.items, c.source, c.scores) for c in found]
         return self.ranking.rank(bundle, bundle.rankers, scenario, rows, lists, ks)
 
     def recommend(self, user_id: int, scenario: str, k: int, ranking: bool = True) -> Recommendation:

@@ -113,3 +113,19 @@ def test_the_ranking_parameter_is_strict(setup):
     assert parse_batch(models, b'{"requests": [{"user_id": 1, "scenario": "drama", "ranking": false}]}')[0]["ranking"] is False
     with pytest.raises(ApiError):
         parse_batch(models, b'{"requests": [{"user_id": 1, "scenario": "drama", "ranking": "false"}]}')
+
+
+def test_the_sass_branch_scores_are_the_recall_scores_the_stage_would_compute(setup):
+    """Reusing the ANN branch's scores (no second tower pass) ranks exactly as computing them."""
+    from serving.recall import AnnRecall
+
+    settings, ranked, _, users, reader = setup
+    bundle = load_bundle(ranked, settings)
+    stage = RankingStage(ItemFeatureCache(reader, 1.0), SCENARIOS)
+    (user, scenario), _ = next(iter(users.items()))
+    row = reader.read([(user, scenario)])[0]
+    found = AnnRecall().retrieve(bundle, scenario, [row], [150])[0]
+    reused, computed = (stage.rank(bundle, bundle.rankers, scenario, [row], [c], [150])[0] for c in (
+        SimpleCandidates(found.items, "sass", found.scores), SimpleCandidates(found.items, "sass")))
+    assert reused.items == computed.items
+    np.testing.assert_allclose(reused.scores, computed.scores, rtol=1e-4, atol=1e-5)
