@@ -130,9 +130,14 @@ def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, model
 RANKERS = ("fine", "coarse", "lambdarank", "recall_order")
 
 
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else float("nan")  # a scenario without test impressions: no AUC
+
+
 def _mean_over_runs(runs: list[dict]) -> dict:
     """model -> metric -> scenario | "mean" -> the mean over runs (seeds)."""
-    return {m: {metric: {k: float(np.nanmean([r[m][metric][k] for r in runs])) for k in runs[0][m][metric]}
+    return {m: {metric: {k: _nanmean([r[m][metric][k] for r in runs]) for k in runs[0][m][metric]}
                 for metric in runs[0][m]} for m in runs[0]}
 
 

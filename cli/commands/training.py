@@ -46,7 +46,7 @@ def cmd_registry(args, settings) -> int:
                   f"val_recall@50={val if val is None else round(val, 4)} published={v.published} "
                   f"{v.artifact_path}")
     elif args.action == "show":
-        v = reg.get(args.version) if args.version else reg.promoted()
+        v = reg.get(args.version) if args.version else reg.promoted("sass")  # the recall model (rankers: "ranker")
         if v is None:
             print("nothing promoted", file=sys.stderr)
             return 1
