@@ -226,7 +226,7 @@ def _load_rankers(path: Path, manifest: dict, settings: Settings):
     from serving.ranking import load_rankers, nonfinite_ranker_weights
 
     try:
-        rankers = load_rankers(path, manifest, settings.ranking.coarse_keep)
+        rankers = load_rankers(path, manifest, settings.ranking.coarse_keep, settings.scenarios)
     except Exception as exc:  # training.export.ArtifactError and any torch error
         raise BundleError(f"bundle {path.name}: cannot load the rankers: {scrub(exc, path)}") from None
     bad = nonfinite_ranker_weights(rankers) if rankers is not None else []

@@ -72,9 +72,10 @@ class BundleRankers:
     coarse_keep: int
 
 
-def load_rankers(path: Path, manifest: dict, coarse_keep: int) -> BundleRankers | None:
+def load_rankers(path: Path, manifest: dict, coarse_keep: int, scenarios: list[str]) -> BundleRankers | None:
     """The rankers of the bundle at ``path`` (None when its manifest leaves them out); raises what
-    ``training.rankers.load_rankers`` raises on bad files."""
+    ``training.rankers.load_rankers`` raises on bad files, and ValueError for rankers trained on other
+    scenarios (their scenario embeddings follow the training's scenario order)."""
     entry = manifest.get("ranking")
     if not entry or not entry.get("included"):
         return None
@@ -82,6 +83,9 @@ def load_rankers(path: Path, manifest: dict, coarse_keep: int) -> BundleRankers 
     from training.vocab import Vocab
 
     r = load(BundleLayout(path).ranking_dir)
+    trained_on = r.meta.get("scenarios", list(scenarios))
+    if list(trained_on) != list(scenarios) or r.cfg.n_scenarios != len(scenarios):
+        raise ValueError(f"rankers trained on scenarios {trained_on}, this service serves {list(scenarios)}")
     return BundleRankers(r.cfg, r.coarse, r.fine, Vocab(r.item_ids), r.item_clicks, coarse_keep)
 
 

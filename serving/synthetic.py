@@ -80,4 +80,5 @@ def synthetic_rankers(out_dir, catalog: dict[str, SyntheticScenario], seed: int,
     for s, c in enumerate(catalog.values()):  # popularity: the catalog's popular list, best first
         clicks[s, np.searchsorted(item_ids, c.popular) + 1] = np.arange(len(c.popular), 0, -1)
     return save_rankers(out_dir, cfg, CoarseRanker(cfg).eval(), FineRanker(cfg).eval(), item_ids, clicks,
-                        extra={"included": True, "reason": "synthetic rankers (untrained)", "gate_metrics": {}})
+                        extra={"included": True, "reason": "synthetic rankers (untrained)", "gate_metrics": {},
+                               "scenarios": list(catalog)})

@@ -260,6 +260,7 @@ def train_rankers(settings, dataset_dir, model_dir, out_dir, with_test: bool = T
     gate_metrics = {f"{name}_ndcg@10": val[name]["ndcg@10"]["mean"] for name in ("fine", "coarse", "recall_order")}
     save_rankers(out_dir, res.cfg, res.coarse, res.fine, data.items.ids, data.item_clicks,
                  extra={"included": res.included, "reason": res.reason, "gate_metrics": gate_metrics,
+                        "scenarios": list(data.scenarios),
                         "metrics": res.metrics, "seconds": res.seconds, "window": list(data.window),
                         "recall_model": str(model_dir)})
     log.info("rankers %s: %s", "kept" if res.included else "left out", res.reason)

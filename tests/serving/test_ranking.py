@@ -129,3 +129,15 @@ def test_the_sass_branch_scores_are_the_recall_scores_the_stage_would_compute(se
         SimpleCandidates(found.items, "sass", found.scores), SimpleCandidates(found.items, "sass")))
     assert reused.items == computed.items
     np.testing.assert_allclose(reused.scores, computed.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_rankers_trained_on_other_scenarios_are_refused(setup, tmp_path):
+    settings, _, _, _, _ = setup
+    catalog = synthetic_catalog(ITEMS, DIM, SCENARIOS, seed=0)
+    art = synthetic_rankers(tmp_path / "other", catalog, seed=1)
+    meta = json.loads((art.root / "config.json").read_text())
+    meta["scenarios"] = SCENARIOS[::-1]  # the same names, another order: other embeddings
+    (art.root / "config.json").write_text(json.dumps(meta))
+    path = build_synthetic_bundle(settings, ITEMS, DIM, catalog=catalog, ranker_dir=art.root, model_version="o")
+    with pytest.raises(BundleError, match="scenarios"):
+        load_bundle(path, settings)
