@@ -64,6 +64,26 @@ def scenario_window_features(row: dict, as_of_ms: int) -> dict:
             "ctr_24h": ctr(c24, i24), "ctr_7d": ctr(c7, i7)}
 
 
+def since_click_ms(minute_tiles, hour_tiles, as_of_ms: int) -> int | None:
+    """ms from the start of the newest tile holding a click (at or before ``as_of_ms``) to
+    ``as_of_ms``: a minute tile within the last hour, else an hour tile within 7 days; None without a
+    click in 7 days (the tiles keep no older ones)."""
+    for tiles, tile_ms, window in ((minute_tiles or [], MINUTE_MS, WINDOW_1H), (hour_tiles or [], HOUR_MS, WINDOW_7D)):
+        end = as_of_ms // tile_ms
+        a, b = _span(tiles, 3, end - window.tiles, end)
+        for j in range(b - 1, a - 1, -1):
+            if tiles[3 * j + 2] > 0:
+                return as_of_ms - tiles[3 * j] * tile_ms
+    return None
+
+
+def user_scenario_window_features(row: dict, as_of_ms: int) -> dict:
+    """The derived features of ``user_scenario_stats``: window counts, CTRs, time since the last click."""
+    out = scenario_window_features(row, as_of_ms)
+    out["since_click_ms"] = since_click_ms(row.get("minute_tiles"), row.get("hour_tiles"), as_of_ms)
+    return out
+
+
 def item_window_features(row: dict, as_of_ms: int) -> dict:
     """The derived features of ``item_scenario_stats`` (window counts, CTRs, ``trending``)."""
     out = scenario_window_features(row, as_of_ms)
@@ -96,7 +116,7 @@ def evaluate(view: View, row: dict | None, as_of_ms: int, n_scenarios: int) -> d
 
 
 _DERIVED = {
-    USER_SCENARIO_STATS.name: lambda row, t, _: scenario_window_features(row, t),
+    USER_SCENARIO_STATS.name: lambda row, t, _: user_scenario_window_features(row, t),
     USER_PROFILE.name: profile_window_features,
     ITEM_SCENARIO_STATS.name: lambda row, t, _: item_window_features(row, t),
 }

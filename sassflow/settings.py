@@ -191,6 +191,40 @@ class TrainingSettings(BaseModel):
     promotion_lock_timeout_s: float = Field(3600.0, gt=0)
 
 
+class RankingSettings(BaseModel):
+    """The ranking stage after recall (``training.ranking``, ``serving.ranking``)."""
+
+    enabled: bool = True  # train rankers in the retrain and rank at serving when the bundle has them
+    # Candidates the recall stage hands to ranking per request (the issue's merged ~500), and how many
+    # the coarse ranker keeps for the fine one (~100): the fine ranker's cost is per kept candidate.
+    candidates: int = Field(500, ge=1)
+    coarse_keep: int = Field(100, ge=1)
+    # Negatives drawn per training request, uniformly from its recalled candidates that were not
+    # clicked, shown or not (the exposure gap: at serving the ranker scores recalled items nobody
+    # showed, which impressions alone never cover; a uniform draw keeps the ranking unbiased).  A
+    # twentieth of the candidates: twice as many cost half again the fine ranker's training for a
+    # hair of validation NDCG (README), and the rankers must add at most half to a retrain.
+    exposure_negatives: int = Field(25, ge=1)
+    # The rankers' loss: a softmax over each request's rows (every click against its request's
+    # candidates: NDCG's top-heavy goal, chosen on validation NDCG@10) or pointwise cross-entropy.
+    loss: Literal["softmax", "bce"] = "softmax"
+    # Share of the users whose validation requests are held out to pick the fine ranker's epoch and
+    # to gate the rankers (never trained on).
+    holdout: float = Field(0.15, gt=0, lt=1)
+    coarse_epochs: int = Field(2, ge=1)
+    # The best of these on the validation lists is kept (with the softmax loss the first epoch is
+    # close to the best, the second still gains a little; each costs as much as building the lists).
+    fine_epochs: int = Field(2, ge=1)
+    batch_lists: int = Field(128, ge=1)  # requests per fine-ranker step (their sequences encoded once)
+    learning_rate: float = 2e-3
+    dim: int = 32  # the fine ranker's embedding width: its cost per candidate grows with it
+    # The gate: the cascade's validation NDCG@10 must exceed the recall order's x (1 + min_gain).
+    min_gain: float = Field(0.0, ge=0)
+    # Item features read per request at serving are cached this long (one online-store read for the
+    # misses instead of ~500 keys per request); the windows move by the minute, so a second is fresh.
+    item_cache_s: float = Field(1.0, ge=0)
+
+
 MIN_ADMIN_TOKEN_CHARS = 32
 
 
@@ -355,6 +389,7 @@ class Settings(BaseSettings):
     content: ContentSettings = ContentSettings()
     serving: ServingSettings = ServingSettings()
     recall: RecallSettings = RecallSettings()
+    ranking: RankingSettings = RankingSettings()
     airflow: AirflowSettings = AirflowSettings()
 
     @classmethod

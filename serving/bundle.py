@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 from pydantic import ValidationError
 
-from sassflow.contracts.artifacts import BundleLayout, BundleManifest, ModelArtifact, ScenarioItems
+from sassflow.contracts.artifacts import BundleLayout, BundleManifest, ModelArtifact, RankerArtifact, ScenarioItems
 from sassflow.files import fsync_dir, sha256_file, write_text_atomic
 from sassflow.settings import Settings
 from serving.bundle_reader import (  # noqa: F401  (re-exported: the bundle API is this module)
@@ -84,10 +84,14 @@ def write_bundle(
     tower_files: dict[str, Path],
     scenarios: dict[str, ScenarioItems],
     progress=None,
+    ranking: dict | None = None,
+    ranker_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write a new bundle and return its path.
 
     ``tower_files``: file name -> source path, copied into the tower folder next to its config.
+    ``ranking``: the manifest's ranking section (``RankingEntry``); ``ranker_files`` (file name -> source
+    path) are copied into ``ranking/`` when it says the rankers are included.
     """
     bundle_dir = Path(settings.serving.bundle_dir)
     bundle_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +113,12 @@ def write_bundle(
         (tmp.tower_dir / ModelArtifact.CONFIG).write_text(json.dumps(tower_config, indent=1))
         for scenario, items in scenarios.items():
             manifest["scenarios"][scenario] = _write_scenario(settings, tmp, scenario, items, progress)
+        if ranking is not None:
+            manifest["ranking"] = ranking
+            if ranking.get("included"):
+                tmp.ranking_dir.mkdir()
+                for name, src in (ranker_files or {}).items():
+                    shutil.copyfile(src, tmp.ranking_dir / name)
         for path in sorted(p for p in tmp.root.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp.root).as_posix()
             manifest["files"][rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
@@ -157,8 +167,28 @@ def _write_scenario(settings: Settings, layout: BundleLayout, scenario: str, ite
     return {"count": int(len(item_ids)), "index": spec, "popular": int(len(popular))}
 
 
-def build_bundle(settings: Settings, artifact_dir, model_version, publish: bool = True, progress=None) -> Path:
-    """A bundle from a model artifact folder; published (``publish_bundle``) unless ``publish`` is False."""
+def ranking_entry(ranker_dir) -> tuple[dict, dict[str, Path]]:
+    """The manifest's ranking section and the files to ship, from a ranker artifact folder (its
+    ``config.json`` records the gate's decision: ``included``, ``reason``, validation ``metrics``)."""
+    art = RankerArtifact(ranker_dir)
+    try:
+        meta = json.loads((art.root / RankerArtifact.CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"ranker {art.root.name}: unreadable {RankerArtifact.CONFIG}: {exc}") from None
+    included = bool(meta.get("included"))
+    entry = {"included": included, "reason": str(meta.get("reason", ""))[:500],
+             "fine": included and bool(meta.get("fine")),
+             "metrics": {k: float(v) for k, v in (meta.get("gate_metrics") or {}).items()}}
+    return entry, (art.files() if included else {})
+
+
+def build_bundle(settings: Settings, artifact_dir, model_version, publish: bool = True, progress=None,
+                 ranker_dir=None, ranking: dict | None = None) -> Path:
+    """A bundle from a model artifact folder; published (``publish_bundle``) unless ``publish`` is False.
+
+    ``ranker_dir``: a ranker artifact to ship beside the model (it goes in only if its gate kept it;
+    the manifest says which, and why).  ``ranking``: a ranking section to record instead, when no ranker
+    folder exists (e.g. ``{"included": False, "reason": "rankers are disabled"}``)."""
     artifact = ModelArtifact(artifact_dir)
     try:
         config = artifact.read_config()
@@ -171,7 +201,11 @@ def build_bundle(settings: Settings, artifact_dir, model_version, publish: bool 
     except FileNotFoundError as exc:
         raise BundleError(str(exc)) from None
     tower_files = {n: p for n, p in artifact.tower_files().items() if n != ModelArtifact.CONFIG}
-    path = write_bundle(settings, model_version, config, tower_files, scenarios, progress=progress)
+    ranker_files = None
+    if ranker_dir is not None:
+        ranking, ranker_files = ranking_entry(ranker_dir)
+    path = write_bundle(settings, model_version, config, tower_files, scenarios, progress=progress,
+                        ranking=ranking, ranker_files=ranker_files)
     if publish:
         publish_bundle(settings, path.name)
     return path
@@ -179,20 +213,23 @@ def build_bundle(settings: Settings, artifact_dir, model_version, publish: bool 
 
 def build_synthetic_bundle(
     settings: Settings, n_items: int, dim: int, scenarios: list[str] | None = None, seed: int = 0,
-    model_version=None, publish: bool = False, progress=None, catalog=None,
+    model_version=None, publish: bool = False, progress=None, catalog=None, ranker_dir=None,
 ) -> Path:
     """A bundle over a synthetic catalog with the mean-history tower (tests, benchmarks).
 
-    ``catalog``: ``synthetic_catalog`` of these same arguments, when the caller already made it."""
+    ``catalog``: ``synthetic_catalog`` of these same arguments, when the caller already made it;
+    ``ranker_dir``: a ranker artifact to ship (e.g. ``serving.synthetic.synthetic_rankers``)."""
     from serving.synthetic import synthetic_catalog
 
     scenarios = scenarios or settings.scenarios
     if catalog is None:
         catalog = synthetic_catalog(n_items, dim, scenarios, seed)
     data = {s: ScenarioItems(c.item_ids, c.vectors, c.popular) for s, c in catalog.items()}
+    ranking, ranker_files = ranking_entry(ranker_dir) if ranker_dir is not None else (None, None)
     path = write_bundle(
         settings, model_version if model_version is not None else f"synthetic-{seed}",
         {"kind": "mean_history", "dim": dim, "seed": seed}, {}, data, progress=progress,
+        ranking=ranking, ranker_files=ranker_files,
     )
     if publish:
         publish_bundle(settings, path.name)

@@ -12,7 +12,9 @@ A bundle is accepted only when all of these hold (``load_bundle``), else ``Bundl
    every item vector is finite;
 5. the user tower loads, its weights are finite, and a smoke query for real users of the bundle
    (ids from the tower's vocabulary, a plausible click history) gives finite vectors and non-empty
-   answers in every scenario.
+   answers in every scenario;
+6. when the manifest says the bundle ranks (``ranking.included``), its rankers load, their weights
+   are finite, and they give finite scores to the smoke users' candidates in every scenario.
 
 Refusal reasons name the bundle and paths inside it only, never a filesystem path: they are shown
 by the unauthenticated ``/version``.
@@ -194,6 +196,7 @@ class LoadedBundle:
     manifest: dict
     catalogs: dict[str, ScenarioCatalog]
     tower: object
+    rankers: object = None  # serving.ranking.BundleRankers, or None: the recall order is the answer
 
     @property
     def model_version(self):
@@ -217,6 +220,19 @@ def _load_tower(path: Path, manifest: dict, catalogs: dict[str, ScenarioCatalog]
     if bad:
         raise BundleError(f"bundle {path.name}: the user tower has non-finite weights in {bad[:3]}")
     return tower
+
+
+def _load_rankers(path: Path, manifest: dict, settings: Settings):
+    from serving.ranking import load_rankers, nonfinite_ranker_weights
+
+    try:
+        rankers = load_rankers(path, manifest, settings.ranking.coarse_keep, settings.scenarios)
+    except Exception as exc:  # training.export.ArtifactError and any torch error
+        raise BundleError(f"bundle {path.name}: cannot load the rankers: {scrub(exc, path)}") from None
+    bad = nonfinite_ranker_weights(rankers) if rankers is not None else []
+    if bad:
+        raise BundleError(f"bundle {path.name}: the rankers have non-finite weights in {bad[:3]}")
+    return rankers
 
 
 def smoke_rows(tower, catalog: ScenarioCatalog, n: int = SMOKE_USERS) -> list[dict]:
@@ -254,6 +270,21 @@ def smoke_test(bundle: LoadedBundle) -> None:
         scores, ids = catalog.search(vectors, min(10, catalog.size))
         if not np.isfinite(scores).all() or not (ids >= 0).any(axis=1).all():
             raise BundleError(f"bundle {bundle.bundle_id}: smoke query on {scenario} found nothing")
+        if bundle.rankers is not None:
+            _smoke_rank(bundle, scenario, rows, ids)
+
+
+def _smoke_rank(bundle: LoadedBundle, scenario: str, rows: list[dict], ids: np.ndarray) -> None:
+    from serving.ranking import ItemFeatureCache, RankingStage, SimpleCandidates
+
+    lists = [SimpleCandidates([int(i) for i in r if i >= 0], "sass") for r in ids]
+    stage = RankingStage(ItemFeatureCache(None, 0.0), list(bundle.catalogs))
+    try:
+        ranked = stage.rank(bundle, bundle.rankers, scenario, rows, lists, [len(c.items) for c in lists])
+    except Exception as exc:
+        raise BundleError(f"bundle {bundle.bundle_id}: the rankers fail on {scenario}: {scrub(exc, bundle.path)}") from None
+    if not all(np.isfinite(r.scores).all() and len(r.items) for r in ranked):
+        raise BundleError(f"bundle {bundle.bundle_id}: the rankers gave non-finite scores on {scenario}")
 
 
 def warm(bundle: LoadedBundle, queries: int) -> None:
@@ -271,7 +302,8 @@ def load_bundle(path: Path, settings: Settings, warm_queries: int = 64) -> Loade
     path = Path(path)
     manifest = verify_bundle(path, settings.scenarios)
     catalogs = load_catalogs(path, manifest, settings.scenarios)
-    bundle = LoadedBundle(path.name, path, manifest, catalogs, _load_tower(path, manifest, catalogs))
+    bundle = LoadedBundle(path.name, path, manifest, catalogs, _load_tower(path, manifest, catalogs),
+                          _load_rankers(path, manifest, settings))
     smoke_test(bundle)
     warm(bundle, warm_queries)
     return bundle

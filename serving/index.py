@@ -170,6 +170,14 @@ class ScenarioCatalog:
         found = self._sorted_ids[pos] == raw
         return self._order[pos[found]]
 
+    def lookup(self, raw_ids) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, found) aligned with ``raw_ids``: the row of each id in this catalog, where ``found``."""
+        raw = np.asarray(raw_ids, dtype=np.int64).reshape(-1)
+        if raw.size == 0 or self._sorted_ids.size == 0:
+            return np.zeros(raw.size, dtype=np.int64), np.zeros(raw.size, dtype=bool)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, raw), self._sorted_ids.size - 1)
+        return self._order[pos], self._sorted_ids[pos] == raw
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [B, k'], raw item ids [B, k']) with -1 ids where the index ran out."""
         scores, rows = search(self.index, queries, k)

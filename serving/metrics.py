@@ -1,5 +1,7 @@
 """Prometheus metrics of the service (one registry per service, so tests can run several).
 
+* per request-pipeline stage (features, recall, item_features, coarse, fine): its time per call of
+  the pipeline (a batch's stage runs once for all its requests);
 * per recommendation: latency by scenario (a batch's time is shared out over its requests, so
   the sum is the time spent and each request counts once) and count by scenario and fallback;
 * per HTTP request (``serving.middleware``): count by endpoint, method and status, and duration
@@ -27,6 +29,11 @@ class ServingMetrics:
             "sassflow_recommend_latency_seconds",
             "Time to answer one recommendation (features + tower + search); a batch's time is shared "
             "out evenly over its requests", ["scenario"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "sassflow_recommend_stage_seconds", "Time of one stage of the request pipeline (features, recall, "
+            "item_features, coarse, fine) per call; a batch runs each stage once for all its requests",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.requests = Counter(
             "sassflow_recommend_requests_total", "Recommendations served", ["scenario", "fallback"], registry=r

@@ -54,15 +54,17 @@ async def answer(request: Request, service: RecommendationService, fields: list[
     out = [None] * len(fields)
     for branches, idx in groups.items():
         triples = [(fields[i]["user_id"], fields[i]["scenario"], fields[i]["k"]) for i in idx]
-        for i, rec in zip(idx, await _recommend(request, service, triples, list(branches) if branches else None)):
+        ranking = [fields[i]["ranking"] for i in idx]
+        for i, rec in zip(idx, await _recommend(request, service, triples, list(branches) if branches else None,
+                                                ranking)):
             out[i] = rec
     return out
 
 
 async def _recommend(request: Request, service: RecommendationService, triples: list[tuple[int, str, int]],
-                     branches: list[str] | None):
+                     branches: list[str] | None, ranking: list[bool]):
     try:
-        return await call(request, service.recommend_many, triples, branches)
+        return await call(request, service.recommend_many, triples, branches, ranking)
     except NotReady as exc:
         raise ApiError(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
     except FeaturesUnavailable as exc:

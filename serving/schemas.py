@@ -64,6 +64,9 @@ class RequestModels:
             branches=(str | None, Field(None, pattern=branch_list_pattern(), description=(
                 f"comma-separated recall branches to merge, of {list(BRANCHES)} "
                 f"(default: {','.join(settings.recall.branches)})"), examples=["sass,i2i"])),
+            ranking=(bool, Field(True, description="rank the recalled candidates with the bundle's coarse and fine "
+                                                   "rankers (when it has them); false: the recall order",
+                                 examples=[True])),
         )
         self.batch = create_model(
             "BatchRequest", __config__=_STRICT,
@@ -71,11 +74,12 @@ class RequestModels:
                                               description=f"1 … {self.batch_max} requests")),
         )
         self.fields = frozenset(self.entry.model_fields)
-        self.integer_fields = frozenset(name for name, spec in self.entry.model_json_schema()["properties"].items()
-                                        if spec.get("type") == "integer")
+        properties = self.entry.model_json_schema()["properties"].items()
+        self.integer_fields = frozenset(name for name, spec in properties if spec.get("type") == "integer")
+        self.boolean_fields = frozenset(name for name, spec in properties if spec.get("type") == "boolean")
 
     def example_query(self) -> dict:
-        return {"user_id": 1, "scenario": self.scenarios[0], "k": 10}
+        return {"user_id": 1, "scenario": self.scenarios[0], "k": 10, "ranking": True}
 
     def example_batch(self) -> dict:
         second = self.scenarios[1 % len(self.scenarios)]
@@ -109,6 +113,10 @@ def parse_query(models: RequestModels, items: list[tuple[str, str]]) -> dict:
                 values[name] = parse_digits(text)
             except ValueError as exc:
                 raise ApiError(422, "validation", f"query parameter {name} {exc}, got {preview(text)}") from None
+        elif name in models.boolean_fields:
+            if text not in ("true", "false"):
+                raise ApiError(422, "validation", f"query parameter {name} must be true or false, got {preview(text)}")
+            values[name] = text == "true"
         else:
             values[name] = text
     try:
@@ -171,7 +179,7 @@ class ErrorResponse(BaseModel):
 class RecommendResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "user_id": 1, "scenario": "family", "items": [2975, 1265, 2650], "scores": [0.9752, 0.9738, 0.9669],
-        "fallback": False, "model_version": "7", "bundle_id": "20261125T184202509-mv7-cd2286"}]})
+        "fallback": False, "model_version": "7", "bundle_id": "20261125T184202509-mv7-cd2286", "ranked": True}]})
 
     user_id: int
     scenario: str
@@ -185,6 +193,9 @@ class RecommendResponse(BaseModel):
     branches: list[str] = Field([], description="per item: the recall branch that found it (sass, i2i, tags, "
                                                 "trending, popular)")
     reasons: list[str] = Field([], description="per item: why, e.g. 'because you clicked 1193', 'trending in drama'")
+    ranked: bool = Field(False, description="true when the bundle's rankers ordered the items (coarse, then fine); "
+                                            "false: the recall order (ranking=false, no rankers in the bundle, or "
+                                            "the popular fallback)")
 
 
 class BatchResponse(BaseModel):

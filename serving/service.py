@@ -23,6 +23,7 @@ from serving.content import LiveCatalogue
 from serving.feature_reader import FeatureReader
 from serving.metrics import ServingMetrics
 from serving.branches import Branches
+from serving.ranking import ItemFeatureCache, RankingStage, RecallCandidates
 
 log = logging.getLogger("sassflow.serving")
 
@@ -59,6 +60,7 @@ class Recommendation:
     bundle_id: str
     branches: list[str] = field(default_factory=list)  # per item: the branch that found it
     reasons: list[str] = field(default_factory=list)  # per item: why, e.g. "because you clicked 1193"
+    ranked: bool = False  # ordered by the bundle's rankers (else: the recall order)
 
 
 class RecommendationService:
@@ -73,36 +75,67 @@ class RecommendationService:
         self.pointer_problem: str | None = None  # why CURRENT names no bundle, when it does not
         self.branches = Branches(settings, self.metrics.registry, recall_store)
         self.catalogue = LiveCatalogue(settings.scenarios)  # new items, searchable before the next bundle
+        self.ranking = RankingStage(ItemFeatureCache(feature_reader, settings.ranking.item_cache_s), settings.scenarios,
+                                    self.metrics.stage_seconds)
         self._swap_lock = threading.Lock()
         configure_threads(settings)
 
     # ------------------------------------------------------------ requests
 
-    def recommend_many(self, requests: list[tuple[int, str, int]], branches: list[str] | None = None
-                       ) -> list[Recommendation]:
-        """Answer ``(user_id, scenario, k)`` requests: one feature read, then per scenario the recall
-        branches (``branches``, default settings.recall.branches) merged into the top k, the
-        bundle's popular items for whoever no branch could answer."""
+    def recommend_many(self, requests: list[tuple[int, str, int]], branches: list[str] | None = None,
+                       ranking: list[bool] | None = None) -> list[Recommendation]:
+        """Answer ``(user_id, scenario, k)`` requests -- the request pipeline: one feature read; per
+        scenario the recall branches (``branches``, default settings.recall.branches) merged
+        (``serving.branches``); where ``ranking`` (per request, default on) and the bundle has rankers,
+        the merged ``ranking.candidates`` go through the coarse and fine rankers; the top k.  Users no
+        branch can answer get the bundle's popular items (never ranked)."""
         bundle = self.bundle  # this request's bundle, whatever swaps happen meanwhile
         if bundle is None:
             raise NotReady("no bundle loaded yet")
         start = time.perf_counter()
         rows = self.features.read([(u, s) for u, s, _ in requests])
+        self.metrics.stage_seconds.labels("features").observe(time.perf_counter() - start)
+        ranked = [bundle.rankers is not None and (ranking is None or ranking[i]) for i in range(len(requests))]
+        depth = self.settings.ranking.candidates
         out: list[Recommendation | None] = [None] * len(requests)
         by_scenario: dict[str, list[int]] = {}
         for i, (_, s, _) in enumerate(requests):
             by_scenario.setdefault(s, []).append(i)
         for scenario, idx in by_scenario.items():
-            merged = self.branches.candidates(bundle, scenario, [rows[i] for i in idx], [requests[i][2] for i in idx],
-                                              branches)
-            for i, m in zip(idx, merged):
-                out[i] = Recommendation(requests[i][0], scenario, m.items, m.branch_scores, m.fallback,
-                                        str(bundle.model_version), bundle.bundle_id, m.branches, m.reasons)
+            t0 = time.perf_counter()
+            ks = [max(requests[i][2], depth) if ranked[i] else requests[i][2] for i in idx]
+            merged = self.branches.candidates(bundle, scenario, [rows[i] for i in idx], ks, branches)
+            self.metrics.stage_seconds.labels("recall").observe(time.perf_counter() - t0)
+            personal = [j for j, i in enumerate(idx) if ranked[i] and not merged[j].fallback]
+            answers = dict(zip(personal, self._rank(bundle, scenario, [rows[idx[j]] for j in personal],
+                                                    [merged[j] for j in personal], [requests[idx[j]][2] for j in personal])))
+            for j, i in enumerate(idx):
+                out[i] = self._answer(requests[i], scenario, bundle, merged[j], answers.get(j))
         self.metrics.observe(out, time.perf_counter() - start)
         return out
 
-    def recommend(self, user_id: int, scenario: str, k: int, branches: list[str] | None = None) -> Recommendation:
-        return self.recommend_many([(user_id, scenario, k)], branches)[0]
+    @staticmethod
+    def _answer(request, scenario: str, bundle, m, ranked) -> Recommendation:
+        """The top k: the rankers' order when they ranked this request, else the merged recall order."""
+        user_id, _, k = request
+        version = str(bundle.model_version)
+        if ranked is None:
+            return Recommendation(user_id, scenario, m.items[:k], m.branch_scores[:k], m.fallback, version,
+                                  bundle.bundle_id, m.branches[:k], m.reasons[:k], False)
+        reason = dict(zip(m.items, m.reasons))
+        return Recommendation(user_id, scenario, ranked.items, ranked.scores, m.fallback, version, bundle.bundle_id,
+                              ranked.branches, [reason[i] for i in ranked.items], True)
+
+    def _rank(self, bundle, scenario: str, rows: list[dict], merged: list, ks: list[int]) -> list:
+        """The ranked answers of the merged candidates (the hand-off: item, branch, branch score)."""
+        if not rows:
+            return []
+        lists = [RecallCandidates(m.items, m.branches, m.branch_scores) for m in merged]
+        return self.ranking.rank(bundle, bundle.rankers, scenario, rows, lists, ks)
+
+    def recommend(self, user_id: int, scenario: str, k: int, branches: list[str] | None = None,
+                  ranking: bool = True) -> Recommendation:
+        return self.recommend_many([(user_id, scenario, k)], branches, [ranking])[0]
 
     # ------------------------------------------------------------ bundles
 

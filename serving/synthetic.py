@@ -63,3 +63,22 @@ def synthetic_users(
             n_clicks = int(rng.integers(1, max_clicks + 1))
             table[(user, scenario)] = sc.item_ids[rng.choice(members, size=min(n_clicks, members.size), replace=False)].tolist()
     return table
+
+
+def synthetic_rankers(out_dir, catalog: dict[str, SyntheticScenario], seed: int, seq_len: int = 20):
+    """Untrained coarse + fine rankers over the catalog's items, marked as included: what a trained
+    ranker costs at serving (benchmarks) and a ranker artifact to serve (tests), not a quality claim."""
+    import torch
+
+    from training.rankers import RECALL_BRANCHES, CoarseRanker, FineRanker, RankerConfig, save_rankers
+
+    torch.manual_seed(seed)
+    item_ids = np.sort(np.concatenate([c.item_ids for c in catalog.values()]))
+    cfg = RankerConfig(n_items=len(item_ids), n_scenarios=len(catalog), seq_len=seq_len,
+                       branches=list(RECALL_BRANCHES))
+    clicks = np.zeros((len(catalog), len(item_ids) + 1), np.int64)
+    for s, c in enumerate(catalog.values()):  # popularity: the catalog's popular list, best first
+        clicks[s, np.searchsorted(item_ids, c.popular) + 1] = np.arange(len(c.popular), 0, -1)
+    return save_rankers(out_dir, cfg, CoarseRanker(cfg).eval(), FineRanker(cfg).eval(), item_ids, clicks,
+                        extra={"included": True, "reason": "synthetic rankers (untrained)", "gate_metrics": {},
+                               "scenarios": list(catalog)})

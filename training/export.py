@@ -64,23 +64,27 @@ def load_model(artifact_dir) -> tuple[SASS, dict]:
         mcfg = ModelConfig(**cfg["model"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{artifact.root}: unreadable {ModelArtifact.CONFIG} ({exc})") from exc
-    state_path = artifact.state_path
+    model = load_state_into(SASS(mcfg), artifact.state_path, ModelArtifact.CONFIG)
+    return model, cfg
+
+
+def load_state_into(model: torch.nn.Module, state_path: Path, config_name: str) -> torch.nn.Module:
+    """Load the state_dict at ``state_path`` into ``model`` (built from ``config_name``) safely: with
+    ``weights_only=True``, every tensor present and shaped as the config says; returns it in eval mode."""
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on a damaged zip / pickle
         raise ArtifactError(f"{state_path}: cannot load state_dict ({type(exc).__name__}: {exc})") from exc
-    model = SASS(mcfg)
     expected = model.state_dict()
     if not isinstance(state, dict) or set(state) != set(expected):
         missing = sorted(set(expected) - set(state or {}))[:3]
-        raise ArtifactError(f"{state_path}: tensors do not match {ModelArtifact.CONFIG} (missing {missing})")
+        raise ArtifactError(f"{state_path}: tensors do not match {config_name} (missing {missing})")
     for k, v in expected.items():
         if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
             raise ArtifactError(f"{state_path}: {k} has shape {tuple(getattr(state[k], 'shape', ()))}, "
-                                f"{ModelArtifact.CONFIG} says {tuple(v.shape)}")
+                                f"{config_name} says {tuple(v.shape)}")
     model.load_state_dict(state)
-    model.eval()
-    return model, cfg
+    return model.eval()
 
 
 def load_vocab(artifact_dir, cfg: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,8 @@ JSON-able dicts out, every intermediate result in a folder so each step can run 
     evaluate           -> <dir>/metrics.json            (BENCHMARKS.md protocol, val + test)
     evaluate_with_baselines -> the same + the baselines on the same prepared data
     register_and_gate  -> registry row + gate decision (candidate, re-scored champion, popularity)
+    train_rankers      -> <dir>/ ranker artifact        (coarse + fine, gated against the recall order)
+    register_rankers   -> registry row ``ranker``       (promoted if the gate kept them, else rejected)
     train_pipeline     -> all of it in memory (`sassflow train`)
 """
 from __future__ import annotations
@@ -251,3 +253,50 @@ def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("
                                         title=f"sassflow training run {run_id}")
     result["total_s"] = time.perf_counter() - t0
     return result
+
+
+# --------------------------------------------------------------------------- rankers (after recall)
+
+def train_rankers(settings, dataset_dir, model_dir, out_dir, with_test: bool = True) -> dict:
+    """The coarse and fine rankers on the recall model at ``model_dir`` (``training.ranking``): trained on
+    the validation split's requests, gated on held-out users' (the cascade must beat the recall order),
+    test figures beside; writes the ranker artifact (``RankerArtifact``, the decision in its config)."""
+    from training.evaluate import model_scorer
+    from training.export import load_model
+    from training.rankers import RECALL_BRANCHES, save_rankers
+    from training.ranking import RankingData, RankingParams, train_rankers as fit
+
+    set_threads(settings)
+    events = load_events(settings, dataset_dir)
+    data = prepare_data(settings, events)
+    model, _ = load_model(model_dir)
+    p = RankingParams.from_settings(settings.ranking, seed=settings.training.seed, progress=show_progress())
+    rd = RankingData(data, events, model_scorer(model), p, with_test=with_test)
+    res = fit(rd, p, list(RECALL_BRANCHES))
+    val = res.metrics["val"]
+    gate_metrics = {f"{name}_ndcg@10": val[name]["ndcg@10"]["mean"] for name in ("fine", "coarse", "recall_order")}
+    save_rankers(out_dir, res.cfg, res.coarse, res.fine, data.items.ids, data.item_clicks,
+                 extra={"included": res.included, "reason": res.reason, "gate_metrics": gate_metrics,
+                        "scenarios": list(data.scenarios),
+                        "metrics": res.metrics, "seconds": res.seconds, "window": list(data.window),
+                        "recall_model": str(model_dir)})
+    log.info("rankers %s: %s", "kept" if res.included else "left out", res.reason)
+    return {"path": str(out_dir), "included": res.included, "reason": res.reason, "metrics": res.metrics,
+            "seconds": res.seconds, "window": list(data.window)}
+
+
+def register_rankers(settings, ranker_dir, recall_version: int | None = None) -> dict:
+    """Register the rankers (name ``ranker``) with their metrics, promoted if their gate kept them,
+    else rejected with its reason; returns the registry's stored copy (what a bundle ships)."""
+    from training.registry import ModelRegistry
+
+    d = Path(ranker_dir)
+    meta = json.loads((d / "config.json").read_text())
+    reg = ModelRegistry.from_settings(settings)
+    window = meta.get("window") or [None, None]
+    v = reg.register(d, name="ranker", metrics=meta.get("metrics", {}), data_start_ms=window[0],
+                     data_end_ms=window[1], config={"ranker": meta.get("ranker"), "recall_version": recall_version})
+    status = "promoted" if meta.get("included") else "rejected"
+    reg.set_status(v.id, status, meta.get("reason"))
+    return {"version": v.id, "ranker_dir": v.artifact_path, "included": bool(meta.get("included")),
+            "reason": meta.get("reason"), "recall_version": recall_version}

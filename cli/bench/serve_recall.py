@@ -41,26 +41,37 @@ def prepare_recall(settings, users: dict, n_items: int, dim: int, seed: int, pro
     return {"clicks": clicks, "rows": len(rows), "seconds": time.perf_counter() - t0}
 
 
-def stage_p99_ms(metrics_text: str) -> dict[str, float | None]:
-    """p99 (upper bucket bound, ms) of each branch and of the merge, from the service's histograms."""
+_STAGE_FAMILIES = {  # histogram family -> how a sample names its stage
+    "sassflow_recall_branch_seconds": lambda labels: labels["branch"],
+    "sassflow_recall_merge_seconds": lambda labels: "merge",
+    "sassflow_recommend_stage_seconds": lambda labels: labels["stage"],  # features, recall, item_features, coarse, fine
+    "sassflow_recommend_latency_seconds": lambda labels: "request",
+}
+
+
+def stage_p99_ms(metrics_text: str, q: float = 0.99) -> dict[str, float | None]:
+    """The q-quantile (ms) of each request-pipeline stage (every recall branch, the merge, the
+    pipeline's stages, the whole request) from the service's histograms: linear within the bucket
+    that holds it (Prometheus' estimate); series of one stage (e.g. per scenario) are summed."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    buckets: dict[str, list[tuple[float, float]]] = {}
+    buckets: dict[str, dict[float, float]] = {}
     for family in text_string_to_metric_families(metrics_text):
-        if family.name not in ("sassflow_recall_branch_seconds", "sassflow_recall_merge_seconds",
-                               "sassflow_recommend_latency_seconds"):
-            continue
-        for sample in family.samples:
+        stage_of = _STAGE_FAMILIES.get(family.name)
+        for sample in family.samples if stage_of else ():
             if sample.name.endswith("_bucket"):
-                stage = sample.labels.get("branch") or ("merge" if "merge" in family.name else "request")
-                buckets.setdefault(stage, []).append((float(sample.labels["le"]), sample.value))
-    out = {}
-    for stage, bs in buckets.items():
-        bs.sort()
-        merged: dict[float, float] = {}
-        for le, v in bs:  # the request histogram has one series per scenario: sum them
-            merged[le] = merged.get(le, 0.0) + v
-        total = merged.get(float("inf"), 0.0)
-        bound = next((le for le, v in sorted(merged.items()) if total and v >= 0.99 * total), None)
-        out[stage] = None if bound is None or bound == float("inf") else bound * 1000
-    return out
+                per = buckets.setdefault(stage_of(sample.labels), {})
+                le = float(sample.labels["le"])
+                per[le] = per.get(le, 0.0) + sample.value
+    return {stage: _quantile_ms(sorted(per.items()), q) for stage, per in buckets.items()}
+
+
+def _quantile_ms(rows: list[tuple[float, float]], q: float) -> float | None:
+    total = rows[-1][1] if rows else 0.0
+    target, prev_le, prev_n = q * total, 0.0, 0.0
+    for le, n in rows if total else ():
+        if n >= target:
+            upper = le if le != float("inf") else prev_le
+            return 1000 * (prev_le + (upper - prev_le) * ((target - prev_n) / max(n - prev_n, 1e-9)))
+        prev_le, prev_n = le, n
+    return None

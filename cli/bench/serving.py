@@ -34,6 +34,9 @@ def add_bench_parsers(benches) -> None:
     p.add_argument("--branches", default=None,
                    help="recall branches on, comma-separated (default: settings.recall.branches); the stream "
                         "branches run over structures built from the synthetic users' clicks")
+    p.add_argument("--ranking", action="store_true",
+                   help="ship (untrained) coarse + fine rankers in the bundle: recall, then ranking of --candidates")
+    p.add_argument("--candidates", type=int, default=500, help="candidates per request handed to ranking")
     p.set_defaults(func=bench_serve)
     p = benches.add_parser("swap", help="hot swaps of bundles under steady load")
     p.add_argument("--swaps", type=int, default=10)
@@ -51,23 +54,29 @@ def _say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def _bench_settings(settings, state_dir: Path, scenarios: list[str]):
+def _bench_settings(settings, state_dir: Path, scenarios: list[str], candidates: int | None = None):
     """The caller's serving settings, with all state in a scratch folder and admin disabled."""
-    return settings.model_copy(update={
+    update = {
         "state_dir": state_dir, "scenarios": scenarios,
         "serving": settings.serving.model_copy(update={"bundle_dir": state_dir / "bundles", "admin_token": None}),
-    })
+    }
+    if candidates:
+        update["ranking"] = settings.ranking.model_copy(update={"candidates": candidates})
+    return settings.model_copy(update=update)
 
 
-def _prepare(settings, n_items, dim, seed, n_users: int = BENCH_USERS):
-    """Build + publish a synthetic bundle and the matching user table; returns (bundle path, features file)."""
+def _prepare(settings, n_items, dim, seed, n_users: int = BENCH_USERS, ranking: bool = False):
+    """Build + publish a synthetic bundle (with untrained rankers when ``ranking``) and the matching
+    user table; returns (bundle path, features file, users)."""
     from serving.bundle import build_synthetic_bundle
     from serving.feature_reader import save_recent_clicks
-    from serving.synthetic import synthetic_catalog, synthetic_users
+    from serving.synthetic import synthetic_catalog, synthetic_rankers, synthetic_users
 
     t0 = time.perf_counter()
     catalog = synthetic_catalog(n_items, dim, settings.scenarios, seed)
-    path = build_synthetic_bundle(settings, n_items, dim, seed=seed, progress=_say, catalog=catalog, publish=True)
+    rankers = synthetic_rankers(Path(settings.state_dir) / "rankers", catalog, seed).root if ranking else None
+    path = build_synthetic_bundle(settings, n_items, dim, seed=seed, progress=_say, catalog=catalog, publish=True,
+                                  ranker_dir=rankers)
     _say(f"bundle {path.name} built in {time.perf_counter() - t0:.1f}s")
     users = synthetic_users(catalog, n_users, seed)
     features = Path(settings.state_dir) / "features.npz"
@@ -138,11 +147,12 @@ def bench_serve(args, settings) -> int:
     from cli.bench.serve_recall import prepare_recall, stage_p99_ms
 
     scenarios = settings.scenarios[: args.scenarios] if args.scenarios else settings.scenarios
+    ranking = bool(getattr(args, "ranking", False))
     with tempfile.TemporaryDirectory(prefix="sassflow-bench-serve-") as tmp:
-        bs = _bench_settings(settings, Path(tmp), scenarios)
+        bs = _bench_settings(settings, Path(tmp), scenarios, args.candidates if ranking else None)
         branches = args.branches.split(",") if args.branches else list(bs.recall.branches)
         bs.recall.branches = branches
-        path, features, users = _prepare(bs, args.items, args.dim, seed=0, n_users=args.users)
+        path, features, users = _prepare(bs, args.items, args.dim, seed=0, n_users=args.users, ranking=ranking)
         recall_prep = prepare_recall(bs, users, args.items, args.dim, seed=0, progress=_say)
         load_before = _machine_load()
         with ServerProcess(bs, static_features=features, log_path=Path(tmp) / "server.log") as srv:
@@ -166,8 +176,7 @@ def bench_serve(args, settings) -> int:
             "items": args.items, "dim": args.dim, "scenarios": len(scenarios), "k": args.k,
             "concurrency": args.concurrency if not args.rate else None, "duration_s": args.duration,
             "mode": result["mode"], "offered_qps": result["offered_qps"], "sent": result["sent"],
-            "connections": result["connections"], "branches": branches, "ranking": False,
-            "candidates": args.k, "stage_p99_ms": stages, "recall_structures": recall_prep,
+            "connections": result["connections"], "branches": branches, "recall_structures": recall_prep,
             "p50_ms": result["p50_ms"], "p90_ms": result["p90_ms"], "p99_ms": result["p99_ms"],
             "qps": result["qps"], "requests": result["requests"], "errors": result["errors"],
             # CPU per request is what the shared machine cannot distort: capacity ≈ cores / this.
@@ -178,6 +187,7 @@ def bench_serve(args, settings) -> int:
             "recall_at_100": core["recall_at_100"], "recall_at_100_min_scenario": core["recall_at_100_min"],
             "index_type": core["index_type"], "index_params": core["index_params"],
             "items_per_scenario": core["items_per_scenario"],
+            "ranking": ranking, "candidates": args.candidates if ranking else args.k, "stage_p99_ms": stages,
             "machine_before": load_before, "machine_after": _machine_load(),
         })
     return 0

@@ -83,11 +83,12 @@ def bench_train(settings, data_dir, epochs: int | None = None, progress: bool = 
 
 def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, models=None,
                   epochs: int | None = None, progress: bool = True, branches: bool = True,
-                  cold_start: bool = True, synthetic: dict | None = None) -> dict:
+                  cold_start: bool = True, synthetic: dict | None = None, ranking: bool = True) -> dict:
     """Every model x seed, the BENCHMARKS.md protocol on the test split, averaged over seeds; with
     ``branches`` (and sass among the models) also the recall branches (``cli.bench.recall_quality``);
-    then (``cold_start``) the cold-start protocol per seed (``cold_start_figures``).  ``synthetic``:
-    the synthetic source's parameters instead of a dataset folder."""
+    with ``ranking`` the rankers on each seed's SASS candidates (``bench_ranking``); then
+    (``cold_start``) the cold-start protocol per seed (``cold_start_figures``).  ``synthetic``: the
+    synthetic source's parameters instead of a dataset folder."""
     from training.baselines import MODELS, fit
     from training.data import prepare
     from training.evaluate import evaluate
@@ -132,6 +133,8 @@ def bench_quality(settings, data_dir, scenarios_file=None, seeds: int = 3, model
     if branches and sass_scorers:
         item_tags = {it.item_id: list(it.tags) for it in items}
         result["branches"] = _branches(settings, data, events, item_tags, sass_scorers, result["models"])
+    if ranking and sass_scorers:
+        result.update(bench_ranking(settings, data, events, sass_scorers, progress))
     if cold_start:
         figures = [cold_start_figures(settings, events, items, seed, epochs, progress) for seed in range(seeds)]
         result["cold_start"] = average_cold_start(figures, result["models"].get("sass"))
@@ -256,3 +259,69 @@ def average_cold_start(runs: list[dict], today_sass: dict | None) -> dict:
             out["warm_ratio_with_new_items"] = (out["warm_recall@50_with_new_items"]["mean"]
                                                 / today_sass["recall@50"]["mean"])
     return out
+
+
+# --------------------------------------------------------------------------- ranking (issue 14)
+
+RANKERS = ("fine", "coarse", "lambdarank", "recall_order")
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else float("nan")  # a scenario without test impressions: no AUC
+
+
+def _mean_over_runs(runs: list[dict]) -> dict:
+    """model -> metric -> scenario | "mean" -> the mean over runs (seeds)."""
+    return {m: {metric: {k: _nanmean([r[m][metric][k] for r in runs]) for k in runs[0][m][metric]}
+                for metric in runs[0][m]} for m in runs[0]}
+
+
+def ranking_run(settings, data, events, scorer, seed: int, progress: bool = False) -> dict:
+    """One seed of the ranking protocol (BENCHMARKS.md ``ranking``): the lists of the recall model
+    ``scorer``, the rankers with and without exposure negatives and LambdaRank trained on the same
+    training lists, all scored on the same test candidate sets."""
+    from training.rankers import RECALL_BRANCHES
+    from training.ranking import RankingData, RankingParams, dense_of, fit_lambdarank, ranking_metrics, train_rankers
+
+    p = RankingParams.from_settings(settings.ranking, seed=seed, progress=progress)
+    branches = list(RECALL_BRANCHES)
+    t0 = time.perf_counter()
+    rd = RankingData(data, events, scorer, p)
+    _log(f"seed {seed} ranking lists: {rd.train.n_lists} train / {rd.valid.n_lists} val / {rd.test.n_lists} test "
+         f"requests, {len(rd.train.owner)} train rows ({rd.seconds:.0f}s)")
+    with_exposure = train_rankers(rd, p, branches)
+    without = train_rankers(rd, p, branches, train=rd.impressions_only())
+    t1 = time.perf_counter()
+    train = rd.with_exposure()
+    rank = fit_lambdarank(train, dense_of(train, branches), rd.valid, dense_of(rd.valid, branches), seed)
+    lambdarank = ranking_metrics(rd.test, rank(rd.test, dense_of(rd.test, branches)), data.n_scenarios)
+    test = with_exposure.metrics["test"]
+    _log(f"seed {seed} ranking test ndcg@10: fine {test['fine']['ndcg@10']['mean']:.4f}, lambdarank "
+         f"{lambdarank['ndcg@10']['mean']:.4f}, recall order {test['recall_order']['ndcg@10']['mean']:.4f} "
+         f"({time.perf_counter() - t0:.0f}s)")
+    return {"ranking": {"fine": test["fine"], "coarse": test["coarse"], "lambdarank": lambdarank,
+                        "recall_order": test["recall_order"]},
+            "exposure": {"with_negatives": test["fine"], "impressions_only": without.metrics["test"]["fine"]},
+            "val": {"fine": with_exposure.metrics["val"]["fine"], "recall_order": with_exposure.metrics["val"]["recall_order"]},
+            "coarse_keep_recall": test.get("coarse_keep_recall"), "included": with_exposure.included,
+            "seconds": {"lists": rd.seconds, **with_exposure.seconds, "lambdarank": time.perf_counter() - t1}}
+
+
+def bench_ranking(settings, data, events, scorers: list, progress: bool = False) -> dict:
+    """The ranking figures averaged over the seeds' recall models; keys ``ranking`` (BENCHMARKS.md),
+    ``ranking_exposure`` (fine ranker trained with vs without the exposure negatives), ``ranking_checks``
+    (the issue's goals) and ``ranking_detail``."""
+    runs = [ranking_run(settings, data, events, scorer, seed, progress) for seed, scorer in enumerate(scorers)]
+    ranking = _mean_over_runs([r["ranking"] for r in runs])
+    exposure = _mean_over_runs([r["exposure"] for r in runs])
+    ndcg = {m: ranking[m]["ndcg@10"] for m in RANKERS}
+    checks = {f"fine_ndcg@10_{where}_{cmp}": ok for where in ("mean", "0") for cmp, ok in (
+        ("ge_1.15x_recall_order", ndcg["fine"][where] >= 1.15 * ndcg["recall_order"][where]),
+        ("ge_lambdarank", ndcg["fine"][where] >= ndcg["lambdarank"][where]))}
+    return {"ranking": ranking, "ranking_exposure": exposure, "ranking_checks": checks,
+            "ranking_detail": {"seeds": len(runs), "val": _mean_over_runs([r["val"] for r in runs]),
+                               "coarse_keep_recall": float(np.mean([r["coarse_keep_recall"] for r in runs])),
+                               "gate_kept": [r["included"] for r in runs], "seconds": [r["seconds"] for r in runs],
+                               "ratio_fine_to_recall_order_ndcg@10": {
+                                   k: ndcg["fine"][k] / ndcg["recall_order"][k] for k in ndcg["fine"]}}}

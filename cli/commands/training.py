@@ -51,7 +51,7 @@ def cmd_registry(args, settings) -> int:
                   f"val_recall@50={val if val is None else round(val, 4)} published={v.published} "
                   f"{v.artifact_path}")
     elif args.action == "show":
-        v = reg.get(args.version) if args.version else reg.promoted()
+        v = reg.get(args.version) if args.version else reg.promoted("sass")  # the recall model (rankers: "ranker")
         if v is None:
             print("nothing promoted", file=sys.stderr)
             return 1
@@ -88,7 +88,8 @@ def cmd_bench_quality(args, settings) -> int:
                   "zipf_a": 0.3, "click_scale": 5.0, "click_bias": -4.0} if args.source == "synthetic" else None)
     data = None if synthetic else args.data or settings.data.find_movielens()
     emit_json(bench_quality(settings, data, args.scenarios, args.seeds, models, args.epochs,
-                            cold_start=not args.no_cold_start, synthetic=synthetic))
+                            cold_start=not args.no_cold_start, synthetic=synthetic,
+                            ranking=not args.no_ranking))
     return 0
 
 
@@ -126,4 +127,5 @@ def register(commands, benches) -> None:
     p.add_argument("--users", type=int, default=2000, help="synthetic: users")
     p.add_argument("--items", type=int, default=5000, help="synthetic: items")
     p.add_argument("--events", type=int, default=400_000, help="synthetic: events")
+    p.add_argument("--no-ranking", action="store_true", help="skip the rankers (the ranking figures)")
     p.set_defaults(func=cmd_bench_quality)

@@ -26,6 +26,16 @@ Serving bundle (``<bundle_dir>/<bundle_id>/``)::
                                 when the manifest's index spec says backend "hnswlib")
     <s>/item_ids.npy            raw item ids, int64
     <s>/popular.npy             raw item ids by popularity (cold-start fallback)
+    ranking/                    optional: the rankers (``RankerArtifact`` files), when the gate kept them;
+                                the manifest's ``ranking`` section says whether they are in and why
+
+Ranker artifact (``RankerArtifact``, trained after the recall model on the same window)::
+
+    config.json                 the ranker config (``training.rankers.RankerConfig``), whether a fine
+                                ranker is present, its metrics and the gate's decision
+    coarse.pt, fine.pt          state_dicts (loaded with weights_only=True)
+    item_ids.npy                raw-id vocabulary of the item embeddings, int64
+    item_clicks.npy             training clicks per scenario and item (the popularity prior), int64
 
 A bundle id, a scenario folder and every path in the manifest are plain names checked by the
 patterns below, so nothing a manifest or a pointer file says can lead outside the bundle.  A new
@@ -112,11 +122,30 @@ class ModelArtifact:
         return all((self.root / name).exists() for name in self.CONTENT_FILES)
 
 
+class RankerArtifact:
+    """The folder of the trained rankers (coarse + fine) of one retrain."""
+
+    CONFIG = "config.json"
+    COARSE = "coarse.pt"
+    FINE = "fine.pt"
+    ITEM_IDS = "item_ids.npy"
+    ITEM_CLICKS = "item_clicks.npy"  # int64 [n_scenarios, n_items + 1]: training clicks by vocabulary index
+    FILES = (CONFIG, COARSE, FINE, ITEM_IDS, ITEM_CLICKS)
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def files(self) -> dict[str, Path]:
+        """The files present (a ranker without a fine model has no ``fine.pt``)."""
+        return {name: self.root / name for name in self.FILES if (self.root / name).exists()}
+
+
 class BundleLayout:
     """The folder of one serving bundle, and the pointer files of the bundle directory."""
 
     MANIFEST = "manifest.json"
     TOWER = "tower"
+    RANKING = "ranking"  # optional: the rankers' files (RankerArtifact layout)
     INDEX = "index.faiss"
     INDEX_HNSWLIB = "index.hnsw"
     ITEM_IDS = "item_ids.npy"
@@ -165,6 +194,10 @@ class BundleLayout:
 
     def scenario_dir(self, scenario: str) -> Path:
         return self.root / scenario
+
+    @property
+    def ranking_dir(self) -> Path:
+        return self.root / self.RANKING
 
     def scenario_file(self, scenario: str, name: str) -> str:
         """The manifest key (relative posix path) of one per-scenario file."""
@@ -221,6 +254,25 @@ class ScenarioEntry(BaseModel):
     popular: Positive  # items in popular.npy
 
 
+class RankingEntry(BaseModel):
+    """The manifest's ``ranking`` section: whether the bundle ranks its candidates, and why (or why not).
+
+    ``included`` false: the rankers were left out (the gate found they do not beat the recall order on
+    validation, or none were trained) and ``/recommend`` returns the recall order; ``reason`` says why."""
+
+    model_config = _STRICT
+    included: bool
+    reason: Annotated[str, StringConstraints(max_length=500)]
+    fine: bool = False  # a fine ranker behind the coarse one
+    metrics: dict[str, float] = {}  # validation figures the gate decided on
+
+    @model_validator(mode="after")
+    def _fine_needs_rankers(self) -> "RankingEntry":
+        if self.fine and not self.included:
+            raise ValueError("fine: a bundle without rankers has no fine ranker")
+        return self
+
+
 class BundleManifest(BaseModel):
     """``manifest.json``: what the bundle holds and the checksum of every other file in it."""
 
@@ -233,12 +285,19 @@ class BundleManifest(BaseModel):
     dim: Positive
     scenarios: Annotated[dict[ScenarioName, ScenarioEntry], Field(min_length=1)]
     files: dict[BundleFile, FileEntry]
+    ranking: RankingEntry | None = None  # absent: a bundle built before rankers existed (recall order)
 
     @model_validator(mode="after")
     def _lists_what_it_needs(self) -> "BundleManifest":
         if BundleLayout.MANIFEST in self.files:
             raise ValueError(f"files: {BundleLayout.MANIFEST} cannot list itself")
-        missing = [f for f in BundleLayout.required_files(self.scenarios) if f not in self.files]
+        required = BundleLayout.required_files(self.scenarios)
+        if self.ranking is not None and self.ranking.included:
+            required += [f"{BundleLayout.RANKING}/{name}" for name in
+                         (RankerArtifact.CONFIG, RankerArtifact.COARSE, RankerArtifact.ITEM_IDS,
+                          RankerArtifact.ITEM_CLICKS)
+                         + ((RankerArtifact.FINE,) if self.ranking.fine else ())]
+        missing = [f for f in required if f not in self.files]
         if missing:
             raise ValueError(f"files: no entry for {', '.join(missing[:3])}")
         return self

@@ -106,12 +106,14 @@ SCENARIO_HOUR_TILES = Feature("scenario_hour_tiles", INT64_LIST, "[hour, scenari
                               "user's newest event, flattened", tiles=True)
 TILE_WIDTH = {MINUTE_TILES.name: 3, HOUR_TILES.name: 3, SCENARIO_HOUR_TILES.name: 4}
 
+SINCE_CLICK = Feature("since_click_ms", INT64, "ms from the start of the tile of the newest click to the read time "
+                      "(minute tiles within the last hour, hour tiles within 7d; none beyond 7d)")
 USER_SCENARIO_STATS = View(
     "user_scenario_stats", (USER_ID, SCENARIO),
     (MINUTE_TILES, HOUR_TILES,
      Feature("recent_clicks", INT64_LIST, f"the {SEQ_LEN} newest clicked items in the scenario, newest first")),
     "a user's activity in one scenario",
-    derived=WINDOW_COUNTS + CTRS,
+    derived=WINDOW_COUNTS + CTRS + (SINCE_CLICK,),
 )
 USER_PROFILE = View(
     "user_profile", (USER_ID,),

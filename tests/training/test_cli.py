@@ -79,3 +79,12 @@ def test_bench_train_and_quality_print_the_contract_keys(tiny_data, settings, ca
         assert set(metrics["recall@50"]) == {"0", "1", "2", "3", "4", "mean"}
         assert 0 <= metrics["recall@20"]["mean"] <= metrics["recall@50"]["mean"] <= 1
     assert q["std_recall@50_mean"]["pop"] == 0.0  # popularity has no seed
+    # the ranking figures (BENCHMARKS.md `ranking`): the same candidate sets for all four
+    assert set(q["ranking"]) == {"fine", "coarse", "lambdarank", "recall_order"}
+    for figures in q["ranking"].values():
+        assert set(figures) == {"ndcg@10", "recall@10", "auc"}
+        assert set(figures["ndcg@10"]) == {"0", "1", "2", "3", "4", "mean"}
+        assert 0 <= figures["ndcg@10"]["mean"] <= 1 and 0 <= figures["recall@10"]["mean"] <= 1
+    assert set(q["ranking_exposure"]) == {"with_negatives", "impressions_only"}
+    assert q["ranking_exposure"]["with_negatives"] == q["ranking"]["fine"]
+    assert q["ranking_detail"]["seeds"] == 2 and len(q["ranking_checks"]) == 4

@@ -1,0 +1,268 @@
+"""The ranking models (coarse and fine) and the one definition of what they read: the model code that
+serving runs at request time, as ``training.model`` is for recall.
+
+Inputs of one candidate (all as of the request, nothing of the candidate's own impression):
+
+* ``dense``: the user's window features in the scenario and across scenarios, the candidate item's
+  window features in the scenario (``sassflow.contracts.features``: counts, CTRs, ``trending``), its
+  recall score and its recall branch (one-hot over ``RankerConfig.branches``).  ``dense_matrix``
+  turns named columns into this matrix, the same way for the training lists (``training.ranking_data``)
+  and for online rows (``serving.ranking``);
+* the candidate's item id, the scenario, and the user's two click sequences (this scenario, all
+  scenarios; ``recent_clicks`` / ``recent_clicks_all``).
+
+A candidate's score is a function of these inputs only: never of the other candidates of the request
+(no list position, no normalisation over the list), so a ranker may score any subset in any order.
+
+- ``CoarseRanker``: a small MLP over ``dense`` and the scenario: cheap enough for every merged
+  candidate (~500), it keeps the best ~100.
+- ``FineRanker`` (BST/DIN style): the item embedding of the two click sequences (position and segment
+  embeddings, a learned "no history" token) through one transformer encoder layer, once per request;
+  the candidate's embedding (+ scenario) attends over that encoded sequence (target attention), and
+  an MLP reads [candidate, attended interest, their product, dense, scenario].
+
+Both standardise ``dense`` with the training rows' mean and std, kept as buffers in the state_dict.
+Files: ``RankerArtifact`` (``sassflow.contracts.artifacts``); loading uses ``weights_only=True`` and
+checks every tensor's shape against the config, like ``training.export.load_model``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from sassflow.contracts.artifacts import RankerArtifact
+from sassflow.contracts.features import (HOUR_MS, ITEM_SCENARIO_STATS, MINUTE_MS, SINCE_CLICK, USER_SCENARIO_STATS,
+                                         WINDOW_7D)
+from training.export import ArtifactError, load_state_into
+
+# The named columns behind ``dense`` (user_* and item_* come from the feature contract's derived
+# window features; ``user_scenario_share`` is the request scenario's entry of scenario_click_share).
+USER_WINDOW = tuple(f.name for f in USER_SCENARIO_STATS.derived)
+USER_PROFILE = ("total_imp_7d", "total_clk_7d")
+ITEM_WINDOW = tuple(f.name for f in ITEM_SCENARIO_STATS.derived)
+USER_COLUMNS = tuple(f"user_{n}" for n in USER_WINDOW + USER_PROFILE) + ("user_scenario_share",)
+ITEM_COLUMNS = tuple(f"item_{n}" for n in ITEM_WINDOW)
+RECALL_SCORE = "recall_score"
+# The candidate's clicks in the scenario over the recall model's training data (the ranker artifact
+# ships them): an all-time popularity prior that the windows (at most 7 days) and a log-q corrected
+# recall score both lack.
+ITEM_PRIOR = "item_clk_train"
+ROW_COLUMNS = ITEM_COLUMNS + (ITEM_PRIOR, RECALL_SCORE)  # per candidate; USER_COLUMNS are per request
+# The recall branches a ranker knows (its branch one-hot), by the names serving's sources carry
+# (``serving.recall``: the ANN branch, the popular fallback).  A ranker records its list in its config,
+# so serving reads the branches of the ranker it runs; a branch it does not know gets all zeros.
+RECALL_BRANCHES = ("sass", "popular")
+COUNT_PREFIXES = ("imp_", "clk_", "total_")  # heavy-tailed counts: log1p
+SCENARIO_DIM = 8
+
+
+def dense_names(branches: list[str]) -> list[str]:
+    return list(USER_COLUMNS) + list(ROW_COLUMNS) + [f"branch_{b}" for b in branches]
+
+
+def _transformed(names: tuple[str, ...], cols: dict[str, np.ndarray]) -> np.ndarray:
+    """[n, len(names)] float32: NaN -> 0, counts -> log1p, ``trending`` -> log (one pass per kind)."""
+    x = np.column_stack([np.asarray(cols[name], np.float64) for name in names]) if names else np.zeros((0, 0))
+    base = [n.split("_", 1)[1] if n.startswith(("user_", "item_")) else n for n in names]
+    since = [j for j, b in enumerate(base) if b == SINCE_CLICK.name]  # no click in 7d: older than the window
+    x[:, since] = np.log1p(np.nan_to_num(x[:, since], nan=float(WINDOW_7D.span_ms + HOUR_MS)) / MINUTE_MS)
+    x[np.isnan(x)] = 0.0
+    counts = [j for j, b in enumerate(base) if b.startswith(COUNT_PREFIXES)]
+    trend = [j for j, b in enumerate(base) if b == "trending"]
+    x[:, counts] = np.log1p(np.maximum(x[:, counts], 0.0))
+    x[:, trend] = np.log(np.maximum(x[:, trend], 1e-6))
+    return x.astype(np.float32)
+
+
+def dense_matrix(cols: dict[str, np.ndarray], branch: np.ndarray, branches: list[str],
+                 user_cols: dict[str, np.ndarray] | None = None, owner: np.ndarray | None = None) -> np.ndarray:
+    """float32 [n, len(dense_names)]: ``cols`` holds ROW_COLUMNS (arrays of n rows,
+    NaN = no value) and USER_COLUMNS, unless ``user_cols`` gives those per request (candidate i
+    belongs to request ``owner[i]``: transformed once per request); ``branch`` the index of each
+    candidate's branch in ``branches`` (-1: a branch the ranker does not know, all zeros)."""
+    n, nu = len(branch), len(USER_COLUMNS)
+    nr = len(ROW_COLUMNS)
+    out = np.zeros((n, nu + nr + len(branches)), np.float32)
+    out[:, :nu] = _transformed(USER_COLUMNS, cols) if user_cols is None else _transformed(USER_COLUMNS, user_cols)[owner]
+    out[:, nu:nu + nr] = _transformed(ROW_COLUMNS, cols)
+    known = (branch >= 0) & (branch < len(branches))
+    out[np.flatnonzero(known), nu + nr + branch[known]] = 1.0
+    return out
+
+
+@dataclass
+class RankerConfig:
+    n_items: int  # item vocabulary size (index 0: unknown / padding)
+    n_scenarios: int
+    seq_len: int
+    branches: list[str]
+    dim: int = 32
+    heads: int = 2
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    coarse_hidden: list[int] = field(default_factory=lambda: [64, 32])
+    dropout: float = 0.1
+
+    @property
+    def n_dense(self) -> int:
+        return len(dense_names(self.branches))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mlp(dims: list[int], dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+    return nn.Sequential(*layers, nn.Linear(dims[-1], 1))
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with the training rows' statistics (buffers: saved with the weights)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("std", torch.ones(n))
+
+    def fit(self, x: np.ndarray) -> None:
+        std = x.std(0)
+        # a column constant in training (a branch no training candidate came from) keeps its scale: a
+        # tiny std would blow a serving-time 1 up to thousands
+        self.mean.copy_(torch.from_numpy(x.mean(0)).float())
+        self.std.copy_(torch.from_numpy(np.where(std > 1e-3, std, 1.0)).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class CoarseRanker(nn.Module):
+    """MLP over the dense features and the scenario: one logit per candidate."""
+
+    def __init__(self, cfg: RankerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.norm = Standardize(cfg.n_dense)
+        self.scenario = nn.Embedding(cfg.n_scenarios, SCENARIO_DIM)
+        self.mlp = _mlp([cfg.n_dense + SCENARIO_DIM] + list(cfg.coarse_hidden))
+
+    def forward(self, dense: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([self.norm(dense), self.scenario(scenario)], -1)).squeeze(-1)
+
+
+class TargetAttention(nn.Module):
+    """Multi-head attention from each candidate to its request's encoded sequence.  Keys and values are
+    projected once per request, not once per candidate (a request's ~100 candidates share them)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, d // heads
+        self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = memory.shape
+        split = lambda x: x.view(B, T, self.heads, self.head_dim)  # noqa: E731
+        return split(self.key(memory)), split(self.value(memory))
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pad: torch.Tensor,
+                owner: torch.Tensor) -> torch.Tensor:
+        """query [n, d]; keys/values [B, T, h, d/h]; pad [B, T]; owner [n] -> [n, d]."""
+        q = self.query(query).view(len(query), self.heads, self.head_dim)
+        k, v = keys[owner], values[owner]  # [n, T, h, d/h]
+        logits = torch.einsum("nhe,nthe->nht", q, k) / self.head_dim ** 0.5
+        weights = torch.softmax(logits.masked_fill(pad[owner][:, None, :], float("-inf")), dim=-1)
+        return self.out(torch.einsum("nht,nthe->nhe", weights, v).reshape(len(query), -1))
+
+
+class FineRanker(nn.Module):
+    """Target attention from the candidate to the user's transformer-encoded click sequences."""
+
+    def __init__(self, cfg: RankerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, L = cfg.dim, cfg.seq_len
+        self.norm = Standardize(cfg.n_dense)
+        self.item = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+        self.scenario = nn.Embedding(cfg.n_scenarios, d)
+        self.position = nn.Embedding(2 * L + 1, d)  # slot 0: the "no history" token
+        self.no_history = nn.Parameter(torch.zeros(1, 1, d))
+        self.encoder = nn.TransformerEncoderLayer(d, cfg.heads, dim_feedforward=2 * d, dropout=cfg.dropout,
+                                                  batch_first=True)
+        self.target_attention = TargetAttention(d, cfg.heads)
+        self.mlp = _mlp([4 * d + cfg.n_dense] + list(cfg.hidden), cfg.dropout)
+        for e in (self.item, self.scenario, self.position):
+            nn.init.normal_(e.weight, std=0.05)
+
+    def encode_sequences(self, recent: torch.Tensor, recent_all: torch.Tensor):
+        """[B, L] + [B, L] item indices (0 = padding) -> (memory [B, 2L+1, d], padding mask [B, 2L+1])."""
+        seq = torch.cat([recent, recent_all], 1)
+        B = seq.shape[0]
+        x = torch.cat([self.no_history.expand(B, -1, -1), self.item(seq)], 1)
+        x = x + self.position.weight[None, : x.shape[1]]
+        pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool), seq == 0], 1)
+        return self.encoder(x, src_key_padding_mask=pad), pad
+
+    def score(self, memory: torch.Tensor, pad: torch.Tensor, owner: torch.Tensor, item: torch.Tensor,
+              scenario: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Logits of n candidates; ``owner`` [n]: the row of ``memory`` (the request) each belongs to."""
+        cand = self.item(item)
+        scen = self.scenario(scenario)
+        keys, values = self.target_attention.keys_values(memory)
+        attended = self.target_attention(cand + scen, keys, values, pad, owner)
+        x = torch.cat([cand, attended, cand * attended, scen, self.norm(dense)], -1)
+        return self.mlp(x).squeeze(-1)
+
+    def forward(self, recent, recent_all, owner, item, scenario, dense) -> torch.Tensor:
+        memory, pad = self.encode_sequences(recent, recent_all)
+        return self.score(memory, pad, owner, item, scenario, dense)
+
+
+# --------------------------------------------------------------------------- files
+
+def save_rankers(out_dir, cfg: RankerConfig, coarse: CoarseRanker, fine: FineRanker | None, item_ids: np.ndarray,
+                 item_clicks: np.ndarray, extra: dict | None = None) -> RankerArtifact:
+    """``item_clicks``: [n_scenarios, n_items + 1] the ITEM_PRIOR counts by vocabulary index."""
+    art = RankerArtifact(out_dir)
+    art.root.mkdir(parents=True, exist_ok=True)
+    np.save(art.root / RankerArtifact.ITEM_CLICKS, np.asarray(item_clicks, np.int64))
+    torch.save(coarse.state_dict(), art.root / RankerArtifact.COARSE)
+    if fine is not None:
+        torch.save(fine.state_dict(), art.root / RankerArtifact.FINE)
+    np.save(art.root / RankerArtifact.ITEM_IDS, np.asarray(item_ids, np.int64))
+    (art.root / RankerArtifact.CONFIG).write_text(json.dumps({"ranker": cfg.to_dict(), "fine": fine is not None,
+                                                              **(extra or {})}, indent=1))
+    return art
+
+
+@dataclass
+class LoadedRankers:
+    cfg: RankerConfig
+    coarse: CoarseRanker
+    fine: FineRanker | None
+    item_ids: np.ndarray  # raw ids of the vocabulary (index i + 1)
+    item_clicks: np.ndarray  # [n_scenarios, n_items + 1]
+    meta: dict  # the whole config.json
+
+
+def load_rankers(folder) -> LoadedRankers:
+    art = RankerArtifact(folder)
+    try:
+        meta = json.loads((art.root / RankerArtifact.CONFIG).read_text())
+        cfg = RankerConfig(**meta["ranker"])
+        item_ids = np.load(art.root / RankerArtifact.ITEM_IDS, allow_pickle=False)
+        item_clicks = np.load(art.root / RankerArtifact.ITEM_CLICKS, allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"ranker {art.root.name}: unreadable config or vocabulary ({exc})") from exc
+    if item_ids.dtype != np.int64 or len(item_ids) != cfg.n_items:
+        raise ArtifactError(f"ranker {art.root.name}: {len(item_ids)} item ids, config says {cfg.n_items}")
+    if item_clicks.shape != (cfg.n_scenarios, cfg.n_items + 1):
+        raise ArtifactError(f"ranker {art.root.name}: item clicks of shape {item_clicks.shape}")
+    coarse = load_state_into(CoarseRanker(cfg), art.root / RankerArtifact.COARSE, RankerArtifact.CONFIG)
+    fine = (load_state_into(FineRanker(cfg), art.root / RankerArtifact.FINE, RankerArtifact.CONFIG)
+            if meta.get("fine") else None)
+    return LoadedRankers(cfg, coarse, fine, item_ids, item_clicks, meta)
