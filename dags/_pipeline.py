@@ -1,6 +1,8 @@
 """The retrain pipeline as Airflow tasks, shared by ``sass_retrain`` (scheduled) and ``sass_backfill``
-(a hand-picked window): snapshot of the window (the training set) → stage-1 pre-train → stage-2 fine-tune → evaluate →
-quality gate + register → bundle → publish.  The gate scores the candidate, the promoted model
+(a hand-picked window): snapshot of the window (the training set) → stage-1 pre-train → stage-2
+fine-tune → content tower (new items from their content) → evaluate → quality gate + register, and
+beside them the rankers (``_ranking``) → bundle (recall model + rankers) → publish; the online
+features' consistency check runs alongside.  The gate scores the candidate, the promoted model
 (re-scored) and popularity on the same validation data; while no model has ever passed it, the gate
 task publishes a popularity bundle (``serving.fallback``) so the service answers with popular items.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 from airflow.sdk import get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowSkipException
 
+from _ranking import ranking
 from _common import BUNDLE_ALIAS, BUNDLE_ASSET, heavy, run_once, settings, show_decision
 
 
@@ -131,16 +134,21 @@ def _popularity_fallback(model_dir: str, reason: str) -> str | None:
 
 
 @task(**heavy())
-def build_bundle(gate: dict) -> dict:
-    """Per-scenario FAISS indexes + the user tower, written as an immutable bundle (not yet served),
-    from the registry's checked copy of the model (not the run folder, which is scratch)."""
+def build_bundle(gate: dict, rankers: dict) -> dict:
+    """Per-scenario indexes + the user tower (+ the rankers the ranking gate kept), written as an
+    immutable bundle (not yet served), from the registry's checked copies (not the run folders,
+    which are scratch); without rankers the manifest says why."""
     def work(out):
         from serving.bundle import build_bundle as build
         from training.registry import ModelRegistry
 
         s = settings()
-        path = build(s, ModelRegistry.from_settings(s).artifact(gate["version"]), gate["version"], publish=False)
-        return {"bundle_id": path.name, "path": str(path), "model_version": gate["version"]}
+        registry = ModelRegistry.from_settings(s)
+        ranker_dir = registry.artifact(rankers["version"]) if rankers.get("ranker_dir") else None
+        path = build(s, registry.artifact(gate["version"]), gate["version"], publish=False, ranker_dir=ranker_dir,
+                     ranking=None if ranker_dir else {"included": False, "reason": rankers["reason"]})
+        return {"bundle_id": path.name, "path": str(path), "model_version": gate["version"],
+                "rankers": rankers.get("version")}
 
     return run_once(get_current_context(), work)
 
@@ -180,12 +188,52 @@ def publish(bundle: dict) -> dict:
     return result
 
 
+@task(**heavy())
+def content_tower(dataset: dict, model: dict) -> dict:
+    """The content tower aligned to the fine-tuned model (``training.pipeline.train_content_tower``),
+    on a copy of the model in this task's folder: catalogue items the model never saw get their
+    content vectors there, so the bundle indexes them.  Without a catalogue the copy is the model."""
+    def work(out):
+        import shutil
+
+        from training.pipeline import train_content_tower
+
+        target = out / "model"
+        shutil.rmtree(target, ignore_errors=True)  # a retry starts from the fine-tuned model again
+        shutil.copytree(model["model_dir"], target)
+        return {**train_content_tower(settings(), dataset["dataset_dir"], str(target)), "model_dir": str(target)}
+
+    result = run_once(get_current_context(), work)
+    print(f"content tower: {'trained' if result.get('content') else 'none'} "
+          f"({result.get('reason') or result.get('cold_items_added')})")
+    return result
+
+
+@task
+def check_features() -> dict:
+    """The online store against a recomputation from the offline history (``streaming.check``,
+    sampled keys): 0 mismatches, or the task fails listing examples.  It neither feeds nor blocks
+    the training tasks."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from streaming.check import check_features as check
+
+    report = check(settings(), sample=settings().streaming.check_sample)
+    print(f"features check: {report['mismatched_keys']} of {report['sampled_keys']} sampled keys differ")
+    if report["mismatched_keys"]:
+        raise AirflowFailException(f"online features differ from the history's recomputation: "
+                                   f"{report['examples'][:3]}")
+    return report
+
+
 @task_group(group_id="retrain")
 def retrain(window):
     """The whole retrain chain for ``window`` ({start_ms, end_ms}); it trains on every scenario."""
+    check_features()
     dataset = build_training_set(window)
     stage1 = pretrain(dataset)
-    stage2 = finetune(dataset, stage1)
-    metrics = evaluate(dataset, stage2)
-    gate = quality_gate(dataset, stage2, metrics)
-    publish(build_bundle(gate))  # no return: callers then get the group itself, for `>>`
+    model = content_tower(dataset, finetune(dataset, stage1))
+    metrics = evaluate(dataset, model)
+    rankers = ranking(dataset, model)
+    gate = quality_gate(dataset, model, metrics)
+    publish(build_bundle(gate, rankers))  # no return: callers then get the group itself, for `>>`

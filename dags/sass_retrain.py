@@ -5,8 +5,12 @@ Retrains the SASS recall model on the recent offline history, on a schedule
 (`SASSFLOW_AIRFLOW__SCHEDULE`, default `@daily`), and publishes the new bundle if the gate passes it.
 
 **Tasks**: `training_window` → `retrain.build_training_set` (snapshot) → `pretrain` → `finetune` →
-`evaluate` (vs the promoted model and the baselines) → `quality_gate` (register + decide) →
-`build_bundle` → `publish` (emits the `sassflow://bundles/current` Asset for a new bundle only).
+`content_tower` (catalogue items from their content) → `evaluate` (vs the promoted model and the
+baselines) → `quality_gate` (register + decide); beside them `ranking.train_rankers` →
+`ranking.register_rankers` (coarse + fine rankers, gated against the recall order); then
+`build_bundle` (recall model + kept rankers) → `publish` (emits the `sassflow://bundles/current`
+Asset for a new bundle only).  `check_features` compares sampled online rows with a recomputation
+from the offline history (0 mismatches, or the task fails with examples).
 
 **Window** (every scenario):
 
