@@ -306,7 +306,8 @@ class MergeSettings(BaseModel):
     # loses to SASS alone there; SASS weighted twice the i2i branch and 8x tags and trending wins.
     strategy: Literal["quota", "rrf"] = "rrf"
     # Share of the list per branch (quota) or weight of its ranks (rrf); a branch left out gets 0.
-    weights: dict[str, float] = {"sass": 2.0, "i2i": 1.0, "tags": 0.25, "trending": 0.25}
+    # content only answers users who clicked new (not yet bundled) items: they should see such items
+    weights: dict[str, float] = {"sass": 2.0, "i2i": 1.0, "tags": 0.25, "trending": 0.25, "content": 1.0}
     rrf_k: float = 60.0  # the usual RRF constant: rank r counts weight / (rrf_k + r)
 
 
@@ -332,7 +333,7 @@ class RecallSettings(BaseModel):
     tag_items: int = Field(200, ge=1)  # stored items per (tag, scenario)
     trending_items: int = Field(500, ge=1)  # stored items per scenario
     # Serving.  Branches on when a request names none; a request's `branches=` picks among them.
-    branches: list[str] = ["sass", "i2i", "tags", "trending"]
+    branches: list[str] = ["sass", "i2i", "tags", "trending", "content"]
     # A branch slower than this is skipped (metric sassflow_recall_branch_skipped_total) and the
     # request answered from the others: a store stall must not stall every request.
     branch_budget_ms: float = Field(30.0, gt=0)

@@ -1,12 +1,13 @@
 """Running the recall branches of one scenario's requests and merging them (the request pipeline's
 recall step: features -> **branches -> merge** -> ranking -> top k).
 
-The SASS branch (tower + ANN search, CPU) runs on the request's thread; the store-backed branches
-(i2i, tags, trending: a store read each) run beside it in a small thread pool.  A branch that raises,
+The index branches (SASS: tower + ANN search; content: users who clicked new items) run on the
+request's thread (CPU); the store-backed branches (i2i, tags, trending: a store read each) run beside
+them in a small thread pool.  A branch that raises,
 or that has not answered ``recall.branch_budget_ms`` after the branches started, is skipped and
 counted (``sassflow_recall_branch_skipped_total``); the request is answered from the others.  The
 SASS branch is not cut off (it runs on the caller's thread and cannot be preempted), only its
-failures are skipped.  A user no branch can answer gets the bundle's popular items.
+failures are skipped (the same for content).  A user no branch can answer gets the bundle's popular items.
 """
 from __future__ import annotations
 
@@ -19,13 +20,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
-from sassflow.contracts.recall import BRANCHES, I2I, SASS, TAGS, TRENDING, item_tags_path, read_item_tags
+from sassflow.contracts.recall import BRANCHES, CONTENT, I2I, SASS, TAGS, TRENDING, item_tags_path, read_item_tags
 from serving.branch_metrics import BranchMetrics
+from serving.content import ContentRecall
 from serving.merge import MergedCandidates, merge
 from serving.recall import AnnRecall, Candidates, I2IRecall, PopularRecall, TagRecall, TrendingRecall
 
 log = logging.getLogger("sassflow.serving")
-PERSONAL = (SASS, I2I, TAGS)  # a list from one of these is not the cold-start fallback
+PERSONAL = (SASS, I2I, TAGS, CONTENT)  # a list from one of these is not the cold-start fallback
+IN_PROCESS = (SASS, CONTENT)  # CPU-bound index searches on the request's thread (the others read a store)
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Branches:
         self.item_tags = ItemTags(Path(r.catalog_dir))
         self.sources = {SASS: AnnRecall(), I2I: I2IRecall(store, r.i2i_triggers, r.i2i_norm, rate),
                         TAGS: TagRecall(store, self.item_tags, r.preferred_tags, r.i2i_triggers),
-                        TRENDING: TrendingRecall(store, rate)}
+                        TRENDING: TrendingRecall(store, rate), CONTENT: ContentRecall()}
         self.popular = PopularRecall()
         self.pool = ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1)), thread_name_prefix="recall")
 
@@ -94,13 +97,13 @@ class Branches:
         """Each named branch's answers (a list per request) for the branches that answered in time."""
         start = time.perf_counter()
         deadline = start + self.settings.recall.branch_budget_ms / 1000
-        futures = {n: self.pool.submit(self._timed, n, bundle, scenario, rows, ks) for n in names if n != SASS}
+        futures = {n: self.pool.submit(self._timed, n, bundle, scenario, rows, ks) for n in names if n not in IN_PROCESS}
         found = {}
-        if SASS in names:
+        for n in (n for n in names if n in IN_PROCESS):
             try:
-                found[SASS] = self._timed(SASS, bundle, scenario, rows, ks)
+                found[n] = self._timed(n, bundle, scenario, rows, ks)
             except Exception:  # noqa: BLE001 -- a failing branch is skipped, the request goes on
-                self._skip(SASS, "error")
+                self._skip(n, "error")
         for n, f in futures.items():
             try:
                 found[n] = f.result(timeout=max(0.0, deadline - time.perf_counter()))

@@ -30,6 +30,7 @@ import numpy as np
 from sassflow.contracts.artifacts import BundleLayout
 from sassflow.contracts.catalog import EventError, ItemEvent, parse_item
 from serving.index import item_vectors
+from sassflow.contracts.recall import CONTENT
 from serving.recall import Candidates, _top_unclicked, clicked_items
 
 log = logging.getLogger("sassflow.serving")
@@ -191,23 +192,29 @@ class CatalogueConsumer:
 
 
 class ContentRecall:
-    """Users by the vectors of what they clicked: content vectors for new items, the scenario's item
-    vectors for the others (one space: the content tower is aligned to it)."""
+    """Users who clicked new items (in the side index, not yet in the bundle), by the vectors of what
+    they clicked: content vectors for the new items, the scenario's item vectors for the others (one
+    space: the content tower is aligned to it).  Users whose clicks are all in the bundle are the
+    SASS branch's: this one leaves them (``None``)."""
 
-    name = "content"
+    name = CONTENT
 
     def retrieve(self, bundle, scenario: str, rows: list[dict], ks: list[int]) -> list[Candidates | None]:
         catalog = bundle.catalogs[scenario]
         out: list[Candidates | None] = [None] * len(rows)
+        if catalog.fresh is None:
+            return out
         for j, row in enumerate(rows):
             clicks = list(row.get("recent_clicks") or []) or list(row.get("recent_clicks_all") or [])
+            if not len(catalog.fresh.vectors_of(clicks)):
+                continue
             query = self._query(catalog, clicks)
             if query is None:
                 continue
             clicked = clicked_items(row)
             scores, ids = catalog.search(query[None, :], ks[j] + len(clicked))
             items, kept = _top_unclicked(ids[0].tolist(), scores[0].tolist(), clicked, ks[j])
-            out[j] = Candidates(items, kept, self.name)
+            out[j] = Candidates(items, kept, self.name, ["like the new items you clicked"] * len(items)) if items else None
         return out
 
     @staticmethod

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-SASS, I2I, TAGS, TRENDING, POPULAR = "sass", "i2i", "tags", "trending", "popular"
+SASS, I2I, TAGS, TRENDING, CONTENT, POPULAR = "sass", "i2i", "tags", "trending", "content", "popular"
 # The branches a request can select (``popular``, the bundle's cold-start list, is the last resort
-# of every request and is not selectable).
-BRANCHES = (SASS, I2I, TAGS, TRENDING)
+# of every request and is not selectable).  ``content`` answers users who clicked items the bundle
+# does not hold yet (new catalogue items, by their content vectors: serving.content).
+BRANCHES = (SASS, I2I, TAGS, TRENDING, CONTENT)
 
 _HEADER = struct.Struct("<dI")  # norm (float64), n
 
