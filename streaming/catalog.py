@@ -29,6 +29,7 @@ from sassflow.contracts.catalog import (
     ITEM_COLUMNS, ITEM_SCHEMA, EventError, ItemEvent, encode_image, item_row, items_dir, parse_item,
 )
 from sassflow.contracts.history import segment_last_offset, segment_name
+from sassflow.contracts.recall import read_item_tags, write_item_tags
 from streaming.dead_letters import DeadLetters
 from streaming.state import CheckpointStore, checkpoint_root
 
@@ -120,6 +121,7 @@ class CatalogStage:
         self.dead_letters = DeadLetters(settings, producer, self.topic, settings.kafka.items_dlq_topic)
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
         self.parts: dict[int, CatalogPartition] = {}
+        self.tags: dict[int, list[str]] = {}  # tags of the items applied since the last online write
 
     def assign(self, partitions: list[int]) -> dict[int, int]:
         for p in partitions:
@@ -150,6 +152,7 @@ class CatalogStage:
                 continue
             if r.offset > part.history_hw:
                 part.pending.append(item_row(item, partition, r.offset))
+            self.tags[item.item_id] = list(item.tags)
             applied += 1
         return applied
 
@@ -165,7 +168,13 @@ class CatalogStage:
                 part.history_hw, part.pending = last, []
 
     def write_online(self) -> None:
-        pass  # the service reads the catalogue from the (compacted) topic itself
+        """The recall tag catalog (``sassflow.contracts.recall``) follows the catalogue: the tag index
+        and the tag branch read it (the service reads the items themselves from the compacted topic)."""
+        if self.tags:
+            tags = dict(read_item_tags(self.s.recall.catalog_dir))
+            tags.update(self.tags)
+            write_item_tags(self.s.recall.catalog_dir, tags)
+            self.tags = {}
 
     def save_state(self, partitions: list[int] | None) -> dict[int, int]:
         offsets = {}

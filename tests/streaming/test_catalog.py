@@ -192,3 +192,19 @@ def test_produce_catalog_command_puts_the_synthetic_items_on_the_items_topic(cat
     before, after = split_catalog_at(items + [items[0].model_copy(update={"event_time": 2_000_000_000_000})],
                                      1_900_000_000_000)
     assert len(before) == 25 and [it.event_time for it in after] == [2_000_000_000_000]
+
+
+def test_the_catalogue_stage_keeps_the_recall_tag_catalog(kafka):
+    """Applied catalogue items' tags reach the recall tag catalog (the tag index and branch read it)."""
+    from sassflow.contracts.recall import read_item_tags
+    from streaming.consumer import Shutdown
+    from streaming.produce import produce_events
+
+    s = kafka.model_copy(deep=True)
+    ensure_catalog_topics(s)
+    items = [ItemEvent.model_construct(event_id=f"i-{i}", item_id=i, title=f"Film {i}", tags=[f"g{i % 3}", "x"],
+                                       year=2000, attributes=None, scenarios=None, image=None,
+                                       event_time=1_700_000_000_000 + i) for i in range(1, 6)]
+    produce_events(s, items, topic=s.kafka.items_topic, show_progress=False)
+    run_catalog_stage(s, until_idle=5.0, shutdown=Shutdown())
+    assert read_item_tags(s.recall.catalog_dir) == {i: (f"g{i % 3}", "x") for i in range(1, 6)}
