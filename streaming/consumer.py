@@ -42,13 +42,18 @@ class Shutdown:
             signal.signal(sig, lambda *_: self.flag.set())
 
 
+# A bug, not an outage: retrying cannot help, so these end the process (its state stays at the last
+# checkpoint) instead of spinning in the retry loop.
+NOT_RETRIED = (TypeError, AttributeError, NameError, AssertionError)
+
+
 def retry(fn, operation: str, shutdown: Shutdown, max_backoff: float = 5.0):
     """Run fn until it succeeds; back off exponentially; give up only on shutdown."""
     delay = 0.1
     while True:
         try:
             return fn()
-        except Stopping:
+        except (Stopping, *NOT_RETRIED):
             raise
         except Exception as exc:  # noqa: BLE001 -- any store/broker failure is retried
             metrics.RETRIES.labels(operation).inc()

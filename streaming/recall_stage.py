@@ -82,7 +82,7 @@ class RecallStage:
     def save_state(self, partitions: list[int] | None) -> dict[int, int]:
         self.structures.snapshot_fragments(self.fragments)
         self.ckpt.save("state", {"topic": self.topic, "offsets": {str(p): o for p, o in self.next_offset.items()}},
-                       "{" + ",".join(self.fragments.values()) + "}")
+                       state="{" + ",".join(self.fragments.values()) + "}")
         return dict(self.next_offset)
 
     def close(self) -> None:

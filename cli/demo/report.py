@@ -36,7 +36,21 @@ def compact_run(r: dict) -> dict:
     curves = {stage: (r.get(stage) or {}).get("loss_curve", []) for stage in ("pretrain", "finetune")}
     return {"state": r.get("state"), "seconds": r.get("seconds"), "tasks": r.get("tasks"), "loss_curves": curves,
             "quality_test": quality, "gate": {k: gate.get(k) for k in ("version", "promoted", "reason")},
+            "ranking": ranking_summary(r.get("train_rankers") or {}), "content": content_summary(r.get("content_tower")),
             "bundle_id": pub.get("bundle_id"), "model_version": pub.get("model_version")}
+
+
+def ranking_summary(rankers: dict) -> dict:
+    """The rankers' gate and their test NDCG@10 / recall@10 next to the recall order's (macro means)."""
+    test = (rankers.get("metrics") or {}).get("test") or {}
+    return {"included": rankers.get("included"), "reason": rankers.get("reason"),
+            "test": {name: {m: (v.get("mean") if isinstance(v, dict) else v) for m, v in metrics.items()
+                            if isinstance(v, dict)} for name, metrics in test.items() if isinstance(metrics, dict)}}
+
+
+def content_summary(content: dict | None) -> dict:
+    content = content or {}
+    return {k: content.get(k) for k in ("content", "reason", "catalogue_items", "cold_items_added", "blend")}
 
 
 def print_summary(summary: dict) -> None:
@@ -90,6 +104,22 @@ def _gate(run: dict) -> str:
     return f"{verdict}{version}: {gate.get('reason')}" + (f" ({'; '.join(numbers)})" if numbers else "")
 
 
+def _ranking(ranking: dict) -> str:
+    if ranking.get("included") is None:
+        return "—"
+    test = ranking.get("test") or {}
+    ndcg = ", ".join(f"{name} {_num(m.get('ndcg@10'))}" for name, m in test.items() if m.get("ndcg@10") is not None)
+    return (f"{'shipped' if ranking['included'] else 'left out'}: {ranking.get('reason')}"
+            + (f" (test NDCG@10: {ndcg})" if ndcg else ""))
+
+
+def _new_item(answer: dict) -> str:
+    if not answer.get("found"):
+        return f"none seen within the wait (branches asked: {answer.get('asked_branches')})"
+    return (f"item {answer['item_id']} (not in the served bundle) at rank {answer['rank']} for user "
+            f"{answer['user_id']} in {answer['scenario']}, branch {answer['branch']}: \"{answer['reason']}\"")
+
+
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
     """(what, value) rows: data, ingest, each retrain's decision, the swap, wall time."""
     rows = [("data source", f"{summary.get('source', '—')}: "
@@ -98,12 +128,17 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
     for phase in ("phase1", "phase2"):
         if phase in summary:
             rows.append((f"ingest {phase}", _ingest(summary[phase])))
+            check = summary[phase].get("features_check")
+            if check:
+                rows.append((f"features check {phase}", f"{check['mismatched_keys']} of {check['sampled_keys']} sampled "
+                                                        "online rows differ from the history's recomputation"))
     for r in RETRAINS:
         if r in summary:
             run = summary[r]
             rows.append((f"{r} (DAG {run.get('state')}, {run.get('seconds')} s)", _gate(run)))
             if run.get("bundle_id"):
                 rows.append((f"{r} bundle", f"{run['bundle_id']} (model v{run.get('model_version')})"))
+            rows.append((f"{r} rankers", _ranking(run.get("ranking") or {})))
     if "hot_swap" in summary:
         h = summary["hot_swap"]
         swapped = f"swapped to {h.get('new_bundle')}" if h.get("swapped") else "no new bundle to swap to"
@@ -111,6 +146,9 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
                                            f"p99 {h['p99_ms']} ms; {swapped}"))
         for n, failure in enumerate(h.get("failures") or [], start=1):
             rows.append((f"failed request {n}", str(failure)[:200]))
+    for how, answer in (summary.get("new_items") or {}).items():
+        if isinstance(answer, dict):
+            rows.append((f"new item {how.replace('_', ' ')}", _new_item(answer)))
     rows.append(("wall time", f"{summary.get('wall_s', '—')} s"))
     rows.append(("ok", str(summary.get("ok"))))
     return rows
@@ -212,8 +250,11 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 def _samples(summary: dict) -> str:
     rows = [(f"user {r['user_id']} · {r['scenario']}",
-             f"HTTP {r['status']}, {'popular fallback' if r.get('fallback') else 'personal'}: "
-             f"{', '.join(map(str, (r.get('items') or [])[:5]))} …") for r in summary.get("sample_recommendations", [])]
+             f"HTTP {r['status']}, {'popular fallback' if r.get('fallback') else 'personal'}"
+             f"{', ranked' if r.get('ranked') else ''}: "
+             + "; ".join(f"{i} ({b}: {why})" for i, b, why in zip((r.get("items") or [])[:5], r.get("branches") or [],
+                                                                r.get("reasons") or []))
+             + " …") for r in summary.get("sample_recommendations", [])]
     return f"<details><summary>sample recommendations ({len(rows)})</summary>{_table(rows)}</details>" if rows else ""
 
 

@@ -24,6 +24,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cli.demo.fresh import catalogue, split_catalogue
 from cli.demo.report import compact_run, print_summary, write_report
 from cli.demo.traffic import LoadDuringSwap, sample_recommendations
 
@@ -62,6 +63,11 @@ def _stage(name: str) -> None:
 
 def _day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date().isoformat()
+
+
+def items_seen(events) -> set[int]:
+    """The item ids a stream of events names."""
+    return {e.item_id for e in events}
 
 
 def _get_json(url: str) -> dict:
@@ -129,19 +135,41 @@ class DemoRun:
         self.source = None
         self.latency_ms: list[float] = []  # the swap clients' request latencies, for the report
 
-    def replay(self, phase: str, events, total: int) -> None:
-        """Produce ``events`` through Kafka, ingest until drained, record the phase's figures."""
+    def publish_items(self, items: list) -> dict:
+        """Catalogue events through Kafka, ingested by the catalogue stage (history + the recall tag
+        catalog) before the phase's events, so the tag index knows every item it will see clicked."""
+        from streaming.catalog import ensure_catalog_topics, run_catalog_stage
+        from streaming.consumer import Shutdown
+        from streaming.produce import produce_events
+
+        ensure_catalog_topics(self.settings)
+        produced = produce_events(self.settings, items, topic=self.settings.kafka.items_topic, total=len(items))
+        run_catalog_stage(self.settings, until_idle=2.0, shutdown=Shutdown())
+        return {"items": produced.events}
+
+    def replay(self, phase: str, events, total: int, items: list) -> None:
+        """Produce the phase's catalogue items and ``events`` through Kafka, ingest until drained,
+        check the online features against the history, record the phase's figures."""
+        from streaming.check import check_features
         from streaming.history import read_history
         from streaming.ingest import consumer_lag, run_ingest
         from streaming.produce import produce_events
 
+        catalogue = self.publish_items(items)
         produced = produce_events(self.settings, events, total=total)
         t0 = time.perf_counter()
         rc = run_ingest(self.settings, processes=1, until_idle=3.0)
+        ingest_s = time.perf_counter() - t0
         self.history = read_history(self.settings.streaming.offline_dir)
-        self.summary[phase] = {"produced": produced.to_dict(), "ingest_rc": rc, "history_events": len(self.history),
-                               "ingest_s": round(time.perf_counter() - t0, 1),
-                               "consumer_lag": consumer_lag(self.settings)}
+        check = check_features(self.settings, sample=self.settings.streaming.check_sample)
+        self.summary[phase] = {"produced": produced.to_dict(), "catalogue": catalogue, "ingest_rc": rc,
+                               "history_events": len(self.history), "ingest_s": round(ingest_s, 1),
+                               "ingest_eps": round(produced.events / ingest_s) if ingest_s else None,
+                               "consumer_lag": consumer_lag(self.settings),
+                               "features_check": {k: check[k] for k in ("sampled_keys", "mismatched_keys",
+                                                                        "in_flight_keys", "examples")}}
+        print(f"features check: {check['mismatched_keys']} of {check['sampled_keys']} sampled online rows differ "
+              f"from the history's recomputation", file=sys.stderr, flush=True)
 
     def retrain(self, phase: str) -> dict:
         """One ``sass_retrain`` run through Airflow's ``dag.test()`` on the whole history so far."""
@@ -172,12 +200,30 @@ class DemoRun:
         self.summary["sample_recommendations"] = sample_recommendations(self.server.url, users,
                                                                         self.settings.scenarios)
 
-    def swap_under_load(self, rest, n_rest: int) -> tuple[LoadDuringSwap, dict]:
-        """Replay the rest and retrain while clients keep /recommend busy; wait for the new bundle."""
+    def show_new_items(self, new_ids: set, since_ms: int) -> None:
+        """Before the second retrain: an item the served bundle lacks, recommended through the
+        catalogue (content) and through the streaming branches (i2i, tags, trending)."""
+        from cli.demo.fresh import new_item_answer
+
+        served = Path(self.settings.serving.bundle_dir) / self.summary["served_before"]["bundle_id"]
+        self.summary["new_items"] = {
+            "published": len(new_ids),
+            "via_catalogue": new_item_answer(self.server.url, self.history, new_ids, since_ms, served),
+            "via_streaming_branches": new_item_answer(self.server.url, self.history, new_ids, since_ms, served,
+                                                      branches="i2i,tags,trending")}
+        for how, answer in self.summary["new_items"].items():
+            if isinstance(answer, dict):
+                print(f"new item {how}: {answer}", file=sys.stderr, flush=True)
+
+    def swap_under_load(self, rest, n_rest: int, new_items: list) -> tuple[LoadDuringSwap, dict]:
+        """Replay the rest (with the new catalogue items) and retrain while clients keep /recommend
+        busy; show a new item served before the retrain ends; wait for the new bundle."""
         keys = [(int(u), s) for u, s in
                 self.history[["user_id", "scenario"]].drop_duplicates().head(2000).itertuples(index=False)]
+        since_ms = int(self.history["event_time"].max()) + 1
         with LoadDuringSwap(self.server.url, keys) as load:
-            self.replay("phase2", rest, n_rest)
+            self.replay("phase2", rest, n_rest, new_items)
+            self.show_new_items({it.item_id for it in new_items}, since_ms)
             r2 = self.retrain("retrain2")
             t_dag_end = time.time()
             # a promoted model's bundle, or the popularity bundle republished while none has passed
@@ -209,8 +255,9 @@ class DemoRun:
         total = min(self.args.limit or self.source.n_events, self.source.n_events)
         first = int(total * self.args.first_part)
         self.summary["events_total"] = total
-        _stage("3/7 ingest: Kafka → offline history + Feast online store")
-        self.replay("phase1", self.source.events(limit=first), first)
+        known, new = split_catalogue(catalogue(self.source), items_seen(self.source.events(limit=first)))
+        _stage("3/7 ingest: Kafka → offline history + Feast online store + recall structures")
+        self.replay("phase1", self.source.events(limit=first), first, known)
         _stage("4/7 retrain through the Airflow DAG sass_retrain (dag.test)")
         r1 = self.retrain("retrain1")
         if r1.get("state") not in ("success", "DagRunState.SUCCESS"):
@@ -222,7 +269,7 @@ class DemoRun:
         self.serve()
         _stage("6/7 replay the rest, ingest, retrain under load → hot swap")
         rest = itertools.islice(self.source.events(limit=total), first, None)
-        load, r2 = self.swap_under_load(rest, total - first)
+        load, r2 = self.swap_under_load(rest, total - first, new)
         _stage("7/7 summary and report")
         swap = self.summary["hot_swap"]
         self.summary["ok"] = bool(self.summary["phase1"]["ingest_rc"] == 0 and self.summary["phase2"]["ingest_rc"] == 0

@@ -75,5 +75,7 @@ def sample_recommendations(url: str, users: list[int], scenarios: list[str]) -> 
                 body = r.json()
                 rows.append({"user_id": user, "scenario": scenario, "status": r.status_code,
                              "fallback": body.get("fallback"), "items": body.get("items", [])[:10],
-                             "bundle_id": body.get("bundle_id"), "model_version": body.get("model_version")})
+                             "branches": body.get("branches", [])[:10], "reasons": body.get("reasons", [])[:10],
+                             "ranked": body.get("ranked"), "bundle_id": body.get("bundle_id"),
+                             "model_version": body.get("model_version")})
     return rows
