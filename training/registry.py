@@ -223,7 +223,8 @@ class ModelRegistry:
         with self._session() as s:
             return s.scalars(q).first()
 
-    def promoted(self, name: str | None = None) -> ModelVersion | None:
+    def promoted(self, name: str = "sass") -> ModelVersion | None:
+        """The promoted version of ``name`` (the recall model by default; the rankers are "ranker")."""
         return self.latest("promoted", name)
 
     def set_status(self, version: int, status: str, reason: str | None = None) -> ModelVersion:

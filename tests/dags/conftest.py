@@ -41,8 +41,10 @@ def real_airflow():
     ``postgres`` user when the tests run as root, and must be able to reach its data directory."""
     root = Path(tempfile.mkdtemp(prefix="sassflow-airflow-"))
     root.chmod(0o755)
+    # the content tower and the rankers have their own DAG tests (dag.test); here they are off, so
+    # the scheduler's three trainings stay short
     settings = make_settings(root / "state", airflow={"port": free_port(), "postgres_port": free_port()},
-                             training=SMALL_TRAINING)
+                             training=SMALL_TRAINING, content={"enabled": False}, ranking={"enabled": False})
     local = LocalAirflow(settings, postgres=True)
     try:
         local.up()

@@ -51,7 +51,7 @@ def test_two_concurrent_retrains_promote_in_one_order_and_leave_one_current(tmp_
         t.join(600)
 
     assert {r["state"] for r in results.values()} == {"success"}, results
-    versions = sorted(registry.list(), key=lambda v: v.id)
+    versions = sorted(registry.list(name="sass"), key=lambda v: v.id)
     assert len(versions) == 2 and all(v.created_at.timestamp() >= held_until for v in versions)
     gates = {r["results"]["retrain.quality_gate"]["version"]: r["results"]["retrain.quality_gate"]["reason"]
              for r in results.values()}

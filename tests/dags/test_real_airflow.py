@@ -191,7 +191,7 @@ def test_airflow_backfill_create_runs_one_heavy_task_at_a_time_and_publishes_onc
     assert len(spans) >= 7 + 2 * 5 and _overlaps(spans) == []  # the pool held even across backfill runs
 
     registry = ModelRegistry(settings.training.registry_url.get_secret_value())
-    versions = sorted(registry.list(), key=lambda v: v.id)
+    versions = sorted(registry.list(name="sass"), key=lambda v: v.id)
     assert [v.status for v in versions].count("promoted") == 1
     promoted = registry.promoted()
     assert current_bundle_id(settings) == promoted.bundle_id and promoted.published

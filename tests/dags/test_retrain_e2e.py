@@ -13,8 +13,9 @@ from cli.local.dagrun import dag_test_runs
 from tests.dags.conftest import SMALL_TRAINING
 from tests.serving.conftest import served_bundle, wait_for
 
-CHAIN = ["training_window", "retrain.build_training_set", "retrain.pretrain", "retrain.finetune",
-         "retrain.evaluate", "retrain.quality_gate", "retrain.build_bundle", "retrain.publish"]
+CHAIN = ["training_window", "retrain.check_features", "retrain.build_training_set", "retrain.pretrain",
+         "retrain.finetune", "retrain.content_tower", "retrain.evaluate", "retrain.ranking.train_rankers",
+         "retrain.ranking.register_rankers", "retrain.quality_gate", "retrain.build_bundle", "retrain.publish"]
 
 
 def test_kafka_to_retrain_to_a_hot_swapped_service(kafka, airflow_home, tmp_path, request):
@@ -72,7 +73,7 @@ def test_kafka_to_retrain_to_a_hot_swapped_service(kafka, airflow_home, tmp_path
         assert r.status_code == 200 and r.json()["bundle_id"] == new and len(r.json()["items"]) == 10
 
         registry = ModelRegistry(settings.training.registry_url.get_secret_value())
-        versions = registry.list()
+        versions = registry.list(name="sass")
         assert [v.status for v in sorted(versions, key=lambda v: v.id)] == ["promoted", "rejected"]
         promoted, loser = sorted(versions, key=lambda v: v.id)
         assert str(promoted.id) == str(version["model_version"]) and promoted.bundle_id == new
