@@ -187,6 +187,18 @@ class SyntheticSource:
             yield request, users, scen, items, clicked, times
             request += R
 
+    def launch_new_items(self, share: float, at_event: int) -> set[int]:
+        """Hold a seeded ``share`` of the items back until the stream has yielded ``at_event`` events
+        (slots showing one before then are left out): items that arrive mid-stream, as a catalogue
+        grows.  Returns their ids."""
+        rng = np.random.default_rng((self.seed, 11))
+        self.new_items = set(rng.choice(self.n_items, size=int(share * self.n_items), replace=False).tolist())
+        self.launch_at = at_event
+        return set(self.new_items)
+
+    new_items: set = set()
+    launch_at: int = 0
+
     def events(self, limit: int | None = None) -> Iterator[Event]:
         """Impressions then, for clicked slots, a click 1–30 s later (kept in time order per request)."""
         limit = self.n_events if limit is None else min(limit, self.n_events)
@@ -196,7 +208,11 @@ class SyntheticSource:
             for r in range(len(users)):
                 req = first + r
                 u, s, t = int(users[r]), names[scen[r]], int(times[r])
+                hidden = {k for k in range(items.shape[1])
+                          if produced < self.launch_at and int(items[r, k]) in self.new_items}
                 for k in range(items.shape[1]):
+                    if k in hidden:
+                        continue
                     if produced >= limit:
                         return
                     yield Event.model_construct(
@@ -205,6 +221,8 @@ class SyntheticSource:
                     )
                     produced += 1
                 for k in np.flatnonzero(clicked[r]):
+                    if k in hidden:
+                        continue
                     if produced >= limit:
                         return
                     yield Event.model_construct(

@@ -54,6 +54,7 @@ def register(commands, benches) -> None:
 EVENTS_PER_USER = 200
 EVENTS_PER_ITEM = 100
 QUICK_EVENTS = 60_000
+NEW_ITEM_SHARE = 0.05  # synthetic: items held back until the second replay (MovieLens has its own)
 QUICK_MAX_EPOCHS = 12  # --quick: a lower stage-2 ceiling (early stopping still picks the epoch)
 
 
@@ -255,6 +256,8 @@ class DemoRun:
         total = min(self.args.limit or self.source.n_events, self.source.n_events)
         first = int(total * self.args.first_part)
         self.summary["events_total"] = total
+        if hasattr(self.source, "launch_new_items"):  # synthetic: some items arrive with the second replay
+            self.source.launch_new_items(NEW_ITEM_SHARE, first)
         known, new = split_catalogue(catalogue(self.source), items_seen(self.source.events(limit=first)))
         _stage("3/7 ingest: Kafka → offline history + Feast online store + recall structures")
         self.replay("phase1", self.source.events(limit=first), first, known)
