@@ -74,7 +74,7 @@ class RunResult:
     applied: int = 0
     first_record_at: float | None = None  # wall clock of the first non-empty poll
     last_flush_at: float | None = None  # wall clock after the last batch with records was written
-    restores: list = field(default_factory=list)  # {"partition", "source", "records", "seconds"} per restore
+    restores: list = field(default_factory=list)  # per restore: partition, source, records, seconds, resumes_at
 
 
 def make_stage(settings, kind: str, writer, shard: int = 0, shards: int = 1) -> Stage:
@@ -222,6 +222,7 @@ class PollLoop:
         def step():
             with self.lock:
                 awaiting = self.stage.awaiting_restore()
+                self.consumer.pause(*[TopicPartition(self.stage.topic, p) for p in awaiting])
             return (self.stage.restore_step(awaiting) if awaiting else None), bool(awaiting)
 
         finished, restoring = self._attempt(step, "state restore")
@@ -233,7 +234,8 @@ class PollLoop:
                     self.consumer.seek(tp, offset)
                     self.consumer.resume(tp)
             self.result.restores += [{"partition": r.partition, "source": r.plan.source, "records": r.records,
-                                      "seconds": time.perf_counter() - r.started} for r in finished]
+                                      "seconds": time.perf_counter() - r.started, "resumes_at": r.resumes_at}
+                                     for r in finished if r.resumes_at]
         return restoring
 
     def poll_batch(self, max_ms: int) -> int:

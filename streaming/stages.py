@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -118,8 +119,12 @@ class OwnerLog:
         logged = {} if r.plan.relog else {p: pos["next_offset"] for p, pos in positions.items()}
         return cls(r.writer, r.end, r.end if r.plan.source == "cache" else None, logged)
 
+    def add_changes(self, features, dedups: dict[int, tuple[Deduper, DedupLog]], positions: dict[int, dict]) -> None:
+        """Add the records since the last call to the next transaction."""
+        self.writer.add(self.changes(features, dedups, positions))
+
     def changes(self, features, dedups: dict[int, tuple[Deduper, DedupLog]], positions: dict[int, dict]) -> list:
-        """The records since the last commit: changed keys, new and expired dedup ids, moved positions."""
+        """The records since the last call: changed keys, new and expired dedup ids, moved positions."""
         records = [(feature_key(k), v) for k, v in features.snapshot.changes()]
         for dedup, dedup_log in dedups.values():
             records += dedup_log.changes(dedup)
@@ -127,8 +132,8 @@ class OwnerLog:
         return records + [(position_key(p), json.dumps(pos, separators=(",", ":"))) for p, pos in positions.items()
                           if state_changed or self.logged.get(p) != pos["next_offset"]]
 
-    def commit(self, records: list, input_topic: str, offsets: dict[int, int], group: str) -> None:
-        self.writer.add(records)
+    def commit(self, input_topic: str, offsets: dict[int, int], group: str) -> None:
+        """The transaction of the records added since the last one, with the input ``offsets``."""
         if self.writer.unsent:
             self.end = self.writer.commit(input_topic, offsets, group)
             self.logged = dict(offsets)
@@ -136,7 +141,8 @@ class OwnerLog:
     def save_cache(self, ckpt: CheckpointStore, name: str, topic: str, owner: int, positions: dict[int, dict],
                    features, dedup_logs: dict[int, DedupLog]) -> None:
         """The local checkpoint, when the changelog moved since the last one and holds all of the state."""
-        if self.cached_end == self.end or self.writer.unsent or features.snapshot.dirty or not self.logged:
+        behind = any(self.logged.get(p) != pos["next_offset"] for p, pos in positions.items())
+        if self.cached_end == self.end or self.writer.unsent or features.snapshot.dirty or behind or not self.logged:
             return
         ckpt.save(name, checkpoint_meta(topic, owner, self.end, positions, int(time.time() * 1000)),
                   **checkpoint_parts(features, dedup_logs))
@@ -146,6 +152,17 @@ class OwnerLog:
 def item_group(settings, shard: int, shards: int) -> str:
     """The consumer group of one item-stage shard (its committed offsets show its lag)."""
     return f"{settings.kafka.consumer_group}.items.{shard}of{shards}"
+
+
+def user_changelog(settings) -> str:
+    """The user stage's changelog topic: a partition per input partition."""
+    return changelog_topic(settings.kafka.consumer_group, UserStage.name)
+
+
+def item_changelog(settings, shards: int | None = None) -> str:
+    """The item stages' changelog topic: a partition per shard (K shards split items by ``item_id % K``,
+    so another K is another state, on another topic)."""
+    return changelog_topic(settings.kafka.consumer_group, f"items-of-{shards or settings.streaming.item_shards}")
 
 
 def _event_row(d: dict, partition: int, offset: int) -> tuple:
@@ -178,12 +195,13 @@ class UserStage:
         self.s = settings
         self.topic = settings.kafka.events_topic
         self.group = settings.kafka.consumer_group
-        self.changelog = changelog_topic(self.group, self.name)
+        self.changelog = user_changelog(settings)
         self.writer = writer
         self.dead_letters = DeadLetters(settings, producer, self.topic)
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
         self.restorer = Restorer(settings, self.changelog, self.name, self.ckpt)
         self.parts: dict[int, UserPartition] = {}
+        self.committer = ThreadPoolExecutor(8, thread_name_prefix="changelog-commit")
         self.awaiting: dict[int, int] = {}  # partition -> assignment generation, until its state is installed
         self.generations = 0
         self.scenarios = set(settings.scenarios)
@@ -214,7 +232,7 @@ class UserStage:
             self.parts[p] = part = self._restored(r)
             self.dead_letters.forget(p)
             seeks[p] = part.next_offset
-            self.restorer.finished(r, seeks)
+            self.restorer.finished(r, {p: part.next_offset})
         return seeks
 
     def _restored(self, r: Restore) -> UserPartition:
@@ -302,19 +320,24 @@ class UserStage:
                 part.touched.clear()
 
     def log_state(self, partitions: list[int] | None) -> dict[int, int]:
-        offsets = {}
-        for p in self._owned(partitions):
-            part = self.parts[p]
-            cl = part.changelog
-            try:
-                cl.commit(cl.changes(part.features, {p: (part.dedup, part.dedup_log)}, {p: part.position()}),
-                          self.topic, {p: part.next_offset}, self.group)
-            except Fenced as exc:  # another process owns it now: what is not committed is its to redo
-                log.warning("partition %d moved to another consumer (%s); dropping its state", p, exc)
-                self.revoke([p])
-                continue
-            offsets[p] = part.next_offset
-        return offsets
+        """The partitions' changes are taken from their state here; their transactions run concurrently
+        (each mostly waits for its own producer and the broker)."""
+        owned = {p: self.parts[p] for p in self._owned(partitions)}
+        for p, part in owned.items():
+            part.changelog.add_changes(part.features, {p: (part.dedup, part.dedup_log)}, {p: part.position()})
+        running = {p: self.committer.submit(part.changelog.commit, self.topic, {p: part.next_offset}, self.group)
+                   for p, part in owned.items()}
+        failures = {p: f.exception() for p, f in running.items() if f.exception() is not None}
+        for p, exc in failures.items():
+            if isinstance(exc, Fenced):  # another consumer opened it: a rebalance this one has not seen yet
+                log.warning("partition %d: another consumer took its state over (%s); restoring it again", p, exc)
+                self.revoke([p])  # what is not committed is redone by whoever restores it
+                self.generations += 1
+                self.awaiting[p] = self.generations  # paused and restored again, unless the group revokes it
+        failed = next((exc for exc in failures.values() if not isinstance(exc, Fenced)), None)
+        if failed is not None:
+            raise failed  # retried with the records kept unsent
+        return {p: part.next_offset for p, part in owned.items() if p not in failures}
 
     def save_cache(self, partitions: list[int] | None) -> None:
         for p in self._owned(partitions):
@@ -324,6 +347,7 @@ class UserStage:
 
     def close(self) -> None:
         self.revoke(list(self.parts))
+        self.committer.shutdown()
         self.restorer.close()
         self.dead_letters.producer.close(timeout=10)
 
@@ -340,7 +364,7 @@ class ItemStage:
         self.topic = settings.kafka.events_topic
         self.shard, self.shards = shard, shards
         self.group = item_group(settings, shard, shards)
-        self.changelog = changelog_topic(settings.kafka.consumer_group, f"items-of-{shards}")
+        self.changelog = item_changelog(settings, shards)
         self.writer = writer
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
         self.restorer = Restorer(settings, self.changelog, self.name, self.ckpt)
@@ -438,9 +462,9 @@ class ItemStage:
         """Raises ``Fenced`` when another process has taken the shard over (this one must stop)."""
         if self.owner is None:
             return {}
-        dedups = {p: (self.dedup[p], self.dedup_logs[p]) for p in self.dedup}
-        self.owner.commit(self.owner.changes(self.features, dedups, self._positions()), self.topic,
-                          dict(self.next_offset), self.group)
+        self.owner.add_changes(self.features, {p: (self.dedup[p], self.dedup_logs[p]) for p in self.dedup},
+                               self._positions())
+        self.owner.commit(self.topic, dict(self.next_offset), self.group)
         return dict(self.next_offset)
 
     def save_cache(self, partitions: list[int] | None) -> None:

@@ -52,7 +52,7 @@ class Owner:
 
     def commit(self) -> int:
         """The records of one transaction onto the changelog; returns its end."""
-        records = self.log.changes(self.features, {0: (self.dedup, self.dedup_log)}, {0: self.position()})
+        records = self.log.changes(self.features, {0: (self.dedup, self.dedup_log)}, {0: self.position()})  # the stage's
         self.changelog += [(k.encode(), None if v is None else v.encode()) for k, v in records]
         self.log.logged = {0: self.next_offset}
         return len(self.changelog)
