@@ -128,6 +128,7 @@ class Restore:
     end: int  # last stable offset when the restore began (the previous owner fenced)
     started: float  # perf_counter
     records: int = 0
+    state: object = None  # the stage's state built from the image, once complete
     resumes_at: dict = field(default_factory=dict)  # input partition -> offset, once installed
 
     @property
@@ -179,22 +180,16 @@ class Restorer:
         return self._consumer
 
     def begin(self, owners: dict[int, int], cache_name) -> list[Restore]:
-        """Open the owners' producers (fencing the previous owners; concurrently: each is a few round
-        trips), then read their changelogs' ends and plan from their local checkpoints."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        """Open the owners' producers (fencing the previous owners), then read their changelogs' ends
+        and plan from their local checkpoints."""
         from kafka import TopicPartition
 
         started = time.perf_counter()
-        with ThreadPoolExecutor(len(owners)) as pool:
-            opening = {p: pool.submit(StateWriter, self.s, self.topic, p, self.stage) for p in owners}
-        writers = {p: f.result() for p, f in opening.items() if f.exception() is None}
+        writers = self._open_writers(list(owners))
         try:
-            failed = next((f.exception() for f in opening.values() if f.exception() is not None), None)
-            if failed is not None:
-                raise failed
             tps = {p: TopicPartition(self.topic, p) for p in owners}
-            ends = self.consumer.end_offsets(list(tps.values()))
+            timeout_ms = self.s.streaming.transaction_timeout_s * 1000  # then a fresh reader tries (``step``)
+            ends = self.consumer.end_offsets(list(tps.values()), timeout_ms=timeout_ms)
             now = int(time.time() * 1000)
             plans = {p: plan_restore(self.cache.load(cache_name(p)), ends[tps[p]], now,
                                      CHANGELOG_TOMBSTONE_RETENTION_MS) for p in owners}
@@ -203,6 +198,20 @@ class Restorer:
                 w.close()
             raise
         return [Restore(p, g, writers[p], plans[p], plans[p].start, ends[tps[p]], started) for p, g in owners.items()]
+
+    def _open_writers(self, owners: list[int]) -> dict[int, StateWriter]:
+        """The owners' producers, opened concurrently (each takes a few round trips): all or none."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(owners)) as pool:
+            opening = {p: pool.submit(StateWriter, self.s, self.topic, p, self.stage) for p in owners}
+        failures = [f.exception() for f in opening.values() if f.exception() is not None]
+        if failures:
+            for f in opening.values():
+                if f.exception() is None:
+                    f.result().close()
+            raise failures[0]
+        return {p: f.result() for p, f in opening.items()}
 
     def read(self, restores: list[Restore], timeout_ms: int = 50) -> None:
         """One poll of the changelog for the unfinished ``restores``: apply what it returns."""

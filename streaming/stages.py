@@ -201,7 +201,7 @@ class UserStage:
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
         self.restorer = Restorer(settings, self.changelog, self.name, self.ckpt)
         self.parts: dict[int, UserPartition] = {}
-        self.committer = ThreadPoolExecutor(8, thread_name_prefix="changelog-commit")
+        self.committer = ThreadPoolExecutor(8, thread_name_prefix="changelog-commit")  # 8 transactions at once
         self.awaiting: dict[int, int] = {}  # partition -> assignment generation, until its state is installed
         self.generations = 0
         self.scenarios = set(settings.scenarios)
@@ -219,7 +219,10 @@ class UserStage:
         return dict(self.awaiting)
 
     def restore_step(self, awaiting: dict[int, int]) -> list[Restore]:
-        return self.restorer.step(awaiting, lambda p: f"p{p}")
+        finished = self.restorer.step(awaiting, lambda p: f"p{p}")
+        for r in finished:
+            r.state = self._restored(r)  # the heavy part, before install takes the lock
+        return finished
 
     def install(self, finished: list[Restore]) -> dict[int, int]:
         seeks = {}
@@ -229,7 +232,7 @@ class UserStage:
                 r.writer.close()
                 continue
             del self.awaiting[p]
-            self.parts[p] = part = self._restored(r)
+            self.parts[p] = part = r.state
             self.dead_letters.forget(p)
             seeks[p] = part.next_offset
             self.restorer.finished(r, {p: part.next_offset})
