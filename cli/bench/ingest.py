@@ -17,7 +17,8 @@ Phases, all in one run against a local broker it starts (and stops if it started
    polls the online store until the probe's row appears (produce call -> readable);
    ``restore_s``: then the same consumers on a new "host" (an empty checkpoint folder) take the
    drained stages over: the slowest state owner's restore from its changelog (``restore_user_s``,
-   ``restore_item_s`` per stage; ``restore_records`` read, ``changelog_records`` on the topics);
+   ``restore_item_s`` per stage; ``restore_records`` read; ``changelog_records``: the topics' end
+   offsets, i.e. records written before compaction plus one commit marker per transaction);
 6. ``lz4``: steps 1-4 again with the events produced lz4-compressed (as clients in other languages
    and Kafka Connect often do) to a third topic: {ingest_eps, raw_consume_eps, ratio, lost_events,
    double_counted_events}.

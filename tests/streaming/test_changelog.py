@@ -64,8 +64,9 @@ def _changelog_config(settings, topic):
     admin = KafkaAdminClient(**settings.kafka.client_kwargs())
     try:
         found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])["topic"][topic]
-        partitions = len(admin.describe_topics([topic])[0]["partitions"])
-        return {k: found[k]["value"] for k in ("cleanup.policy", "min.insync.replicas")}, partitions
+        partitions = admin.describe_topics([topic])[0]["partitions"]
+        assert {len(p["replica_nodes"]) for p in partitions} == {settings.kafka.replication_factor}
+        return {k: found[k]["value"] for k in ("cleanup.policy", "min.insync.replicas")}, len(partitions)
     finally:
         admin.close()
 
