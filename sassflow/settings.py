@@ -143,6 +143,12 @@ class StreamingSettings(BaseModel):
     # checksums every transfer; what it would add is detection of on-disk corruption at the
     # broker.  Turn it on where that matters more than throughput.
     check_crcs: bool = False
+    # How long one step of a changelog transaction (offsets, commit, abort) may take before the
+    # producer is replaced and the transaction retried (streaming.changelog).  A healthy step takes
+    # milliseconds and a coordinator moving after a broker failure a few seconds; the client can
+    # also lose the request for good (streaming.kafka_internals.transaction_step), which only this
+    # ends.  Giving up early is safe: the new producer fences the old one and the records are resent.
+    transaction_timeout_s: float = Field(10.0, gt=0)
     metrics_port: int = 9464  # 0 disables the Prometheus endpoint
     checkpoint_dir: Path | None = None  # default: <state_dir>/checkpoints
     offline_dir: Path | None = None  # default: <state_dir>/offline (partitioned parquet history)

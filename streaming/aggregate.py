@@ -216,10 +216,19 @@ class _Snapshot:
         self.dirty: set = set()
         self.fragments: dict = {}
 
-    def text(self) -> str:
+    def changes(self) -> list[tuple[str, str]]:
+        """(key text, state JSON) of every key changed since the last ``changes``/``text`` call (the
+        changelog's records, ``streaming.state``); their fragments of ``text`` are brought up to date."""
+        out = []
         for k in self.dirty:
-            self.fragments[k] = f'"{k[0]}|{k[1]}":' + json.dumps(self.keys[k].to_json(), separators=(",", ":"))
+            name, value = f"{k[0]}|{k[1]}", json.dumps(self.keys[k].to_json(), separators=(",", ":"))
+            self.fragments[k] = f'"{name}":{value}'
+            out.append((name, value))
         self.dirty.clear()
+        return out
+
+    def text(self) -> str:
+        self.changes()
         return "{" + ",".join(self.fragments.values()) + "}"
 
 

@@ -17,7 +17,7 @@ catalogues of the two event sources.
 from __future__ import annotations
 
 import os
-import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +31,6 @@ from sassflow.contracts.catalog import (
 from sassflow.contracts.history import segment_last_offset, segment_name
 from sassflow.contracts.recall import read_item_tags, write_item_tags
 from streaming.dead_letters import DeadLetters
-from streaming.state import CheckpointStore, checkpoint_root
 
 
 def ensure_catalog_topics(settings) -> None:
@@ -108,33 +107,85 @@ class CatalogPartition:
     pending: list = field(default_factory=list)  # history rows not yet on disk
 
 
+@dataclass
+class _HistoryPlan:
+    source: str = "history"
+
+
+@dataclass
+class HistoryResume:
+    """A catalogue partition resumed where the offline history ends (its only state)."""
+
+    partition: int
+    history_hw: int
+    started: float = field(default_factory=time.perf_counter)
+    records: int = 0
+    plan: _HistoryPlan = field(default_factory=_HistoryPlan)
+
+    @property
+    def resumes_at(self) -> dict[int, int]:
+        return {self.partition: self.history_hw + 1}
+
+
 class CatalogStage:
-    """Validate catalogue records, dead-letter the bad ones, append the good ones to the history."""
+    """Validate catalogue records, dead-letter the bad ones, append the good ones to the history.
+
+    Its state is where the catalogue history ends (segments are named after the offsets they cover,
+    in the shared offline store): any host resumes a partition right after it, so it needs no
+    changelog of its own; dead letters a replay would send again are skipped by their replay guard."""
 
     name = "catalog"
     subscribes = True
+    changelog = None  # the history is the state
 
     def __init__(self, settings, producer):
         self.s = settings
         self.topic = settings.kafka.items_topic
         self.group = catalog_group(settings)
         self.dead_letters = DeadLetters(settings, producer, self.topic, settings.kafka.items_dlq_topic)
-        self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
         self.parts: dict[int, CatalogPartition] = {}
+        self.awaiting: dict[int, int] = {}
         self.tags: dict[int, list[str]] = {}  # tags of the items applied since the last online write
 
-    def assign(self, partitions: list[int]) -> dict[int, int]:
-        for p in partitions:
-            if p not in self.parts:
-                saved = self.ckpt.load(f"p{p}") or {"next_offset": 0}
-                hw = items_high_water(self.s.streaming.offline_dir, self.topic, p)
-                self.parts[p] = CatalogPartition(saved["next_offset"], hw)
-                self.dead_letters.forget(p)
-        return {p: self.parts[p].next_offset for p in partitions}
+    def changelog_partitions(self, input_partitions: int) -> int:
+        return 0
+
+    def assign(self, partitions: list[int]) -> None:
+        self.awaiting.update({p: 1 for p in partitions if p not in self.parts})
+
+    def awaiting_restore(self) -> dict[int, int]:
+        return dict(self.awaiting)
+
+    def restore_step(self, awaiting: dict[int, int]) -> list[HistoryResume]:
+        return [HistoryResume(p, self._handled_up_to(p)) for p in awaiting]
+
+    def _handled_up_to(self, partition: int) -> int:
+        """The last offset handled: the history's end, then the bad records right after it that are
+        already on the dead-letter topic (a good record after them is not in the history yet)."""
+        last = items_high_water(self.s.streaming.offline_dir, self.topic, partition)
+        dead_lettered = self.dead_letters.already_sent(partition, last + 1)
+        while last + 1 in dead_lettered:
+            last += 1
+        return last
+
+    def install(self, finished: list[HistoryResume]) -> dict[int, int]:
+        for r in finished:
+            self.parts[r.partition] = CatalogPartition(r.history_hw + 1, r.history_hw)
+            self.awaiting.pop(r.partition, None)
+        return {r.partition: r.history_hw + 1 for r in finished}
 
     def revoke(self, partitions: list[int]) -> None:
         for p in partitions:
             self.parts.pop(p, None)
+            self.awaiting.pop(p, None)
+
+    def quarantine(self, batch) -> bool:
+        part = self.parts.get(batch.partition)
+        if part is None:
+            return False
+        self.dead_letters.send_batch(batch)
+        part.next_offset = max(part.next_offset, batch.next_offset)
+        return True
 
     def process(self, partition: int, records) -> int:
         part = self.parts.get(partition)
@@ -176,40 +227,18 @@ class CatalogStage:
             write_item_tags(self.s.recall.catalog_dir, tags)
             self.tags = {}
 
-    def save_state(self, partitions: list[int] | None) -> dict[int, int]:
-        offsets = {}
-        for p in self._owned(partitions):
-            self.ckpt.save(f"p{p}", {"topic": self.topic, "partition": p, "next_offset": self.parts[p].next_offset})
-            offsets[p] = self.parts[p].next_offset
-        return offsets
+    def log_state(self, partitions: list[int] | None) -> dict[int, int]:
+        """Nothing to log: the history appended in step 2 is where a restart resumes."""
+        return {p: self.parts[p].next_offset for p in self._owned(partitions)}
+
+    def save_cache(self, partitions: list[int] | None) -> None:
+        pass
 
     def close(self) -> None:
         self.dead_letters.producer.close(timeout=10)
 
     def _owned(self, partitions: list[int] | None) -> list[int]:
         return sorted(p for p in (self.parts if partitions is None else partitions) if p in self.parts)
-
-
-def run_catalog_stage(settings, until_idle: float | None = None, max_events: int | None = None, shutdown=None):
-    """Run the catalogue stage with the ingest's poll loop and commit protocol until SIGTERM (when
-    ``shutdown`` is None), ``max_events`` records or ``until_idle`` seconds without one."""
-    from streaming.consumer import PollLoop, Shutdown, _open_consumer, _subscribe
-    from streaming.produce import make_producer
-
-    ensure_catalog_topics(settings)
-    if shutdown is None:
-        shutdown = Shutdown()
-        shutdown.install()
-    stage = CatalogStage(settings, make_producer(settings, linger_ms=5))
-    consumer = _open_consumer(settings, stage)
-    lock = threading.RLock()
-    loop = PollLoop(settings, stage, consumer, lock, shutdown)
-    try:
-        _subscribe(consumer, stage, lock, shutdown)
-        return loop.run(max_events, until_idle)
-    finally:
-        consumer.close(autocommit=False)
-        stage.close()
 
 
 # --------------------------------------------------------------------------- the sources' catalogues

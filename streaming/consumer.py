@@ -2,16 +2,23 @@
 runs its commit protocol (``streaming.commit``) every ``checkpoint_interval_ms``.
 
 Each micro-batch: poll until ``batch_max_ms`` has passed or ``batch_max_events`` arrived -> apply
-to the stage -> write the touched keys' absolute rows to the online store (with retry).  On
-assignment a stage restores its state and the partition is sought to the saved offset (the
-beginning when there is none), so a crash replays exactly the records after the checkpoint onto
-exactly the state before them.
+to the stage -> write the touched keys' absolute rows to the online store (with retry).
 
-Rebalances: ``on_partitions_revoked`` runs the commit protocol for the revoked partitions with
-``commit_async`` (kafka-python 3 forbids a blocking commit inside a listener) and drops them.
-kafka-python 3 runs listeners on its IO thread: a lock serialises them with the loop.
-SIGTERM/SIGINT: finish the batch, run the commit protocol, leave the group.  Store or broker
-outage: the failing step is retried with exponential backoff; nothing is committed meanwhile.
+Assignment: a newly assigned partition is paused at once (in the listener) and awaits its state.
+The loop restores it a step at a time (``Stage.restore_step``: open the owner's transactional
+producer, which fences the previous owner, then read its changelog from where the local
+checkpoint ends) between the micro-batches of the partitions it already has; when the state is
+installed, the partition is sought to the offset the state covers and resumed.  So a crash
+replays exactly the records after the last commit onto exactly the state before them, on any
+host.  kafka-python 3 runs listeners on its IO thread, where a long restore would hold up the
+client's event loop: the listener only records the assignment.
+
+Rebalances: ``on_partitions_revoked`` runs the commit protocol for the revoked partitions (their
+changelog transactions carry the offsets; no consumer commit is involved) and drops them;
+``on_partitions_lost`` (this member was evicted: another may own them already) drops them without
+committing.  A lock serialises listeners with the loop.  SIGTERM/SIGINT: finish the batch, run the
+commit protocol, leave the group.  Store or broker outage: the failing step is retried with
+exponential backoff; nothing is committed meanwhile.
 """
 from __future__ import annotations
 
@@ -19,12 +26,14 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streaming import metrics
+from streaming.changelog import Fenced
 from streaming.commit import commit_checkpoint
-from streaming.kafka_internals import undecodable_batch
+from streaming.kafka_internals import complete_interrupted_joins, undecodable_batch
 from streaming.stages import ItemStage, Stage, UserStage
+from streaming.topics import changelog_configs, ensure_topics
 
 log = logging.getLogger("sassflow.ingest")
 
@@ -48,12 +57,13 @@ NOT_RETRIED = (TypeError, AttributeError, NameError, AssertionError)
 
 
 def retry(fn, operation: str, shutdown: Shutdown, max_backoff: float = 5.0):
-    """Run fn until it succeeds; back off exponentially; give up only on shutdown."""
+    """Run fn until it succeeds; back off exponentially; give up only on shutdown (or when the state
+    it works on has moved to another process: ``Fenced``)."""
     delay = 0.1
     while True:
         try:
             return fn()
-        except (Stopping, *NOT_RETRIED):
+        except (Stopping, Fenced, *NOT_RETRIED):
             raise
         except Exception as exc:  # noqa: BLE001 -- any store/broker failure is retried
             metrics.RETRIES.labels(operation).inc()
@@ -69,6 +79,7 @@ class RunResult:
     applied: int = 0
     first_record_at: float | None = None  # wall clock of the first non-empty poll
     last_flush_at: float | None = None  # wall clock after the last batch with records was written
+    restores: list = field(default_factory=list)  # per restore: partition, source, records, seconds, resumes_at
 
 
 def make_stage(settings, kind: str, writer, shard: int = 0, shards: int = 1) -> Stage:
@@ -84,12 +95,18 @@ def make_stage(settings, kind: str, writer, shard: int = 0, shards: int = 1) -> 
         from streaming.recall_stage import RecallStage
 
         return RecallStage(settings, open_recall_store(settings))
-    raise ValueError(f"unknown stage {kind!r}; expected 'user', 'item' or 'recall'")
+    if kind == "catalog":
+        from streaming.catalog import CatalogStage
+        from streaming.produce import make_producer
+
+        return CatalogStage(settings, make_producer(settings, linger_ms=5))
+    raise ValueError(f"unknown stage {kind!r}; expected 'user', 'item', 'recall' or 'catalog'")
 
 
 def _open_consumer(settings, stage: Stage):
     from kafka import KafkaConsumer
 
+    complete_interrupted_joins()
     sset = settings.streaming
     return KafkaConsumer(
         **settings.kafka.client_kwargs(), group_id=stage.group, enable_auto_commit=False,
@@ -102,31 +119,28 @@ def _open_consumer(settings, stage: Stage):
     )
 
 
-def _subscribe(consumer, stage: Stage, lock, shutdown: Shutdown) -> None:
-    """Group membership with a rebalance listener, or manual assignment of every partition."""
+def input_partitions(consumer, topic: str, shutdown: Shutdown) -> list[int]:
+    def partitions():
+        found = consumer.partitions_for_topic(topic)
+        if not found:
+            raise RuntimeError(f"no topic {topic}")
+        return sorted(found)
+
+    return retry(partitions, "topic metadata", shutdown)
+
+
+def _subscribe(consumer, stage: Stage, lock, shutdown: Shutdown, parts: list[int]) -> None:
+    """Group membership with a rebalance listener, or manual assignment of every partition (paused
+    until the stage's state is restored)."""
     from kafka import TopicPartition
 
     if stage.subscribes:
         consumer.subscribe([stage.topic], listener=_rebalance_listener(consumer, stage, lock, shutdown))
         return
-
-    def partitions():
-        found = consumer.partitions_for_topic(stage.topic)
-        if not found:
-            raise RuntimeError(f"no topic {stage.topic}")
-        return sorted(found)
-
-    parts = retry(partitions, "topic metadata", shutdown)
-    consumer.assign([TopicPartition(stage.topic, p) for p in parts])
-    for p, o in stage.assign(parts).items():
-        consumer.seek(TopicPartition(stage.topic, p), o)
-
-
-def _offsets(topic: str, offsets: dict[int, int]) -> dict:
-    from kafka import TopicPartition
-    from kafka.structs import OffsetAndMetadata
-
-    return {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+    tps = [TopicPartition(stage.topic, p) for p in parts]
+    consumer.assign(tps)
+    consumer.pause(*tps)
+    stage.assign(parts)
 
 
 def _rebalance_listener(consumer, stage: Stage, lock, shutdown: Shutdown):
@@ -134,29 +148,35 @@ def _rebalance_listener(consumer, stage: Stage, lock, shutdown: Shutdown):
 
     topic = stage.topic
 
+    def mine(tps) -> list[int]:
+        return sorted(tp.partition for tp in tps if tp.topic == topic)
+
     class Listener(AsyncConsumerRebalanceListener):
         async def on_partitions_revoked(self, revoked):
-            parts = sorted(tp.partition for tp in revoked if tp.topic == topic)
+            parts = mine(revoked)
             if not parts:
                 return
             t0 = time.perf_counter()
             with lock:  # held across the revoke: no batch of these partitions may slip in between
                 try:
-                    commit_checkpoint(stage, lambda o: consumer.commit_async(_offsets(topic, o)), parts, lock,
-                                      attempt=lambda fn, op: retry(fn, op, shutdown))
+                    commit_checkpoint(stage, parts, lock, attempt=lambda fn, op: retry(fn, op, shutdown))
                 except Stopping:
                     pass
                 stage.revoke(parts)
             log.info("revoked %s (commit protocol: %.3fs)", parts, time.perf_counter() - t0)
 
-        async def on_partitions_assigned(self, assigned):
-            parts = sorted(tp.partition for tp in assigned if tp.topic == topic)
-            t0 = time.perf_counter()
+        async def on_partitions_lost(self, lost):
+            parts = mine(lost)
             with lock:
-                seeks = stage.assign(parts)
-                for p, o in seeks.items():
-                    consumer.seek(TopicPartition(topic, p), o)
-            log.info("assigned %s at %s (state restored in %.3fs)", parts, seeks, time.perf_counter() - t0)
+                stage.revoke(parts)  # another member may own them already: its restore redoes the rest
+            log.info("lost %s (dropped, nothing committed)", parts)
+
+        async def on_partitions_assigned(self, assigned):
+            parts = mine(assigned)
+            with lock:
+                consumer.pause(*[TopicPartition(topic, p) for p in parts])
+                stage.assign(parts)
+            log.info("assigned %s: paused until their state is restored", parts)
 
     return Listener()
 
@@ -165,13 +185,13 @@ def quiet_client_logs() -> None:
     """kafka-python 3 warns whenever one step of its IO thread's event loop takes over 0.1 s of wall
     time ("Task ... ran for 0.873s (>0.100s threshold). It is blocking the event loop").  In these
     consumers such steps are, by design, the rebalance listeners: kafka-python runs them on that thread,
-    and the revoke listener must finish the commit protocol (history, online rows, checkpoint) before
-    the partitions move, while the assign listener restores the partitions' checkpointed state --
-    up to about a second for a big partition, waiting first for the lock if the poll loop is
-    mid-checkpoint.  The rest are GIL hand-offs while the main thread is in a long C call (a parquet
-    write, a checkpoint's JSON) or the process waits for a CPU on a loaded machine.  Heartbeats
+    and the revoke listener must finish the commit protocol (history, online rows, changelog
+    transaction) before the partitions move, waiting first for the lock if the poll loop is
+    mid-checkpoint (restores run in the poll loop, not in a listener).  The rest are GIL hand-offs
+    while the main thread is in a long C call (a parquet write, a checkpoint's JSON) or the process
+    waits for a CPU on a loaded machine.  Heartbeats
     tolerate it (session timeout 6 s), so the notice is noise at the default verbosity: it is shown
-    from INFO (SASSFLOW_LOG_LEVEL=INFO) on, and ``revoked``/``assigned`` log their own durations."""
+    from INFO (SASSFLOW_LOG_LEVEL=INFO) on, and ``revoked`` logs its own duration."""
     selector_log = logging.getLogger("kafka.net.selector")
     if selector_log.getEffectiveLevel() > logging.INFO:
         selector_log.setLevel(logging.ERROR)
@@ -187,9 +207,12 @@ def _calm_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+RESTORING_POLL_MS = 10  # while a restore is under way, the partitions already served get short polls
+
+
 class PollLoop:
-    """Micro-batches in, online rows and checkpoints out, until shutdown, ``max_events`` records or
-    ``until_idle`` seconds without one."""
+    """Restore steps and micro-batches in, online rows and checkpoints out, until shutdown,
+    ``max_events`` records or ``until_idle`` seconds without one."""
 
     def __init__(self, settings, stage: Stage, consumer, lock, shutdown: Shutdown):
         self.sset = settings.streaming
@@ -200,26 +223,42 @@ class PollLoop:
     def _attempt(self, fn, operation):
         return retry(fn, operation, self.shutdown)
 
-    def _commit(self, offsets: dict[int, int]) -> None:
-        from kafka.errors import CommitFailedError
-
-        try:
-            self.consumer.commit(_offsets(self.stage.topic, offsets))
-        except CommitFailedError as exc:  # rebalanced meanwhile: the saved state stays authoritative
-            log.info("commit skipped: %s", exc)
-
     def checkpoint(self) -> None:
-        commit_checkpoint(self.stage, self._commit, None, self.lock, self._attempt)
-        for tp in self.consumer.assignment():
+        commit_checkpoint(self.stage, None, self.lock, self._attempt)
+        for tp in self.consumer.assignment() - self.consumer.paused():  # paused: awaiting its state
             hw = self.consumer.highwater(tp)
             if hw is not None:
                 metrics.LAG.labels(self.stage.name, str(tp.partition)).set(hw - self.consumer.position(tp))
 
-    def poll_batch(self) -> int:
-        """Poll and apply one micro-batch; returns the number of records."""
+    def restore(self) -> bool:
+        """One restore step for the assigned partitions still without their state: resume those it
+        completes at the offset their state covers.  True while partitions await their state."""
+        from kafka import TopicPartition
+
+        def step():
+            with self.lock:
+                awaiting = self.stage.awaiting_restore()
+                self.consumer.pause(*[TopicPartition(self.stage.topic, p) for p in awaiting])
+            return (self.stage.restore_step(awaiting) if awaiting else None), bool(awaiting)
+
+        finished, restoring = self._attempt(step, "state restore")
+        if finished:
+            with self.lock:
+                seeks = self.stage.install(finished)
+                for p, offset in seeks.items():
+                    tp = TopicPartition(self.stage.topic, p)
+                    self.consumer.seek(tp, offset)
+                    self.consumer.resume(tp)
+            self.result.restores += [{"partition": r.partition, "source": r.plan.source, "records": r.records,
+                                      "seconds": time.perf_counter() - r.started, "resumes_at": r.resumes_at}
+                                     for r in finished if r.resumes_at]
+        return restoring
+
+    def poll_batch(self, max_ms: int) -> int:
+        """Poll and apply one micro-batch (at most ``max_ms``); returns the number of records."""
         t_start, n = time.monotonic(), 0
         while n < self.sset.batch_max_events and not self.shutdown.flag.is_set():
-            left_ms = self.sset.batch_max_ms - (time.monotonic() - t_start) * 1000
+            left_ms = max_ms - (time.monotonic() - t_start) * 1000
             if left_ms <= 0:
                 break
             try:
@@ -270,13 +309,15 @@ class PollLoop:
         self.result.last_flush_at = time.time()
 
     def run(self, max_events: int | None, until_idle: float | None) -> RunResult:
-        last_ckpt, idle_since = time.monotonic(), None  # an outage retry is not idleness
+        last_ckpt, idle_since = time.monotonic(), None  # an outage retry is not idleness, nor is a restore
         while not self.shutdown.flag.is_set():
+            restoring = self.restore()
             t0, applied_before = time.perf_counter(), self.result.applied
-            n = self.poll_batch()
+            n = self.poll_batch(RESTORING_POLL_MS if restoring else self.sset.batch_max_ms)
             now = time.monotonic()
             if n:
                 self.publish_batch(n, self.result.applied - applied_before, time.perf_counter() - t0)
+            if n or restoring:
                 idle_since = None
             elif idle_since is None:
                 idle_since = now
@@ -304,17 +345,25 @@ def run_stage(settings, stage_name: str = "user", shard: int = 0, shards: int = 
     quiet_client_logs()
     port = settings.streaming.metrics_port
     metrics.serve(port + index if port else 0)
-    writer = None if stage_name == "recall" else OnlineWriter(open_store(settings))  # recall has its own store
+    # the recall and catalogue stages write their own stores
+    writer = OnlineWriter(open_store(settings)) if stage_name in ("user", "item") else None
     stage = make_stage(settings, stage_name, writer, shard, shards)
     consumer = _open_consumer(settings, stage)
     lock = threading.RLock()
     loop = PollLoop(settings, stage, consumer, lock, shutdown)
     try:
-        _subscribe(consumer, stage, lock, shutdown)
+        parts = input_partitions(consumer, stage.topic, shutdown)
+        if stage.changelog is not None:
+            retry(lambda: ensure_topics(settings, {stage.changelog: stage.changelog_partitions(len(parts))},
+                                        changelog_configs(), grow=True), "changelog topic", shutdown)
+        _subscribe(consumer, stage, lock, shutdown, parts)
         _calm_gc()
         return loop.run(max_events, until_idle)
     except Stopping as exc:
         log.warning("stopping during an outage of %s: nothing committed since the last checkpoint", exc)
+        return loop.result
+    except Fenced as exc:
+        log.error("stopping: another process has taken over this %s stage's state (%s)", stage.name, exc)
         return loop.result
     finally:
         try:
@@ -322,3 +371,13 @@ def run_stage(settings, stage_name: str = "user", shard: int = 0, shards: int = 
         except Exception as exc:  # noqa: BLE001 -- leaving the group is best effort
             log.info("close: %s", exc)
         stage.close()
+
+
+def run_catalog_stage(settings, until_idle: float | None = None, max_events: int | None = None, shutdown=None):
+    """Run the catalogue stage (the ingest's consumer process, ``streaming.consumer.run_stage``) until
+    SIGTERM (when ``shutdown`` is None), ``max_events`` records or ``until_idle`` seconds without one."""
+    from streaming.catalog import ensure_catalog_topics
+
+    ensure_catalog_topics(settings)
+    return run_stage(settings, "catalog", max_events=max_events, until_idle=until_idle,
+                     install_signals=shutdown is None, shutdown=shutdown)

@@ -59,6 +59,12 @@ class DeadLetters:
     def flush(self) -> None:
         self.producer.flush()
 
+    def already_sent(self, partition: int, from_offset: int) -> set[int]:
+        """Offsets of ``partition`` from ``from_offset`` on that are on the dead-letter topic; kept as
+        the replay guard of the partition."""
+        sent = self._sent[partition] = self._already_sent(partition, from_offset)
+        return sent
+
     def _already_sent(self, partition: int, from_offset: int) -> set[int]:
         from kafka import KafkaConsumer, TopicPartition
 

@@ -21,6 +21,13 @@ FRESHNESS_SECONDS = Histogram("sassflow_ingest_freshness_seconds",
                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 RECALL_NOT_APPLIED = Counter("sassflow_recall_events_not_applied_total",
                              "clicks the recall stage did not apply (duplicate, too_late)", ["reason"])
+RESTORE_SECONDS = Histogram("sassflow_ingest_restore_seconds",
+                            "a state owner's restore on assignment, until its input resumes (source: cache, "
+                            "cache+changelog, changelog)", ["stage", "source"],
+                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+RESTORED_RECORDS = Counter("sassflow_ingest_restored_records_total", "changelog records read by restores", ["stage"])
+CHANGELOG_RECORDS = Counter("sassflow_ingest_changelog_records_total",
+                            "state changes committed to the changelog", ["stage"])
 RETRIES = Counter("sassflow_ingest_retries_total", "store/broker operations retried", ["operation"])
 
 

@@ -4,9 +4,9 @@ One consumer (manual assignment of every partition of the events topic, like an 
 structures are cross-user, so one owner sees every click) applies clicks to
 ``streaming.recall_structures`` and writes the rows of the keys they touched to the recall store
 (``features.recall_store``) after every micro-batch, so a click is in the i2i, tag and trending rows
-within a batch interval.  The commit protocol is the ingest's (``streaming.commit``): the store
-rows, then the state with the offsets it covers, then the Kafka offsets; a restart restores the
-state and replays exactly the records after it.
+within a batch interval.  Its state is an item shard's: the commit protocol (``streaming.commit``)
+writes the store rows, then the state changes and the offsets in one changelog transaction (its own
+compacted topic, ``<group>-recall-changelog``); any host restores it from there.
 
 ``rebuild_recall_structures`` is the batch side: the same pure code over the offline history,
 written to the store (the retrain DAG's rebuild, a backfill, a lost store).
@@ -17,8 +17,11 @@ from sassflow.contracts.events import EventError, parse_event_fields
 from sassflow.contracts.recall import read_item_tags
 from streaming import metrics
 from streaming.aggregate import ev_from_fields
+from streaming.changelog import Restorer
 from streaming.recall_structures import APPLIED, NOT_A_CLICK, RecallParams, RecallStructures, batch_recall
+from streaming.stages import ItemStage
 from streaming.state import CheckpointStore, checkpoint_root
+from streaming.topics import changelog_topic
 
 
 def recall_group(settings) -> str:
@@ -26,67 +29,70 @@ def recall_group(settings) -> str:
     return f"{settings.kafka.consumer_group}.recall"
 
 
-class RecallStage:
+class RecallStage(ItemStage):
+    """An item shard's shape (one owner of every partition, state on its own changelog topic, the
+    event-id dedup of every valid event), over the recall structures instead of the item features."""
+
     name = "recall"
-    subscribes = False
 
     def __init__(self, settings, store):
-        self.s = settings
-        self.topic = settings.kafka.events_topic
+        super().__init__(settings, None, shard=0, shards=1)
         self.group = recall_group(settings)
-        self.store = store
+        self.changelog = changelog_topic(settings.kafka.consumer_group, self.name)
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
-        saved = self.ckpt.load("state") or {"offsets": {}, "state": {}}
-        self.next_offset = {int(p): o for p, o in saved["offsets"].items()}
-        self.structures = RecallStructures(RecallParams.from_settings(settings),
-                                           read_item_tags(settings.recall.catalog_dir))
-        self.structures.load_json(saved["state"])
-        self.fragments: dict = {}
-        self.scenarios = set(settings.scenarios)
+        self.restorer = Restorer(settings, self.changelog, self.name, self.ckpt)
+        self.store = store
+        self.features = RecallStructures(RecallParams.from_settings(settings), read_item_tags(settings.recall.catalog_dir))
+        self.pending: dict = {}  # rows taken from the structures, not yet written
+        self.resync = False  # after a restore: the next write makes the store equal the restored state
 
-    def assign(self, partitions: list[int]) -> dict[int, int]:
-        return {p: self.next_offset.setdefault(p, 0) for p in partitions}
-
-    def revoke(self, partitions: list[int]) -> None:
-        pass  # manual assignment: never revoked
+    def changelog_partitions(self, input_partitions: int) -> int:
+        return 1
 
     def process(self, partition: int, records) -> int:
-        outcomes = [self.structures.add(ev_from_fields(d)) for d in self._new_events(partition, records)]
+        if partition not in self.next_offset:
+            return 0
+        outcomes = [self.features.add(ev_from_fields(d)) for d in self._new_events(partition, records)]
         for outcome in set(outcomes) - {APPLIED, NOT_A_CLICK}:
             metrics.RECALL_NOT_APPLIED.labels(outcome).inc(outcomes.count(outcome))
         return outcomes.count(APPLIED)
 
     def _new_events(self, partition: int, records):
-        """The valid events of records past the partition's next offset (moving it along); invalid
-        ones are skipped here, the user stage dead-letters them."""
+        """The valid, first-seen events of records past the partition's next offset (moving it
+        along); invalid ones are skipped here, the user stage dead-letters them."""
+        dedup = self.dedup[partition]
         for r in records:
-            if r.offset < self.next_offset.get(partition, 0):
+            if r.offset < self.next_offset[partition]:
                 continue
             self.next_offset[partition] = r.offset + 1
             try:
-                yield parse_event_fields(r.value, self.scenarios, self.s.kafka.max_event_bytes)
+                d = parse_event_fields(r.value, self.scenarios, self.s.kafka.max_event_bytes)
             except EventError:
                 continue
+            if dedup.admit(d["event_id"], d["event_time"]):
+                yield d
+            else:
+                metrics.DUPLICATES.labels(self.name).inc()
 
-    def flush_outputs(self) -> None:
-        pass  # produces nothing
-
-    def append_history(self, partitions: list[int] | None) -> None:
-        pass  # the user stage writes the history
+    def install(self, finished) -> dict[int, int]:
+        restored = any(r.image.positions for r in finished)  # not a first start
+        seeks = super().install(finished)
+        self.resync = self.resync or restored
+        return seeks
 
     def write_online(self) -> None:
-        rows = self.structures.take_rows()
-        if rows:
-            self.store.write(rows)
-
-    def save_state(self, partitions: list[int] | None) -> dict[int, int]:
-        self.structures.snapshot_fragments(self.fragments)
-        self.ckpt.save("state", {"topic": self.topic, "offsets": {str(p): o for p, o in self.next_offset.items()}},
-                       state="{" + ",".join(self.fragments.values()) + "}")
-        return dict(self.next_offset)
-
-    def close(self) -> None:
-        pass
+        """The rows of the keys touched since the last write; after a restore, every row of the
+        restored state and a delete for every stored key it has no row for (the store may hold rows
+        of a state newer or older than the one restored: rows are derived, the state decides)."""
+        if self.resync:
+            rows = dict(self.features.all_rows())
+            rows.update(dict.fromkeys(sorted(set(self.store.keys()) - set(rows))))
+        else:
+            rows = self.features.take_rows()
+        self.pending.update(rows)  # kept until written: a failed write is retried
+        if self.pending:
+            self.store.write(self.pending)
+        self.pending, self.resync = {}, False
 
 
 def rebuild_recall_structures(settings, start_ms: int | None = None, end_ms: int | None = None,

@@ -204,6 +204,7 @@ class RecallStructures:
         self.touched: set[str] = set()
         self.dirty_users: set[int] = set()
         self.dirty_items: set[int] = set()
+        self.snapshot = RecallSnapshot(self)  # what the checkpoint and the changelog record
 
     # ------------------------------------------------------------ applying events
 
@@ -339,17 +340,6 @@ class RecallStructures:
 
     # ------------------------------------------------------------ snapshots
 
-    def snapshot_fragments(self, fragments: dict) -> None:
-        """Refresh ``fragments`` (key -> JSON text) for the users and items changed since last time."""
-        for u in self.dirty_users:
-            seq = self.users.get(u)
-            fragments[("u", u)] = (f'"u{u}":' + json.dumps([self.user_newest[u], [list(c) for c in seq]],
-                                                             separators=(",", ":")))
-        for i in self.dirty_items:
-            fragments[("i", i)] = f'"i{i}":' + json.dumps(self.items[i].to_json(), separators=(",", ":"))
-        self.dirty_users.clear()
-        self.dirty_items.clear()
-
     def load_json(self, d: dict) -> None:
         """Restore from the JSON object the fragments make up (the ranked lists are rebuilt)."""
         for k, v in d.items():
@@ -378,3 +368,34 @@ def batch_recall(events: Iterable[Ev], params: RecallParams,
     for ev in events:
         structures.add(ev)
     return structures.all_rows()
+
+
+class RecallSnapshot:
+    """The structures' state as changelog records and checkpoint text, re-encoding only the users and
+    items changed since the last call (the interface of ``streaming.aggregate``'s snapshots, so the
+    recall stage's state goes through the same changelog and checkpoint code as the feature state)."""
+
+    def __init__(self, st: "RecallStructures"):
+        self.st = st
+        self.fragments: dict[str, str] = {}
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.st.dirty_users or self.st.dirty_items)
+
+    def changes(self) -> list[tuple[str, str]]:
+        st, out = self.st, []
+        for u in st.dirty_users:
+            out.append((f"u{u}", json.dumps([st.user_newest[u], [list(c) for c in st.users.get(u, [])]],
+                                            separators=(",", ":"))))
+        for i in st.dirty_items:
+            out.append((f"i{i}", json.dumps(st.items[i].to_json(), separators=(",", ":"))))
+        st.dirty_users.clear()
+        st.dirty_items.clear()
+        for name, value in out:
+            self.fragments[name] = f'"{name}":{value}'
+        return out
+
+    def text(self) -> str:
+        self.changes()
+        return "{" + ",".join(self.fragments.values()) + "}"

@@ -7,22 +7,34 @@
 * ``ItemStage`` -- items are touched from every partition, so item shard k of K reads *all*
   partitions of the events topic (manual assignment, no group membership: one owner per shard by
   construction) and keeps the items with ``item_id % K == k``.  Reading the topic twice costs less
-  than re-producing every event to a repartition topic, and the shard's checkpoint holds the next
+  than re-producing every event to a repartition topic, and the shard's state holds the next
   offset of every partition, so nothing is applied twice.
 
-A stage never touches Kafka offsets itself: the poll loop (``streaming.consumer``) feeds it records
-and runs the commit protocol (``streaming.commit``) over the steps it exposes.  A record below a
-partition's next offset is skipped, so a stale fetch after a rebalance cannot be applied twice.
+State owners: each user-stage partition, and each item shard.  An owner's state lives on its
+changelog partition (``streaming.changelog``; the user stage's topic has a partition per input
+partition, the item stages' one per shard) and, as a cache, in a local checkpoint
+(``streaming.state``).  On assignment an owner first awaits its state: the poll loop calls
+``restore_step`` (reads, no lock) until ``install`` hands it over with the offsets to resume at;
+no record of it is processed before.
 
-Both stages drop producer duplicates (``streaming.dedup``, one deduper per partition, checkpointed
-with the window state) with the same rule over the same valid records, so the user rows, the item
-rows and the history agree on which copy counted.  Record headers are ignored (the event is the
-value).  A batch the client cannot decode reaches ``quarantine``: the user stage dead-letters it
-whole (its raw bytes, partition and offsets, and the reason), the item stage skips it; both move
-their next offset past it.
+A stage never touches Kafka offsets itself: the poll loop (``streaming.consumer``) feeds it records
+and runs the commit protocol (``streaming.commit``) over the steps it exposes; the input offsets
+are committed in the changelog transaction of step 4.  A record below a partition's next offset is
+skipped, so a stale fetch after a rebalance cannot be applied twice.
+
+Both stages drop producer duplicates (``streaming.dedup``, one deduper per partition, logged and
+checkpointed with the window state) with the same rule over the same valid records, so the user
+rows, the item rows and the history agree on which copy counted.  Record headers are ignored (the
+event is the value).  A batch the client cannot decode reaches ``quarantine``: the user stage
+dead-letters it whole (its raw bytes, partition and offsets, and the reason), the item stage skips
+it; both move their next offset past it.
 """
 from __future__ import annotations
 
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,21 +43,39 @@ from sassflow.contracts.features import ITEM_SCENARIO_STATS, USER_PROFILE, USER_
 from sassflow.contracts.history import COLUMNS, segment_name
 from streaming import metrics
 from streaming.aggregate import ItemFeatures, UserFeatures, ev_from_fields
+from streaming.changelog import Fenced, Restore, Restorer, StateWriter
 from streaming.dead_letters import DeadLetters
 from streaming.dedup import Deduper
 from streaming.history import append_history, high_water
 from streaming.kafka_internals import UndecodableBatch
-from streaming.state import CheckpointStore, checkpoint_root
+from streaming.state import (CheckpointStore, DedupLog, checkpoint_meta, checkpoint_parts, checkpoint_root, feature_key,
+                            position_key)
+from streaming.topics import changelog_topic
+
+log = logging.getLogger("sassflow.ingest")
 
 
 class Stage(Protocol):
     name: str  # metric label
     topic: str
     group: str
+    changelog: str  # the changelog topic
     subscribes: bool  # True: a consumer-group member; False: manual assignment of every partition
 
-    def assign(self, partitions: list[int]) -> dict[int, int]:
-        """Take ownership (restore state); returns the offset to seek each partition to."""
+    def changelog_partitions(self, input_partitions: int) -> int:
+        """How many partitions the changelog topic needs."""
+
+    def assign(self, partitions: list[int]) -> None:
+        """Take ownership: the partitions await their state (``restore_step``, ``install``)."""
+
+    def awaiting_restore(self) -> dict[int, int]:
+        """Assigned partitions whose state is not installed yet -> their assignment generation."""
+
+    def restore_step(self, awaiting: dict[int, int]) -> list[Restore]:
+        """Some restore work for ``awaiting`` (the poll loop's thread, without the lock); the finished restores."""
+
+    def install(self, finished: list[Restore]) -> dict[int, int]:
+        """Take over restored state (under the lock); returns the offset to resume each partition at."""
 
     def revoke(self, partitions: list[int]) -> None: ...
 
@@ -64,15 +94,75 @@ class Stage(Protocol):
     def write_online(self) -> None:
         """Commit step 3 (also after every micro-batch): touched keys' rows are in the online store."""
 
-    def save_state(self, partitions: list[int] | None) -> dict[int, int]:
-        """Commit step 4: state + the offsets it covers saved atomically; returns those offsets."""
+    def log_state(self, partitions: list[int] | None) -> dict[int, int]:
+        """Commit step 4: the state changes and the input offsets, in one changelog transaction per
+        owner; returns the offsets now committed."""
+
+    def save_cache(self, partitions: list[int] | None) -> None:
+        """Commit step 5: the local checkpoint of every owner whose changelog moved."""
 
     def close(self) -> None: ...
+
+
+@dataclass
+class OwnerLog:
+    """A state owner's side of its changelog: the producer, the changelog end after its last commit,
+    the end its local checkpoint matches, and the input offsets the changelog holds."""
+
+    writer: StateWriter
+    end: int
+    cached_end: int | None
+    logged: dict[int, int]  # input partition -> next offset on the changelog ({}: all of it to be written)
+
+    @classmethod
+    def restored(cls, r: Restore, positions: dict[int, dict]) -> "OwnerLog":
+        logged = {} if r.plan.relog else {p: pos["next_offset"] for p, pos in positions.items()}
+        return cls(r.writer, r.end, r.end if r.plan.source == "cache" else None, logged)
+
+    def add_changes(self, features, dedups: dict[int, tuple[Deduper, DedupLog]], positions: dict[int, dict]) -> None:
+        """Add the records since the last call to the next transaction."""
+        self.writer.add(self.changes(features, dedups, positions))
+
+    def changes(self, features, dedups: dict[int, tuple[Deduper, DedupLog]], positions: dict[int, dict]) -> list:
+        """The records since the last call: changed keys, new and expired dedup ids, moved positions."""
+        records = [(feature_key(k), v) for k, v in features.snapshot.changes()]
+        for dedup, dedup_log in dedups.values():
+            records += dedup_log.changes(dedup)
+        state_changed = bool(records)
+        return records + [(position_key(p), json.dumps(pos, separators=(",", ":"))) for p, pos in positions.items()
+                          if state_changed or self.logged.get(p) != pos["next_offset"]]
+
+    def commit(self, input_topic: str, offsets: dict[int, int], group: str) -> None:
+        """The transaction of the records added since the last one, with the input ``offsets``."""
+        if self.writer.unsent:
+            self.end = self.writer.commit(input_topic, offsets, group)
+            self.logged = dict(offsets)
+
+    def save_cache(self, ckpt: CheckpointStore, name: str, topic: str, owner: int, positions: dict[int, dict],
+                   features, dedup_logs: dict[int, DedupLog]) -> None:
+        """The local checkpoint, when the changelog moved since the last one and holds all of the state."""
+        behind = any(self.logged.get(p) != pos["next_offset"] for p, pos in positions.items())
+        if self.cached_end == self.end or self.writer.unsent or features.snapshot.dirty or behind or not self.logged:
+            return
+        ckpt.save(name, checkpoint_meta(topic, owner, self.end, positions, int(time.time() * 1000)),
+                  **checkpoint_parts(features, dedup_logs))
+        self.cached_end = self.end
 
 
 def item_group(settings, shard: int, shards: int) -> str:
     """The consumer group of one item-stage shard (its committed offsets show its lag)."""
     return f"{settings.kafka.consumer_group}.items.{shard}of{shards}"
+
+
+def user_changelog(settings) -> str:
+    """The user stage's changelog topic: a partition per input partition."""
+    return changelog_topic(settings.kafka.consumer_group, UserStage.name)
+
+
+def item_changelog(settings, shards: int | None = None) -> str:
+    """The item stages' changelog topic: a partition per shard (K shards split items by ``item_id % K``,
+    so another K is another state, on another topic)."""
+    return changelog_topic(settings.kafka.consumer_group, f"items-of-{shards or settings.streaming.item_shards}")
 
 
 def _event_row(d: dict, partition: int, offset: int) -> tuple:
@@ -87,9 +177,14 @@ class UserPartition:
     watermark: int
     features: UserFeatures
     dedup: Deduper
+    dedup_log: DedupLog
+    changelog: OwnerLog
     history_hw: int
     pending: list = field(default_factory=list)  # history rows not yet on disk
     touched: set = field(default_factory=set)
+
+    def position(self) -> dict:
+        return {"next_offset": self.next_offset, "watermark": self.watermark, "dedup_newest_ms": self.dedup.newest_ms}
 
 
 class UserStage:
@@ -100,29 +195,67 @@ class UserStage:
         self.s = settings
         self.topic = settings.kafka.events_topic
         self.group = settings.kafka.consumer_group
+        self.changelog = user_changelog(settings)
         self.writer = writer
         self.dead_letters = DeadLetters(settings, producer, self.topic)
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
+        self.restorer = Restorer(settings, self.changelog, self.name, self.ckpt)
         self.parts: dict[int, UserPartition] = {}
+        self.committer = ThreadPoolExecutor(8, thread_name_prefix="changelog-commit")  # 8 transactions at once
+        self.awaiting: dict[int, int] = {}  # partition -> assignment generation, until its state is installed
+        self.generations = 0
         self.scenarios = set(settings.scenarios)
 
-    def assign(self, partitions: list[int]) -> dict[int, int]:
-        seeks = {}
+    def changelog_partitions(self, input_partitions: int) -> int:
+        return input_partitions  # changelog partition p holds the state of input partition p
+
+    def assign(self, partitions: list[int]) -> None:
         for p in partitions:
-            if p not in self.parts:
-                saved = self.ckpt.load(f"p{p}") or {"next_offset": 0, "watermark": 0, "state": {}}
-                users = UserFeatures(self.s.scenarios)
-                users.load_json(saved["state"])
-                dedup = Deduper.from_json(saved.get("dedup"), self.s.streaming.dedup_horizon_ms)
-                self.parts[p] = UserPartition(saved["next_offset"], saved["watermark"], users, dedup,
-                                              high_water(self.s.streaming.offline_dir, self.topic, p))
-                self.dead_letters.forget(p)
-            seeks[p] = self.parts[p].next_offset
+            if p not in self.parts and p not in self.awaiting:
+                self.generations += 1
+                self.awaiting[p] = self.generations
+
+    def awaiting_restore(self) -> dict[int, int]:
+        return dict(self.awaiting)
+
+    def restore_step(self, awaiting: dict[int, int]) -> list[Restore]:
+        finished = self.restorer.step(awaiting, lambda p: f"p{p}")
+        for r in finished:
+            r.state = self._restored(r)  # the heavy part, before install takes the lock
+        return finished
+
+    def install(self, finished: list[Restore]) -> dict[int, int]:
+        seeks = {}
+        for r in finished:
+            p = r.partition
+            if self.awaiting.get(p) != r.generation:  # revoked meanwhile
+                r.writer.close()
+                continue
+            del self.awaiting[p]
+            self.parts[p] = part = r.state
+            self.dead_letters.forget(p)
+            seeks[p] = part.next_offset
+            self.restorer.finished(r, {p: part.next_offset})
         return seeks
+
+    def _restored(self, r: Restore) -> UserPartition:
+        p, image = r.partition, r.image
+        users = UserFeatures(self.s.scenarios)
+        users.load_json(image.features)
+        if not r.plan.relog:
+            users.snapshot.changes()  # on the changelog already: only later changes are logged
+        pos = image.position(p)
+        return UserPartition(pos["next_offset"], pos["watermark"], users,
+                             Deduper.from_json(image.dedup_json(p), self.s.streaming.dedup_horizon_ms),
+                             image.dedup_log(p, logged=not r.plan.relog), OwnerLog.restored(r, {p: pos}),
+                             high_water(self.s.streaming.offline_dir, self.topic, p))
 
     def revoke(self, partitions: list[int]) -> None:
         for p in partitions:
-            self.parts.pop(p, None)
+            self.awaiting.pop(p, None)
+            part = self.parts.pop(p, None)
+            if part is not None:
+                part.changelog.writer.close()
 
     def process(self, partition: int, records) -> int:
         part = self.parts.get(partition)
@@ -189,17 +322,36 @@ class UserStage:
                 self.writer.write(USER_PROFILE.name, [(USER_PROFILE.entity(u), f, t) for u, f, t in prof])
                 part.touched.clear()
 
-    def save_state(self, partitions: list[int] | None) -> dict[int, int]:
-        offsets = {}
+    def log_state(self, partitions: list[int] | None) -> dict[int, int]:
+        """The partitions' changes are taken from their state here; their transactions run concurrently
+        (each mostly waits for its own producer and the broker)."""
+        owned = {p: self.parts[p] for p in self._owned(partitions)}
+        for p, part in owned.items():
+            part.changelog.add_changes(part.features, {p: (part.dedup, part.dedup_log)}, {p: part.position()})
+        running = {p: self.committer.submit(part.changelog.commit, self.topic, {p: part.next_offset}, self.group)
+                   for p, part in owned.items()}
+        failures = {p: f.exception() for p, f in running.items() if f.exception() is not None}
+        for p, exc in failures.items():
+            if isinstance(exc, Fenced):  # another consumer opened it: a rebalance this one has not seen yet
+                log.warning("partition %d: another consumer took its state over (%s); restoring it again", p, exc)
+                self.revoke([p])  # what is not committed is redone by whoever restores it
+                self.generations += 1
+                self.awaiting[p] = self.generations  # paused and restored again, unless the group revokes it
+        failed = next((exc for exc in failures.values() if not isinstance(exc, Fenced)), None)
+        if failed is not None:
+            raise failed  # retried with the records kept unsent
+        return {p: part.next_offset for p, part in owned.items() if p not in failures}
+
+    def save_cache(self, partitions: list[int] | None) -> None:
         for p in self._owned(partitions):
             part = self.parts[p]
-            self.ckpt.save(f"p{p}", {"topic": self.topic, "partition": p, "next_offset": part.next_offset,
-                                     "watermark": part.watermark},
-                           state=part.features.snapshot.text(), dedup=part.dedup.snapshot_text())
-            offsets[p] = part.next_offset
-        return offsets
+            part.changelog.save_cache(self.ckpt, f"p{p}", self.changelog, p, {p: part.position()}, part.features,
+                                      {p: part.dedup_log})
 
     def close(self) -> None:
+        self.revoke(list(self.parts))
+        self.committer.shutdown()
+        self.restorer.close()
         self.dead_letters.producer.close(timeout=10)
 
     def _owned(self, partitions: list[int] | None) -> list[int]:
@@ -215,29 +367,59 @@ class ItemStage:
         self.topic = settings.kafka.events_topic
         self.shard, self.shards = shard, shards
         self.group = item_group(settings, shard, shards)
+        self.changelog = item_changelog(settings, shards)
         self.writer = writer
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
-        saved = self.ckpt.load("state") or {"offsets": {}, "state": {}}
-        self.next_offset = {int(p): o for p, o in saved["offsets"].items()}
+        self.restorer = Restorer(settings, self.changelog, self.name, self.ckpt)
         self.features = ItemFeatures()
-        self.features.load_json(saved["state"])
-        horizon = settings.streaming.dedup_horizon_ms
-        self.dedup = {int(p): Deduper.from_json(d, horizon) for p, d in saved.get("dedup", {}).items()}
+        self.next_offset: dict[int, int] = {}
+        self.dedup: dict[int, Deduper] = {}
+        self.dedup_logs: dict[int, DedupLog] = {}
+        self.owner: OwnerLog | None = None  # the shard's changelog side, once its state is installed
+        self.awaiting: dict[int, int] = {}
         self.touched: set = set()
         self.scenarios = set(settings.scenarios)
 
-    def assign(self, partitions: list[int]) -> dict[int, int]:
-        for p in partitions:
-            self.next_offset.setdefault(p, 0)
-            self.dedup.setdefault(p, Deduper(self.s.streaming.dedup_horizon_ms))
-        return {p: self.next_offset[p] for p in partitions}
+    def changelog_partitions(self, input_partitions: int) -> int:
+        return self.shards  # changelog partition k holds shard k's state (every input partition's part of it)
+
+    def assign(self, partitions: list[int]) -> None:
+        if self.owner is not None:
+            raise RuntimeError("an item shard is assigned its partitions once")
+        self.awaiting.update({p: 1 for p in partitions})
+
+    def awaiting_restore(self) -> dict[int, int]:
+        return dict(self.awaiting)
+
+    def restore_step(self, awaiting: dict[int, int]) -> list[Restore]:
+        return self.restorer.step({self.shard: 1} if awaiting else {}, lambda _: "state")
+
+    def install(self, finished: list[Restore]) -> dict[int, int]:
+        seeks: dict[int, int] = {}
+        for r in finished:  # the shard's one restore
+            image, horizon = r.image, self.s.streaming.dedup_horizon_ms
+            self.features.load_json(image.features)
+            if not r.plan.relog:
+                self.features.snapshot.changes()  # on the changelog already: only later changes are logged
+            positions = {p: image.position(p) for p in sorted(set(self.awaiting) | set(image.positions))}
+            for p, pos in positions.items():
+                self.next_offset[p] = pos["next_offset"]
+                self.dedup[p] = Deduper.from_json(image.dedup_json(p), horizon)
+                self.dedup_logs[p] = image.dedup_log(p, logged=not r.plan.relog)
+            self.owner = OwnerLog.restored(r, positions)
+            seeks = {p: self.next_offset[p] for p in self.awaiting}
+            self.awaiting.clear()
+            self.restorer.finished(r, seeks)
+        return seeks
 
     def revoke(self, partitions: list[int]) -> None:
         pass  # manual assignment: never revoked
 
     def process(self, partition: int, records) -> int:
+        if partition not in self.next_offset:
+            return 0
         applied = 0
-        nxt = self.next_offset.get(partition, 0)
+        nxt = self.next_offset[partition]
         dedup = self.dedup[partition]
         for r in records:
             if r.offset < nxt:
@@ -279,11 +461,25 @@ class ItemStage:
                               [(ITEM_SCENARIO_STATS.entity((i, s)), f, t) for i, s, f, t in rows])
             self.touched.clear()
 
-    def save_state(self, partitions: list[int] | None) -> dict[int, int]:
-        dedup = "{" + ",".join(f'"{p}":{d.snapshot_text()}' for p, d in sorted(self.dedup.items())) + "}"
-        self.ckpt.save("state", {"topic": self.topic, "offsets": {str(p): o for p, o in self.next_offset.items()}},
-                       state=self.features.snapshot.text(), dedup=dedup)
+    def log_state(self, partitions: list[int] | None) -> dict[int, int]:
+        """Raises ``Fenced`` when another process has taken the shard over (this one must stop)."""
+        if self.owner is None:
+            return {}
+        self.owner.add_changes(self.features, {p: (self.dedup[p], self.dedup_logs[p]) for p in self.dedup},
+                               self._positions())
+        self.owner.commit(self.topic, dict(self.next_offset), self.group)
         return dict(self.next_offset)
 
+    def save_cache(self, partitions: list[int] | None) -> None:
+        if self.owner is not None:
+            self.owner.save_cache(self.ckpt, "state", self.changelog, self.shard, self._positions(), self.features,
+                                  self.dedup_logs)
+
+    def _positions(self) -> dict[int, dict]:
+        return {p: {"next_offset": o, "watermark": 0, "dedup_newest_ms": self.dedup[p].newest_ms}
+                for p, o in self.next_offset.items()}
+
     def close(self) -> None:
-        pass
+        if self.owner is not None:
+            self.owner.writer.close()
+        self.restorer.close()

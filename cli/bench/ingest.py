@@ -7,13 +7,18 @@ Phases, all in one run against a local broker it starts (and stops if it started
    ``raw_consume_nocrc_eps`` the same with ``check_crcs=False``, the pipeline's default (see
    settings.streaming.check_crcs): ``ratio_same_client_settings`` compares like with like;
 3. ``ingest_eps``: C user-stage processes + the item stage(s) run the whole pipeline over the same
-   topic; N / (last batch written - first record polled), across all processes;
+   topic, with their state on the changelog topics (every commit a transaction); N / (last batch
+   written - first record polled), across all processes;
 4. exactness: the online store against the batch recomputation of the same events
    (``lost_events``/``double_counted_events`` summed over the 7-day impression+click counters of
    every user and item key, plus history rows missing/duplicated);
 5. freshness: fresh consumers on a second topic, events produced at ``rate`` events/s with
    event_time = now; every 10th event is a probe for a user id never seen before, and a reader
    polls the online store until the probe's row appears (produce call -> readable);
+   ``restore_s``: then the same consumers on a new "host" (an empty checkpoint folder) take the
+   drained stages over: the slowest state owner's restore from its changelog (``restore_user_s``,
+   ``restore_item_s`` per stage; ``restore_records`` read; ``changelog_records``: the topics' end
+   offsets, i.e. records written before compaction plus one commit marker per transaction);
 6. ``lz4``: steps 1-4 again with the events produced lz4-compressed (as clients in other languages
    and Kafka Connect often do) to a third topic: {ingest_eps, raw_consume_eps, ratio, lost_events,
    double_counted_events}.
@@ -187,6 +192,37 @@ def _pipeline(s, events, consumers: int) -> dict:
             "user_stage_eps": user_eps, **exact}
 
 
+def _restore(s, consumers: int) -> dict:
+    """A new host's consumers (an empty checkpoint folder) take the drained stages over: each state
+    owner's restore from its changelog, as the consumers measure it (assignment to resume)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streaming.stages import item_changelog, user_changelog
+
+    fresh = s.model_copy(deep=True)
+    fresh.streaming.checkpoint_dir = Path(s.streaming.checkpoint_dir).with_name("new-host-checkpoints")
+    results = mp.get_context("spawn").Queue()
+    procs = spawn_stages(fresh, consumers, until_idle=2.0, results=results)
+    outs = [results.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join(60)
+    restores = {stage: [r for st, _, res in outs if st == stage for r in res.restores] for stage in ("user", "item")}
+    if any(r["source"] != "changelog" for rs in restores.values() for r in rs):
+        raise RuntimeError(f"a restore on an empty disk did not read the changelog: {restores}")
+    topics = [user_changelog(s), item_changelog(s)]
+    c = KafkaConsumer(**s.kafka.client_kwargs(), group_id=None)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in c.partitions_for_topic(t)]
+        on_topics = sum(c.end_offsets(tps).values())
+    finally:
+        c.close()
+    slowest = {stage: max((r["seconds"] for r in rs), default=0.0) for stage, rs in restores.items()}
+    return {"restore_s": round(max(slowest.values()), 3), "restore_user_s": round(slowest["user"], 3),
+            "restore_item_s": round(slowest["item"], 3),
+            "restore_records": sum(r["records"] for rs in restores.values() for r in rs),
+            "changelog_records": on_topics}
+
+
 def _use_topic(s, name: str) -> None:
     s.kafka.events_topic, s.kafka.dlq_topic, s.kafka.consumer_group = name, f"{name}.dlq", name
 
@@ -228,6 +264,9 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
         _log(f"producing {len(events)} events to {s.kafka.events_topic}")
         produce_events(s, events, show_progress=False)
         main = _pipeline(s, events, consumers)
+        _log("restoring the stages' state on a new host (empty checkpoint folder)")
+        restore = _restore(s, consumers)
+        _log(str(restore))
 
         _use_topic(s, f"fresh-{run}")
         _log(f"freshness at {rate:.0f} events/s for {freshness_seconds:.0f}s")
@@ -254,6 +293,7 @@ def bench_ingest(settings, n_events: int = 200_000, consumers: int = 1, online_s
                     "raw_consume_eps" if s.streaming.check_crcs else "raw_consume_nocrc_eps"], 3),
                 "user_stage_eps": r1(main["user_stage_eps"]),
                 **{k: main[k] for k in ("lost_events", "double_counted_events", "mismatched_keys", "history_rows")},
+                **restore,
                 **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in fresh.items()},
                 "lz4": {"ingest_eps": r1(lz4["ingest_eps"]), "raw_consume_eps": r1(lz4["raw_consume_eps"]),
                         "ratio": round(lz4["ingest_eps"] / lz4["raw_consume_eps"], 3),

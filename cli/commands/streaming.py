@@ -148,7 +148,7 @@ def produce_catalog(args, settings, source) -> int:
 
 
 def cmd_ingest_catalog(args, settings) -> int:
-    from streaming.catalog import run_catalog_stage
+    from streaming.consumer import run_catalog_stage
 
     r = run_catalog_stage(settings, until_idle=args.until_idle)
     print(json.dumps({"records": r.records, "applied": r.applied}))

@@ -139,7 +139,8 @@ class DemoRun:
     def publish_items(self, items: list) -> dict:
         """Catalogue events through Kafka, ingested by the catalogue stage (history + the recall tag
         catalog) before the phase's events, so the tag index knows every item it will see clicked."""
-        from streaming.catalog import ensure_catalog_topics, run_catalog_stage
+        from streaming.catalog import ensure_catalog_topics
+        from streaming.consumer import run_catalog_stage
         from streaming.consumer import Shutdown
         from streaming.produce import produce_events
 

@@ -14,10 +14,10 @@ from kafka import KafkaConsumer, TopicPartition
 from sassflow.contracts.catalog import ItemEvent, decode_image, encode_image, parse_item
 from sassflow.contracts.events import EventError
 from streaming.catalog import (
-    PALETTE, ensure_catalog_topics, movielens_catalog, read_catalog, run_catalog_stage, synthetic_catalog,
+    PALETTE, ensure_catalog_topics, movielens_catalog, read_catalog, synthetic_catalog,
     synthetic_group,
 )
-from streaming.consumer import Shutdown
+from streaming.consumer import Shutdown, run_catalog_stage
 from streaming.produce import make_producer
 from streaming.sources import SyntheticSource
 

@@ -54,7 +54,7 @@ def _live_equals_batch_and_rebuild(settings):
     expected = batch_recall(clicks, RecallParams.from_settings(settings), read_item_tags(settings.recall.catalog_dir))
     assert {k.split("|")[0] for k in expected} == {"i2i", "tags", "trending"}
     report = compare_recall(open_recall_store(settings), expected)
-    assert report["mismatched"] == report["missing"] == report["extra"] == 0, report
+    assert report["mismatched"] == report["missing"] == report["extra"] == 0, str(report)
 
     rebuilt = SqliteRecallStore(settings.state_dir / "rebuilt.db")
     summary = rebuild_recall_structures(settings, store=rebuilt)

@@ -84,17 +84,18 @@ def test_incremental_rows_and_a_restored_checkpoint_end_where_the_batch_ends():
     tags = {i: (f"t{i % 5}",) for i in range(80)}
     expected = batch_recall(evs, p, tags)
     store: dict[str, RecallRow] = {}
-    st, fragments = RecallStructures(p, tags), {}
+    st = RecallStructures(p, tags)
     for k, e in enumerate(evs):
         st.add(e)
         if k % 97 == 0:
             store.update(st.take_rows())
+        if k == len(evs) // 3:
+            st.snapshot.changes()  # an earlier changelog commit: the checkpoint text still holds it all
         if k == len(evs) // 2:  # checkpoint, "crash", restore
-            st.snapshot_fragments(fragments)
             import json
 
             restored = RecallStructures(p, tags)
-            restored.load_json(json.loads("{" + ",".join(fragments.values()) + "}"))
+            restored.load_json(json.loads(st.snapshot.text()))
             store.update(st.take_rows())
             st = restored
     store.update(st.take_rows())
