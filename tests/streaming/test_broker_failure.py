@@ -26,6 +26,9 @@ def _min_insync(settings, topic: str) -> str:
 
 
 def _wait_drained(settings, timeout=180):
+    """Until the user and item stages (all these tests run) have committed the whole topic."""
+    settings = settings.model_copy(deep=True)
+    settings.recall.stream = False  # the recall stage is not among them
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -15,7 +15,7 @@ def test_replay_history_to_stores_writes_the_present_rows_of_the_keys_the_window
     start = int(df["event_time"].iloc[400])
     out = replay_history_to_stores(s, start, None)
     part = read_history(s.streaming.offline_dir, start_ms=start)
-    assert out["events"] == len(part) == len(df) - 400
+    assert out["events"] == len(part) == int((df["event_time"] >= start).sum()) >= len(df) - 400  # ties at start
     # Touched keys hold the rows of the whole history (events before the window included).
     report = compare_online(OnlineWriter(apply_definitions(s)), recompute(read_history(s.streaming.offline_dir), s.scenarios))
     written = sum(v["written"] for v in out["views"].values())
