@@ -30,11 +30,16 @@ POPULARITY = "popularity"
 class PopularityTower:
     """No model: every row encodes to the zero vector, so the popular fallback answers it."""
 
+    encodes = False  # zero vectors are its answer, not a broken model (``bundle_reader.smoke_test``)
+
     def __init__(self, dim: int):
         self.dim = dim
 
     def encode(self, rows: list[dict], scenario: str) -> np.ndarray:
         return np.zeros((len(rows), self.dim), dtype=np.float32)
+
+    def nonfinite_weights(self) -> list[str]:
+        return []  # no parameters
 
 
 class MeanHistoryTower:
