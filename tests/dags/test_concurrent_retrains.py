@@ -58,7 +58,7 @@ def test_two_concurrent_retrains_promote_in_one_order_and_leave_one_current(tmp_
     first = [v for v, reason in gates.items() if "first promoted model" in reason]
     assert len(first) == 1, gates  # without the lock both gates see no champion and both say so
     second = next(v for v in gates if v != first[0])
-    assert f"promoted v{first[0]}" in gates[second]  # the second gate compared with the first one's model
+    assert f"champion v{first[0]}" in gates[second]  # the second gate compared with the first one's model
     promoted = [v for v in versions if v.status == "promoted"]
     assert len(promoted) == 1 and promoted[0].published
     assert current_bundle_id(settings) == promoted[0].bundle_id
