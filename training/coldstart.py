@@ -62,11 +62,12 @@ def hold_out_items(events: pd.DataFrame, scenarios: list[str], shown_in: dict[in
     catalogs = [np.asarray([i for i in held.tolist() if name in shown_in.get(i, scenarios)], np.int64)
                 for name in scenarios]
     before = split < TEST
-    es = _cold_eval_set(warm, warm_ev[before], cold, catalogs, scenarios)
+    es = _cold_eval_set(warm, warm_ev[before], cold, catalogs, scenarios, test_start)
     return ColdSplit(warm, held, catalogs, {"test": es}, int(len(cold)))
 
 
-def _cold_eval_set(warm: TrainingData, seen: pd.DataFrame, cold: pd.DataFrame, catalogs, scenarios) -> EvalSet:
+def _cold_eval_set(warm: TrainingData, seen: pd.DataFrame, cold: pd.DataFrame, catalogs, scenarios,
+                   test_start: pd.Series) -> EvalSet:
     S = len(scenarios)
     scen_of = {name: k for k, name in enumerate(scenarios)}
     cs = cold["scenario"].map(scen_of).to_numpy(np.int64)
@@ -76,8 +77,10 @@ def _cold_eval_set(warm: TrainingData, seen: pd.DataFrame, cold: pd.DataFrame, c
     clicks = seen[seen["event_type"] == "click"]
     hu, hi = warm.users.index(clicks["user_id"].to_numpy(np.int64)), warm.items.index(clicks["item_id"].to_numpy(np.int64))
     hs, ht = clicks["scenario"].map(scen_of).to_numpy(np.int64), clicks["event_time"].to_numpy(np.int64)
+    # as of each user's first test-period event, as the warm evaluation (``training.data``)
+    as_of = pd.Series(pairs[:, 0]).map(test_start).to_numpy(np.int64) + 1
     queries = user_features(hu, hs, hi, ht, q_user, pairs[:, 1], np.full(len(pairs), NO_TIME), S, warm.seq_len,
-                            warm.users.index(seen["user_id"].to_numpy(np.int64)), seen["event_time"].to_numpy(np.int64))
+                            as_of=as_of)
     row_of = {(int(u), int(s)): r for r, (u, s) in enumerate(pairs.tolist())}
     targets = []
     for k in range(S):
