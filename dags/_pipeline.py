@@ -212,19 +212,18 @@ def content_tower(dataset: dict, model: dict) -> dict:
 @task
 def check_features() -> dict:
     """The online store against a recomputation from the offline history (``streaming.check``,
-    sampled keys): 0 mismatches, or the task fails listing examples; skipped when the store holds
-    none of the keys (never fed from this history).  It neither feeds nor blocks the training tasks."""
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    sampled keys): the report (counts and example keys) is the task's result; with
+    ``streaming.check_fails_retrain`` a mismatch fails the task, listing examples.  It neither feeds
+    nor blocks the training tasks."""
+    from airflow.sdk.exceptions import AirflowFailException
 
     from streaming.check import check_features as check
 
-    report = check(settings(), sample=settings().streaming.check_sample)
-    print(f"features check: {report['mismatched_keys']} of {report['sampled_keys']} sampled keys differ")
-    if report["sampled_keys"] and report["missing_keys"] == report["sampled_keys"]:
-        # a history no stream has fed into this online store (a dataset loaded for training only):
-        # nothing to compare, which is not a disagreement
-        raise AirflowSkipException(f"the online store holds none of the {report['sampled_keys']} sampled keys")
-    if report["mismatched_keys"]:
+    s = settings()
+    report = check(s, sample=s.streaming.check_sample)
+    print(f"features check: {report['mismatched_keys']} of {report['sampled_keys']} sampled keys differ "
+          f"({report['missing_keys']} missing from the online store)")
+    if report["mismatched_keys"] and s.streaming.check_fails_retrain:
         raise AirflowFailException(f"online features differ from the history's recomputation: "
                                    f"{report['examples'][:3]}")
     return report

@@ -10,7 +10,8 @@ baselines) → `quality_gate` (register + decide); beside them `ranking.train_ra
 `ranking.register_rankers` (coarse + fine rankers, gated against the recall order); then
 `build_bundle` (recall model + kept rankers) → `publish` (emits the `sassflow://bundles/current`
 Asset for a new bundle only).  `check_features` compares sampled online rows with a recomputation
-from the offline history (0 mismatches, or the task fails with examples).
+from the offline history and returns the report (counts, example keys); with
+`streaming.check_fails_retrain` a mismatch fails it (an Airflow alert).
 
 **Window** (every scenario):
 

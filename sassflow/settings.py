@@ -127,6 +127,9 @@ class DataSettings(BaseModel):
 
 class StreamingSettings(BaseModel):
     check_sample: int = Field(1000, ge=1)  # users and items `features check` (and the retrain DAG) recompute
+    # the retrain DAG's check_features fails (an alert in Airflow) on a mismatch instead of reporting
+    # it: off by default, a store fed by a partial backfill or no stream at all is not an error
+    check_fails_retrain: bool = False
     batch_max_events: int = Field(20000, ge=1)  # a micro-batch ends at this many events or batch_max_ms
     batch_max_ms: int = Field(200, ge=1)
     allowed_lateness_ms: int = Field(3_600_000, ge=0)
