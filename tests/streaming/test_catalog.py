@@ -194,14 +194,12 @@ def test_produce_catalog_command_puts_the_synthetic_items_on_the_items_topic(cat
     assert len(before) == 25 and [it.event_time for it in after] == [2_000_000_000_000]
 
 
-def test_the_catalogue_stage_keeps_the_recall_tag_catalog(kafka):
+def test_the_catalogue_stage_keeps_the_recall_tag_catalog(catalog_settings):
     """Applied catalogue items' tags reach the recall tag catalog (the tag index and branch read it)."""
     from sassflow.contracts.recall import read_item_tags
-    from streaming.consumer import Shutdown
     from streaming.produce import produce_events
 
-    s = kafka.model_copy(deep=True)
-    ensure_catalog_topics(s)
+    s = catalog_settings  # its own items topic: the default one holds other tests' catalogues
     items = [ItemEvent.model_construct(event_id=f"i-{i}", item_id=i, title=f"Film {i}", tags=[f"g{i % 3}", "x"],
                                        year=2000, attributes=None, scenarios=None, image=None,
                                        event_time=1_700_000_000_000 + i) for i in range(1, 6)]
