@@ -14,15 +14,17 @@ from serving.schemas import ApiError, RequestModels
 from serving.service import RecommendationService
 
 
-def get_service(request: Request) -> RecommendationService:
+# async on purpose: FastAPI runs a sync dependency in the thread pool, a thread hop per request
+# per dependency on the hot path
+async def get_service(request: Request) -> RecommendationService:
     return request.app.state.service
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_models(request: Request) -> RequestModels:
+async def get_models(request: Request) -> RequestModels:
     return request.app.state.models
 
 
