@@ -2,6 +2,8 @@
 ``settings.streaming.metrics_port``; process i of an ingest run serves on port + i, 0 = off)."""
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS_IN = Counter("sassflow_ingest_events_in_total", "records read from Kafka", ["stage"])
@@ -32,5 +34,11 @@ RETRIES = Counter("sassflow_ingest_retries_total", "store/broker operations retr
 
 
 def serve(port: int) -> None:
+    """The Prometheus endpoint on ``port`` (0: none).  A port another process holds costs the
+    endpoint, not the consumer: the stage logs it and goes on (its metrics stay in-process)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        try:
+            start_http_server(port, addr="127.0.0.1")
+        except OSError as exc:
+            logging.getLogger("sassflow.ingest").warning(
+                "metrics endpoint not started on 127.0.0.1:%d (%s); set streaming.metrics_port", port, exc)
