@@ -17,10 +17,8 @@ from sassflow.contracts.events import EventError, parse_event_fields
 from sassflow.contracts.recall import read_item_tags
 from streaming import metrics
 from streaming.aggregate import ev_from_fields
-from streaming.changelog import Restorer
 from streaming.recall_structures import APPLIED, NOT_A_CLICK, RecallParams, RecallStructures, batch_recall
 from streaming.stages import ItemStage
-from streaming.state import CheckpointStore, checkpoint_root
 from streaming.topics import changelog_topic
 
 
@@ -36,13 +34,11 @@ class RecallStage(ItemStage):
     name = "recall"
 
     def __init__(self, settings, store):
-        super().__init__(settings, None, shard=0, shards=1)
-        self.group = recall_group(settings)
-        self.changelog = changelog_topic(settings.kafka.consumer_group, self.name)
-        self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
-        self.restorer = Restorer(settings, self.changelog, self.name, self.ckpt)
+        super().__init__(settings, None, shard=0, shards=1, group=recall_group(settings),
+                         changelog=changelog_topic(settings.kafka.consumer_group, self.name),
+                         features=RecallStructures(RecallParams.from_settings(settings),
+                                                   read_item_tags(settings.recall.catalog_dir)))
         self.store = store
-        self.features = RecallStructures(RecallParams.from_settings(settings), read_item_tags(settings.recall.catalog_dir))
         self.pending: dict = {}  # rows taken from the structures, not yet written
         self.resync = False  # after a restore: the next write makes the store equal the restored state
 
@@ -85,14 +81,25 @@ class RecallStage(ItemStage):
         restored state and a delete for every stored key it has no row for (the store may hold rows
         of a state newer or older than the one restored: rows are derived, the state decides)."""
         if self.resync:
-            rows = dict(self.features.all_rows())
-            rows.update(dict.fromkeys(sorted(set(self.store.keys()) - set(rows))))
-        else:
-            rows = self.features.take_rows()
-        self.pending.update(rows)  # kept until written: a failed write is retried
+            replace_rows(self.store, self.features.all_rows())
+            self.pending, self.resync = {}, False
+            return
+        self.pending.update(self.features.take_rows())  # kept until written: a failed write is retried
         if self.pending:
             self.store.write(self.pending)
-        self.pending, self.resync = {}, False
+        self.pending = {}
+
+
+def replace_rows(store, rows: dict) -> int:
+    """Make ``store`` hold exactly ``rows`` (in chunks; keys not among them are deleted); returns the
+    number of keys deleted."""
+    stale = set(store.keys()) - set(rows)
+    keys = sorted(rows)
+    for lo in range(0, len(keys), 5000):
+        store.write({k: rows[k] for k in keys[lo:lo + 5000]})
+    if stale:
+        store.write(dict.fromkeys(sorted(stale)))
+    return len(stale)
 
 
 def rebuild_recall_structures(settings, start_ms: int | None = None, end_ms: int | None = None,
@@ -107,11 +114,5 @@ def rebuild_recall_structures(settings, start_ms: int | None = None, end_ms: int
     df = df[df["event_type"] == "click"]
     rows = batch_recall(frame_to_evs(df), RecallParams.from_settings(settings),
                         read_item_tags(settings.recall.catalog_dir))
-    store = store or open_recall_store(settings)
-    stale = set(store.keys()) - set(rows)
-    keys = sorted(rows)
-    for lo in range(0, len(keys), 5000):
-        store.write({k: rows[k] for k in keys[lo:lo + 5000]})
-    if stale:
-        store.write(dict.fromkeys(sorted(stale)))
-    return {"clicks": len(df), "rows": len(rows), "deleted": len(stale), "start_ms": start_ms, "end_ms": end_ms}
+    deleted = replace_rows(store or open_recall_store(settings), rows)
+    return {"clicks": len(df), "rows": len(rows), "deleted": deleted, "start_ms": start_ms, "end_ms": end_ms}

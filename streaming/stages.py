@@ -362,16 +362,19 @@ class ItemStage:
     name = "item"
     subscribes = False
 
-    def __init__(self, settings, writer, shard: int, shards: int):
+    def __init__(self, settings, writer, shard: int, shards: int, group: str | None = None,
+                 changelog: str | None = None, features=None):
+        """``group``, ``changelog`` and ``features`` default to the item shard's; another stage of the
+        same shape (``streaming.recall_stage``) passes its own."""
         self.s = settings
         self.topic = settings.kafka.events_topic
         self.shard, self.shards = shard, shards
-        self.group = item_group(settings, shard, shards)
-        self.changelog = item_changelog(settings, shards)
+        self.group = group or item_group(settings, shard, shards)
+        self.changelog = changelog or item_changelog(settings, shards)
         self.writer = writer
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
         self.restorer = Restorer(settings, self.changelog, self.name, self.ckpt)
-        self.features = ItemFeatures()
+        self.features = ItemFeatures() if features is None else features
         self.next_offset: dict[int, int] = {}
         self.dedup: dict[int, Deduper] = {}
         self.dedup_logs: dict[int, DedupLog] = {}

@@ -140,8 +140,7 @@ class DemoRun:
         """Catalogue events through Kafka, ingested by the catalogue stage (history + the recall tag
         catalog) before the phase's events, so the tag index knows every item it will see clicked."""
         from streaming.catalog import ensure_catalog_topics
-        from streaming.consumer import run_catalog_stage
-        from streaming.consumer import Shutdown
+        from streaming.consumer import Shutdown, run_catalog_stage
         from streaming.produce import produce_events
 
         ensure_catalog_topics(self.settings)
