@@ -46,7 +46,7 @@ class DeadLetters:
               extra_headers: list | None = None) -> None:
         sent = self._sent.get(partition)
         if sent is None:  # first bad record of this partition since assignment
-            sent = self._sent[partition] = self._already_sent(partition, offset)
+            sent = self.already_sent(partition, offset)
         if offset in sent:
             return
         headers = [("reason", reason.encode()), ("error", message.encode()[:1000]),
