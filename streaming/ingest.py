@@ -22,20 +22,22 @@ def _stage_main(settings, stage: str, shard: int, shards: int, index: int, max_e
 
 
 def spawn_stages(settings, processes: int, item_shards: int | None = None, max_events: int | None = None,
-                 until_idle: float | None = None, results=None) -> list:
+                 until_idle: float | None = None, results=None, stages: tuple[str, ...] | None = None) -> list:
     """Start ``processes`` user-stage consumers (one group), ``item_shards`` (default: settings)
     item-stage consumers and, when ``recall.stream`` is on, the recall stage, as separate OS
-    processes (spawn, never fork)."""
+    processes (spawn, never fork). ``stages`` limits the start to some of them (each stage is its
+    own consumer group, so the others can run later over the same topic)."""
     import multiprocessing as mp
 
+    stages = stages or ("user", "item", "recall")
     shards = item_shards or settings.streaming.item_shards
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_stage_main, args=(settings, "user", 0, 1, i, max_events, until_idle, results))
-             for i in range(processes)]
+             for i in range(processes if "user" in stages else 0)]
     procs += [ctx.Process(target=_stage_main, args=(settings, "item", k, shards, processes + k, max_events, until_idle,
                                                     results))
-              for k in range(shards)]
-    if settings.recall.stream:
+              for k in range(shards if "item" in stages else 0)]
+    if settings.recall.stream and "recall" in stages:
         procs.append(ctx.Process(target=_stage_main, args=(settings, "recall", 0, 1, processes + shards, max_events,
                                                             until_idle, results)))
     for p in procs:
