@@ -1,4 +1,5 @@
 """The main job: `sassflow demo --quick` runs the whole loop and its summary says what happened."""
+import pytest
 import json
 import os
 import subprocess
@@ -63,3 +64,13 @@ def test_demo_quick_end_to_end(kafka_broker, tmp_path):
     report = Path(summary["report"])
     assert report.exists() and "<img" in report.read_text()
 
+
+
+def test_demo_stops_when_a_stage_died_or_left_events_behind():
+    from cli.demo.run import require_drained
+
+    require_drained("replay1", 0, {"g": 0, "g-items-0-of-1": 0})
+    with pytest.raises(RuntimeError, match="exit code 1"):
+        require_drained("replay1", 1, {"g": 0})
+    with pytest.raises(RuntimeError, match="g-items-0-of-1.*120"):
+        require_drained("replay2", 0, {"g": 0, "g-items-0-of-1": 120})
