@@ -1,10 +1,11 @@
 """The main job: `sassflow demo --quick` runs the whole loop and its summary says what happened."""
-import pytest
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
