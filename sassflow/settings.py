@@ -273,10 +273,11 @@ class ServingSettings(BaseModel):
     hnsw_ef_search: int = 128
     ivf_nlist: int | None = None  # default: ~4*sqrt(n)
     ivf_nprobe: int = 32
-    ann_index: Literal["hnsw", "ivf"] = "ivf"  # above exact_index_max_items; IVF builds faster than HNSW at 1M items (`bench ann`)
-    # The library of the approximate index: FAISS (ann_index picks IVF or HNSW) or hnswlib (HNSW,
-    # hnsw_* parameters).  The default is chosen by `sassflow bench ann` (README, "ANN backends").
-    ann_backend: Literal["faiss", "hnswlib"] = "faiss"
+    ann_index: Literal["hnsw", "ivf"] = "ivf"  # with ann_backend faiss: IVF builds faster than HNSW at 1M items
+    # The library of the approximate index: hnswlib (HNSW, hnsw_* parameters) or FAISS (ann_index
+    # picks IVF or HNSW).  Chosen by `sassflow bench ann`'s rule, the lowest p99 at recall@100 >= 0.95
+    # (README, "ANN backends", has the trade: FAISS IVF builds faster and holds half the memory).
+    ann_backend: Literal["faiss", "hnswlib"] = "hnswlib"
     batch_max_requests: int = 256  # POST /recommend/batch size limit
     # New items from the catalogue topic: a consumer thread in the service encodes them with the
     # bundle's content tower and adds them to a side index searched with each scenario's main one.

@@ -1,8 +1,8 @@
 """Per-scenario ANN indexes: which backend and kind, how to build it, how to search it.
 
-FAISS is the default backend; ``ann_backend = "hnswlib"`` builds the approximate indexes with
-hnswlib instead (``serving.ann_backends``), recorded in the spec as ``"backend"`` (absent: FAISS,
-so older bundles read as before).
+Exact indexes are FAISS; the approximate ones are hnswlib's by default (``ann_backend``,
+``serving.ann_backends``), recorded in the spec as ``"backend"`` (absent: FAISS, so older bundles
+read as before), or FAISS IVF/HNSW with ``ann_backend = "faiss"``.
 
 Scores are inner products (the towers emit vectors whose dot product is the
 relevance).  Small catalogs get an exact ``IndexFlatIP``; above

@@ -23,7 +23,10 @@ ADMIN_TOKEN = "test-admin-token-0123456789abcdef"  # >= 32 characters
 def serving_settings(state_dir: Path, **serving):
     return make_settings(
         state_dir,
-        serving={"exact_index_max_items": 1_000, "watch_interval_s": 0.2, "admin_token": ADMIN_TOKEN, **serving},
+        # FAISS IVF here (its file names are what the integrity tests tamper with); the hnswlib
+        # default has its own bundle tests (test_ann_backends.py)
+        serving={"exact_index_max_items": 1_000, "watch_interval_s": 0.2, "admin_token": ADMIN_TOKEN,
+                 "ann_backend": "faiss", **serving},
     )
 
 

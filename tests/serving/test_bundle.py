@@ -32,7 +32,8 @@ def corrupt(path):
 
 
 def test_index_choice_follows_settings(tmp_path):
-    sv = serving_settings(tmp_path, exact_index_max_items=1000, ivf_nprobe=7, hnsw_ef_search=99).serving
+    sv = serving_settings(tmp_path, exact_index_max_items=1000, ivf_nprobe=7, hnsw_ef_search=99,
+                          ann_backend="faiss").serving
     assert index_spec(1000, sv) == {"type": "flat"}
     ivf = index_spec(100_000, sv)
     assert ivf["type"] == "ivf" and ivf["nlist"] == int(4 * 100_000**0.5) and ivf["nprobe"] == 7
@@ -42,7 +43,7 @@ def test_index_choice_follows_settings(tmp_path):
 
 @pytest.mark.parametrize("ann", ["ivf", "hnsw"])
 def test_approximate_index_recall_against_exact(tmp_path, ann):
-    sv = serving_settings(tmp_path, exact_index_max_items=1000, ann_index=ann).serving
+    sv = serving_settings(tmp_path, exact_index_max_items=1000, ann_index=ann, ann_backend="faiss").serving
     sc = synthetic_catalog(20_000, 32, ["s"], seed=3)["s"]
     users = synthetic_users({"s": sc}, 200, seed=3)
     queries = []
