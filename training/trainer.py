@@ -14,7 +14,9 @@ Early stopping: ``finetune`` takes an optional ``validate()`` (the validation re
 it is now; ``training.baselines`` builds it from the evaluation code). It is called after every
 epoch; training stops once ``patience`` epochs in a row did not improve on the best score, and the
 best epoch's weights are restored, so ``finetune_epochs`` is a ceiling and the validation split
-chooses the budget. Stage 1 keeps its fixed epoch count: its loss is not the recall it serves.
+chooses the budget. Stage 1 has no early stopping (its loss is not the recall it serves): it runs
+``pretrain_epochs``, or more on a small window so that it takes ``min_pretrain_steps`` steps
+(``stage1_epochs``).
 
 Data parallel: when ``torch.distributed`` is initialised (``torchrun``, gloo), every rank
 walks the same batch order, takes its slice of each batch, and gradients are averaged with
@@ -56,6 +58,7 @@ class TrainConfig:
     log_q: bool = True
     progress: bool = True
     min_steps_per_epoch: int = 0  # stage 2: smaller batches on small data (``stage2_batch_size``)
+    min_pretrain_steps: int = 0  # stage 1: more epochs on small data (``stage1_epochs``)
     patience: int = 0  # stage 2 stops after this many epochs without a better validation score; 0: never
 
 
@@ -66,6 +69,7 @@ class TrainConfig:
         kw["log_q"] = ts.log_q_correction
         kw["patience"] = ts.early_stopping_patience
         kw["min_steps_per_epoch"] = ts.min_steps_per_epoch
+        kw["min_pretrain_steps"] = ts.min_pretrain_steps
         kw.update(over)
         return cls(**kw)
 
@@ -259,9 +263,19 @@ def pretrain(model: SASS, data: TrainingData, cfg: TrainConfig, history: History
         z, ids = encode(torch.from_numpy(_rows_of(order, starts[idx - first], sizes[idx - first])))
         return scenario_contrastive_loss(z, ids, cfg.temperature)
 
+    steps = -(-n_u // per_batch) + -(-n_i // per_batch)  # batches of one epoch (ceil per group)
     _run(model, lambda rng: scenario_batches(group, per_batch, rng), step, cfg, history, "pretrain",
-         cfg.pretrain_epochs)
+         stage1_epochs(steps, cfg))
     return history
+
+
+def stage1_epochs(steps_per_epoch: int, cfg: TrainConfig) -> int:
+    """``cfg.pretrain_epochs``, or more so that stage 1 takes at least ``min_pretrain_steps`` steps: an
+    epoch has a step per ~``pretrain_batch_size`` views, so on a small window (few users) a fixed epoch
+    count leaves the contrastive task a handful of updates and the networks barely leave their start."""
+    if steps_per_epoch <= 0:
+        return cfg.pretrain_epochs
+    return max(cfg.pretrain_epochs, -(-cfg.min_pretrain_steps // steps_per_epoch))
 
 
 def finetune(model: SASS, data: TrainingData, cfg: TrainConfig, history: History | None = None,

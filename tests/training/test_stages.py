@@ -35,7 +35,7 @@ def test_pretraining_batches_hold_whole_entities(syn_data, settings):
     assert ent[rows].tolist() == [9, 9, 1, 1] and sorted(rows.tolist()) == [1, 4, 7, 8]
     # an epoch visits every user with two or more views once, with all of their views
     torch.manual_seed(0)
-    cfg = TrainConfig.from_settings(settings.training, pretrain_epochs=1, progress=False)
+    cfg = TrainConfig.from_settings(settings.training, pretrain_epochs=1, min_pretrain_steps=0, progress=False)
     hist = pretrain(SASS(model_config(syn_data, settings.training)), syn_data, cfg)
     users = np.unique(syn_data.views["user"], return_counts=True)[1]
     items = np.unique(syn_data.item_views[:, 0], return_counts=True)[1]
@@ -103,3 +103,18 @@ def test_stage2_batch_shrinks_on_small_data(settings):
     assert stage2_batch_size(1_000, cfg) == MIN_BATCH
     assert stage2_batch_size(1_000, TrainConfig.from_settings(settings.training, min_steps_per_epoch=0)) == \
         settings.training.batch_size
+
+
+def test_stage1_runs_more_epochs_on_small_data(syn_data, settings):
+    from training.trainer import stage1_epochs
+
+    cfg = TrainConfig.from_settings(settings.training, pretrain_epochs=2, min_pretrain_steps=100, progress=False)
+    assert stage1_epochs(60, cfg) == 2  # a large window: the epoch count already gives the steps
+    assert stage1_epochs(6, cfg) == 17  # a small one: epochs until the steps are reached
+    assert stage1_epochs(6, TrainConfig.from_settings(settings.training, pretrain_epochs=2,
+                                                      min_pretrain_steps=0)) == 2
+    # on data: stage 1 takes at least the steps asked for, in whole epochs
+    torch.manual_seed(0)
+    hist = pretrain(SASS(model_config(syn_data, settings.training)), syn_data, cfg)
+    steps, epochs = len(hist.losses["pretrain"]), hist.epochs["pretrain"]
+    assert steps >= 100 and epochs > 2 and steps - steps // epochs < 100
