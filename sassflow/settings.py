@@ -317,12 +317,14 @@ class MergeSettings(BaseModel):
     # "quota": each branch holds its share of every prefix of the list; "rrf": weighted
     # reciprocal-rank fusion.  The default is what `bench quality` chose on the validation split of
     # MovieLens-1M among quotas and RRF weightings (README, "Recall branches"): equal-weight RRF
-    # loses to SASS alone there; SASS weighted twice the i2i branch and 8x tags and trending wins.
+    # loses to SASS alone there; SASS weighted twice the i2i branch and 8-20x tags and trending wins.
     strategy: Literal["quota", "rrf"] = "rrf"
     # Share of the list per branch (quota) or weight of its ranks (rrf); a branch left out gets 0.
     # content only answers users who clicked new (not yet bundled) items: they should see such items
-    weights: dict[str, float] = {"sass": 2.0, "i2i": 1.0, "tags": 0.25, "trending": 0.25, "content": 1.0}
-    rrf_k: float = 60.0  # the usual RRF constant: rank r counts weight / (rrf_k + r)
+    weights: dict[str, float] = {"sass": 2.0, "i2i": 1.0, "tags": 0.1, "trending": 0.25, "content": 1.0}
+    # rank r counts weight / (rrf_k + r + 1): below the usual 60 a branch's head counts more than
+    # agreement deep in the lists (chosen on validation with the weights above)
+    rrf_k: float = Field(20.0, ge=0)
 
 
 class RecallSettings(BaseModel):

@@ -29,12 +29,18 @@ from training.data import TRAIN, split_by_user_time
 CUTOFFS = (50, 200, 500)
 DEPTH = max(CUTOFFS)
 STRUCTURE_BRANCHES = (I2I, TAGS, TRENDING)
-# Merge configurations tried on the validation split: (strategy, weights of sass, i2i, tags, trending).
-GRID = [("quota", (0.7, 0.2, 0.05, 0.05)), ("quota", (0.6, 0.25, 0.05, 0.1)), ("quota", (0.55, 0.25, 0.1, 0.1)),
-        ("quota", (0.5, 0.3, 0.1, 0.1)), ("quota", (0.6, 0.3, 0.05, 0.05)), ("quota", (0.45, 0.35, 0.1, 0.1)),
-        ("rrf", (1.0, 1.0, 1.0, 1.0)), ("rrf", (2.0, 1.0, 0.5, 0.5)), ("rrf", (3.0, 1.0, 0.5, 0.5)),
-        ("rrf", (2.0, 1.5, 0.5, 0.5)), ("rrf", (2.0, 1.0, 1.0, 0.5)), ("rrf", (2.0, 1.0, 0.5, 1.0)),
-        ("rrf", (2.0, 1.0, 0.25, 0.25))]
+# Merge configurations tried on the validation split: (strategy, weights of sass, i2i, tags, trending,
+# rrf_k).  A smaller rrf_k makes the fusion trust each branch's head more; the RRF rows around the
+# chosen weighting vary the minor branches' weights finely because rank fusion of these branches is
+# flat near its optimum (score fusion of min-max normalised scores did no better, README).
+GRID = [("quota", (0.7, 0.2, 0.05, 0.05), 60.0), ("quota", (0.6, 0.25, 0.05, 0.1), 60.0),
+        ("quota", (0.55, 0.25, 0.1, 0.1), 60.0), ("quota", (0.5, 0.3, 0.1, 0.1), 60.0),
+        ("quota", (0.6, 0.3, 0.05, 0.05), 60.0), ("quota", (0.45, 0.35, 0.1, 0.1), 60.0),
+        ("rrf", (1.0, 1.0, 1.0, 1.0), 60.0), ("rrf", (2.0, 1.0, 0.5, 0.5), 60.0), ("rrf", (3.0, 1.0, 0.5, 0.5), 60.0),
+        ("rrf", (2.0, 1.5, 0.5, 0.5), 60.0), ("rrf", (2.0, 1.0, 1.0, 0.5), 60.0), ("rrf", (2.0, 1.0, 0.5, 1.0), 60.0),
+        ("rrf", (2.0, 1.0, 0.25, 0.25), 60.0), ("rrf", (2.0, 1.0, 0.25, 0.25), 20.0),
+        ("rrf", (2.0, 1.0, 0.1, 0.25), 20.0), ("rrf", (2.0, 1.0, 0.25, 0.1), 20.0), ("rrf", (2.0, 1.0, 0.1, 0.1), 20.0),
+        ("rrf", (1.5, 1.0, 0.1, 0.1), 20.0), ("rrf", (3.0, 1.0, 0.25, 0.25), 20.0), ("rrf", (2.0, 1.0, 0.1, 0.5), 60.0)]
 BRANCH_ORDER = (SASS, I2I, TAGS, TRENDING)
 
 
@@ -116,13 +122,13 @@ def sass_lists(split: Split, data, scorer) -> list:
     return out
 
 
-def merged_lists(lists: dict[str, list], strategy: str, weights: dict[str, float]) -> list:
+def merged_lists(lists: dict[str, list], strategy: str, weights: dict[str, float], rrf_k: float = 60.0) -> list:
     from serving.recall import Candidates
 
     out = []
     for r in range(len(next(iter(lists.values())))):
         cands = [Candidates(lists[b][r], [0.0] * len(lists[b][r]), b) for b in lists if lists[b][r]]
-        out.append(merge(cands, strategy, weights, DEPTH).items)
+        out.append(merge(cands, strategy, weights, DEPTH, rrf_k).items)
     return out
 
 
@@ -194,18 +200,18 @@ def branch_quality(settings, data, events, item_tags: dict, sass_scorers: list) 
 
     val = {SASS: sass_lists(splits["val"], data, sass_scorers[0]), **structure["val"]}
     tried = []
-    for strategy, w in GRID:
+    for strategy, w, rrf_k in GRID:
         weights = dict(zip(BRANCH_ORDER, w))
-        tried.append((_score(recall_table(splits["val"], merged_lists(val, strategy, weights), data.n_scenarios)),
-                      strategy, weights))
-    best_val, strategy, weights = max(tried, key=lambda t: t[0])
-    _log(f"branches: merge chosen on validation: {strategy} {weights} (mean recall {best_val:.4f})")
+        merged = merged_lists(val, strategy, weights, rrf_k)
+        tried.append((_score(recall_table(splits["val"], merged, data.n_scenarios)), strategy, weights, rrf_k))
+    best_val, strategy, weights, rrf_k = max(tried, key=lambda t: t[0])
+    _log(f"branches: merge chosen on validation: {strategy} {weights} rrf_k {rrf_k} (mean recall {best_val:.4f})")
 
     test = splits["test"]
     per_seed = []
     for scorer in sass_scorers:
         lists = {SASS: sass_lists(test, data, scorer), **structure["test"]}
-        merged = merged_lists(lists, strategy, weights)
+        merged = merged_lists(lists, strategy, weights, rrf_k)
         tables = {b: recall_table(test, lists[b], data.n_scenarios) for b in lists}
         tables["merged"] = recall_table(test, merged, data.n_scenarios)
         for K in CUTOFFS:  # the plain key is at the tightest budget, where the branches differ most
@@ -214,8 +220,8 @@ def branch_quality(settings, data, events, item_tags: dict, sass_scorers: list) 
                 tables[b]["unique_hit_share" if K == CUTOFFS[0] else f"unique_hit_share@{K}"] = shares[b]
         per_seed.append(tables)
     out = _average(per_seed)
-    out["merge"] = {"strategy": strategy, "weights": weights, "chosen_on": "val",
-                    "tried": [{"strategy": s, "weights": w, "val_mean_recall": v} for v, s, w in tried]}
+    out["merge"] = {"strategy": strategy, "weights": weights, "rrf_k": rrf_k, "chosen_on": "val",
+                    "tried": [{"strategy": s, "weights": w, "rrf_k": k, "val_mean_recall": v} for v, s, w, k in tried]}
     out["structures"] = {"train_clicks": len(train_clicks), "rows": len(rows), "params": params.__dict__,
                          "seconds": time.perf_counter() - t0}
     out["checks"] = _checks(out, data.n_scenarios)

@@ -44,6 +44,14 @@ def test_quota_merge_keeps_each_branch_share_at_every_cut_off():
     assert rrf.items == [3, 50, 0]  # in both lists beats first in one
 
 
+def test_rrf_k_sets_how_much_a_branch_head_counts():
+    # 1 is SASS's first; 4 is SASS's fourth and i2i's first
+    lists = [Candidates([1, 2, 3, 4], [1.0] * 4, "sass"), Candidates([4], [1.0], "i2i")]
+    weights = {"sass": 2.0, "i2i": 1.0}
+    assert merge(lists, "rrf", weights, 2, rrf_k=60.0).items == [4, 1]  # flat: agreement wins
+    assert merge(lists, "rrf", weights, 2, rrf_k=0.0).items == [1, 4]  # steep: the heavier branch's head wins
+
+
 def _service(tmp_path, store=None, **recall):
     settings = serving_settings(tmp_path, admin_token=None)
     recall = {"branch_budget_ms": 5000.0, **recall}  # a loaded 2-core CI machine must not skip branches here

@@ -47,6 +47,10 @@ def test_bench_quality_reports_branches(tiny_data, settings, capsys):  # noqa: F
     shares = sum(b[n]["unique_hit_share"]["mean"] for n in ("sass", "i2i", "tags", "trending"))
     assert 0 <= shares <= 1
     assert b["merge"]["chosen_on"] == "val" and b["merge"]["strategy"] in ("quota", "rrf")
+    # the chosen merge is the validation's best of the grid, rrf_k included
+    best = max(b["merge"]["tried"], key=lambda t: t["val_mean_recall"])
+    assert {k: best[k] for k in ("strategy", "weights", "rrf_k")} == {k: b["merge"][k] for k in ("strategy", "weights", "rrf_k")}
+    assert {t["rrf_k"] for t in b["merge"]["tried"]} == {20.0, 60.0}
     assert set(b["checks"]) >= {"merged_vs_sass_ratio", "merged_at_50_beats_every_model_in_every_scenario",
                                 "every_branch_has_unique_hits"}
 
