@@ -22,6 +22,9 @@ A candidate's score is a function of these inputs only: never of the other candi
   the candidate's embedding (+ scenario) attends over that encoded sequence (target attention), and
   an MLP reads [candidate, attended interest, their product, dense, scenario].
 
+With ``RankerConfig.residual`` the coarse logit is a learned weight x the recall score + the MLP's
+output, and the fine logit is the candidate's coarse logit (``base``) + the fine MLP's output.
+
 Both standardise ``dense`` with the training rows' mean and std, kept as buffers in the state_dict.
 Files: ``RankerArtifact`` (``sassflow.contracts.artifacts``); loading uses ``weights_only=True`` and
 checks every tensor's shape against the config, like ``training.export.load_model``.

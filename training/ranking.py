@@ -121,7 +121,7 @@ def fit_coarse(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: Ran
 
 
 class BestEpoch:
-    """Keeps the weights of the epoch with the best ``validate(model)`` (every epoch's when None)."""
+    """Keeps the weights of the epoch with the best ``validate(model)`` (without ``validate``: the last)."""
 
     def __init__(self, validate=None):
         self.validate, self.best, self.state, self.curve = validate, -np.inf, None, []
