@@ -222,10 +222,16 @@ class RankingSettings(BaseModel):
     # The rankers' loss: a softmax over each request's rows (every click against its request's
     # candidates: NDCG's top-heavy goal, chosen on validation NDCG@10) or pointwise cross-entropy.
     loss: Literal["softmax", "bce"] = "softmax"
+    # Both rankers score recall weight x the recall score + a learned correction, starting as the
+    # recall order (``training.rankers.RankerConfig.residual``); the weight starts at the recall
+    # model's inverse temperature (its scores are cosines its own softmax divided by the temperature).
+    residual: bool = True
     # Share of the users whose validation requests are held out to pick the fine ranker's epoch and
     # to gate the rankers (never trained on).
     holdout: float = Field(0.15, gt=0, lt=1)
-    coarse_epochs: int = Field(2, ge=1)
+    # The best of these on the validation lists is kept (the residual coarse MLP still gains up to the
+    # fifth or sixth; an epoch costs a few seconds).
+    coarse_epochs: int = Field(6, ge=1)
     # The best of these on the validation lists is kept (with the softmax loss the first epoch is
     # close to the best, the second still gains a little; each costs as much as building the lists).
     fine_epochs: int = Field(2, ge=1)

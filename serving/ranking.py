@@ -5,7 +5,7 @@ Input, per request: the recall stage's candidate list (``CandidateList``: raw it
 per item, the branch that found it).  Each candidate's features are read as of the request
 (``training.rankers``: the user's window features from the request's feature row, the candidate's
 item window features from the online store through ``ItemFeatureCache``, its recall score, its
-branch), then:
+branch, its co-click weights from the request's click sequences by the ranker artifact's table), then:
 
 1. the coarse ranker scores every candidate (one forward pass for all of a scenario's requests);
 2. the fine ranker scores each request's coarse top ``ranking.coarse_keep`` (the click sequences of
@@ -80,6 +80,7 @@ class BundleRankers:
     items: object  # training.vocab.Vocab over the rankers' item vocabulary
     item_clicks: np.ndarray  # [n_scenarios, n_items + 1] the popularity prior
     coarse_keep: int
+    co_clicks: object  # training.co_click.CoClicks, the co-click table
 
 
 def load_rankers(path: Path, manifest: dict, coarse_keep: int, scenarios: list[str]) -> BundleRankers | None:
@@ -96,7 +97,7 @@ def load_rankers(path: Path, manifest: dict, coarse_keep: int, scenarios: list[s
     trained_on = r.meta.get("scenarios", list(scenarios))
     if list(trained_on) != list(scenarios) or r.cfg.n_scenarios != len(scenarios):
         raise ValueError(f"rankers trained on scenarios {trained_on}, this service serves {list(scenarios)}")
-    return BundleRankers(r.cfg, r.coarse, r.fine, Vocab(r.item_ids), r.item_clicks, coarse_keep)
+    return BundleRankers(r.cfg, r.coarse, r.fine, Vocab(r.item_ids), r.item_clicks, coarse_keep, r.co_clicks)
 
 
 def nonfinite_ranker_weights(rankers: BundleRankers) -> list[str]:
@@ -173,7 +174,7 @@ class RankingStage:
         """Each request's candidates ranked (coarse, then fine over the coarse top), cut to its k."""
         import torch
 
-        from training.rankers import ITEM_PRIOR, RECALL_SCORE, dense_matrix
+        from training.rankers import ITEM_PRIOR, RECALL_SCORE, co_click_columns, dense_matrix
 
         t0 = time.perf_counter()
         cfg = rankers.cfg
@@ -187,7 +188,10 @@ class RankingStage:
         s = self.scenarios.index(scenario)
         given = np.fromiter((x for c in lists for x in c.scores), np.float64, count=len(owner))
         cols[RECALL_SCORE] = self._recall_scores(bundle, scenario, rows, owner, raw, given, branch_names)
-        cols[ITEM_PRIOR] = rankers.item_clicks[s, rankers.items.index(raw)].astype(np.float64)
+        item = rankers.items.index(raw)
+        cols[ITEM_PRIOR] = rankers.item_clicks[s, item].astype(np.float64)
+        seqs = self._sequences(rankers, rows)
+        cols.update(co_click_columns(rankers.co_clicks, seqs["recent_clicks"], seqs["recent_clicks_all"], owner, item))
         user_cols = _user_columns(rows, s)
         dense = torch.from_numpy(dense_matrix(cols, branch, cfg.branches, user_cols, owner))
         with torch.inference_mode():
@@ -197,7 +201,7 @@ class RankingStage:
             final = coarse - 1e6  # candidates the fine ranker does not see: after, in coarse order
             if rankers.fine is not None and len(owner):
                 kept = self._coarse_top(owner, coarse, rankers.coarse_keep)
-                final[kept] = self._fine(rankers, rows, owner, raw, kept, s, dense).astype(np.float64)
+                final[kept] = self._fine(rankers, seqs, owner, item, kept, s, dense, coarse).astype(np.float64)
                 self._observe("fine", t0)
         return [self._answer(lists[j], final[owner == j], ks[j]) for j in range(len(lists))]
 
@@ -208,9 +212,9 @@ class RankingStage:
         pos = np.arange(len(order)) - starts[owner[order]]
         return np.sort(order[pos < keep])
 
-    def _fine(self, rankers, rows, owner, raw, kept, s, dense) -> np.ndarray:
-        import torch
-
+    @staticmethod
+    def _sequences(rankers, rows: list[dict]) -> dict[str, np.ndarray]:
+        """The requests' two click sequences as [n_requests, seq_len] vocabulary indices (0: padding)."""
         L = rankers.cfg.seq_len
         seqs = {name: np.zeros((len(rows), L), np.int64) for name in ("recent_clicks", "recent_clicks_all")}
         for name, out in seqs.items():
@@ -218,9 +222,16 @@ class RankingStage:
                 seq = [x for x in list(row.get(name) or [])[:L] if x is not None]
                 if seq:
                     out[r, :len(seq)] = rankers.items.index(np.asarray(seq, np.int64))
+        return seqs
+
+    @staticmethod
+    def _fine(rankers, seqs, owner, item, kept, s, dense, coarse) -> np.ndarray:
+        import torch
+
         logits = rankers.fine(torch.from_numpy(seqs["recent_clicks"]), torch.from_numpy(seqs["recent_clicks_all"]),
-                              torch.from_numpy(owner[kept]), torch.from_numpy(rankers.items.index(raw[kept])),
-                              torch.full((len(kept),), s, dtype=torch.long), dense[torch.from_numpy(kept)])
+                              torch.from_numpy(owner[kept]), torch.from_numpy(item[kept]),
+                              torch.full((len(kept),), s, dtype=torch.long), dense[torch.from_numpy(kept)],
+                              torch.from_numpy(coarse[kept].astype(np.float32)))
         return logits.numpy()
 
     @staticmethod

@@ -67,18 +67,28 @@ def synthetic_users(
 
 def synthetic_rankers(out_dir, catalog: dict[str, SyntheticScenario], seed: int, seq_len: int = 20):
     """Untrained coarse + fine rankers over the catalog's items, marked as included: what a trained
-    ranker costs at serving (benchmarks) and a ranker artifact to serve (tests), not a quality claim."""
+    ranker costs at serving (benchmarks) and a ranker artifact to serve (tests), not a quality claim.
+    Residual like trained ones, with random corrections (zero ones would serve the recall order), and
+    a co-click table of items of the same topic clicked one after the other."""
     import torch
 
+    from training.co_click import co_click_table
     from training.rankers import RECALL_BRANCHES, CoarseRanker, FineRanker, RankerConfig, save_rankers
 
     torch.manual_seed(seed)
     item_ids = np.sort(np.concatenate([c.item_ids for c in catalog.values()]))
     cfg = RankerConfig(n_items=len(item_ids), n_scenarios=len(catalog), seq_len=seq_len,
-                       branches=list(RECALL_BRANCHES))
+                       branches=list(RECALL_BRANCHES), residual=True)
     clicks = np.zeros((len(catalog), len(item_ids) + 1), np.int64)
     for s, c in enumerate(catalog.values()):  # popularity: the catalog's popular list, best first
         clicks[s, np.searchsorted(item_ids, c.popular) + 1] = np.arange(len(c.popular), 0, -1)
-    return save_rankers(out_dir, cfg, CoarseRanker(cfg).eval(), FineRanker(cfg).eval(), item_ids, clicks,
+    coarse, fine = CoarseRanker(cfg).eval(), FineRanker(cfg).eval()
+    for mlp in (coarse.mlp, fine.mlp):
+        torch.nn.init.normal_(mlp[-1].weight, std=0.1)
+    # one pseudo-user per (scenario, topic) clicking its items in id order
+    users = np.concatenate([c.topics + t * 1_000_000 for t, c in enumerate(catalog.values())])
+    items = np.searchsorted(item_ids, np.concatenate([c.item_ids for c in catalog.values()])) + 1
+    co_clicks = co_click_table(users, items, np.arange(len(items)), len(item_ids))
+    return save_rankers(out_dir, cfg, coarse, fine, item_ids, clicks, co_clicks,
                         extra={"included": True, "reason": "synthetic rankers (untrained)", "gate_metrics": {},
                                "scenarios": list(catalog)})

@@ -270,12 +270,13 @@ def train_rankers(settings, dataset_dir, model_dir, out_dir, with_test: bool = T
     events = load_events(settings, dataset_dir)
     data = prepare_data(settings, events)
     model, _ = load_model(model_dir)
-    p = RankingParams.from_settings(settings.ranking, seed=settings.training.seed, progress=show_progress())
+    p = RankingParams.from_settings(settings.ranking, seed=settings.training.seed, progress=show_progress(),
+                                    recall_weight=1.0 / settings.training.temperature)
     rd = RankingData(data, events, model_scorer(model), p, with_test=with_test)
     res = fit(rd, p, list(RECALL_BRANCHES))
     val = res.metrics["val"]
     gate_metrics = {f"{name}_ndcg@10": val[name]["ndcg@10"]["mean"] for name in ("fine", "coarse", "recall_order")}
-    save_rankers(out_dir, res.cfg, res.coarse, res.fine, data.items.ids, data.item_clicks,
+    save_rankers(out_dir, res.cfg, res.coarse, res.fine, data.items.ids, data.item_clicks, rd.co_clicks,
                  extra={"included": res.included, "reason": res.reason, "gate_metrics": gate_metrics,
                         "scenarios": list(data.scenarios),
                         "metrics": res.metrics, "seconds": res.seconds, "window": list(data.window),

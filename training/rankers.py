@@ -5,7 +5,8 @@ Inputs of one candidate (all as of the request, nothing of the candidate's own i
 
 * ``dense``: the user's window features in the scenario and across scenarios, the candidate item's
   window features in the scenario (``sassflow.contracts.features``: counts, CTRs, ``trending``), its
-  recall score and its recall branch (one-hot over ``RankerConfig.branches``).  ``dense_matrix``
+  recall score, its co-click weights from the user's recent clicks (``CO_CLICK_COLUMNS``) and its recall
+  branch (one-hot over ``RankerConfig.branches``).  ``dense_matrix``
   turns named columns into this matrix, the same way for the training lists (``training.ranking_data``)
   and for online rows (``serving.ranking``);
 * the candidate's item id, the scenario, and the user's two click sequences (this scenario, all
@@ -20,6 +21,9 @@ A candidate's score is a function of these inputs only: never of the other candi
   embeddings, a learned "no history" token) through one transformer encoder layer, once per request;
   the candidate's embedding (+ scenario) attends over that encoded sequence (target attention), and
   an MLP reads [candidate, attended interest, their product, dense, scenario].
+
+With ``RankerConfig.residual`` the coarse logit is a learned weight x the recall score + the MLP's
+output, and the fine logit is the candidate's coarse logit (``base``) + the fine MLP's output.
 
 Both standardise ``dense`` with the training rows' mean and std, kept as buffers in the state_dict.
 Files: ``RankerArtifact`` (``sassflow.contracts.artifacts``); loading uses ``weights_only=True`` and
@@ -38,6 +42,7 @@ import torch.nn as nn
 from sassflow.contracts.artifacts import RankerArtifact
 from sassflow.contracts.features import (HOUR_MS, ITEM_SCENARIO_STATS, MINUTE_MS, SINCE_CLICK, USER_SCENARIO_STATS,
                                          WINDOW_7D)
+from training.co_click import CoClicks
 from training.export import ArtifactError, load_state_into
 
 # The named columns behind ``dense`` (user_* and item_* come from the feature contract's derived
@@ -52,7 +57,13 @@ RECALL_SCORE = "recall_score"
 # ships them): an all-time popularity prior that the windows (at most 7 days) and a log-q corrected
 # recall score both lack.
 ITEM_PRIOR = "item_clk_train"
-ROW_COLUMNS = ITEM_COLUMNS + (ITEM_PRIOR, RECALL_SCORE)  # per candidate; USER_COLUMNS are per request
+# The candidate's co-click weights (``training.co_click``; the ranker artifact ships the table) from the
+# user's recent clicks in every scenario, from the newest few of them, and from the request scenario's:
+# the item-to-item transitions a pooled recall vector loses (``co_click_columns``).
+CO_CLICK, CO_CLICK_LAST, CO_CLICK_SCENARIO = "co_click", "co_click_last", "co_click_scenario"
+CO_CLICK_COLUMNS = (CO_CLICK, CO_CLICK_LAST, CO_CLICK_SCENARIO)
+LAST_CLICKS = 3  # the "newest few": the next clicks follow the last ones most closely
+ROW_COLUMNS = ITEM_COLUMNS + (ITEM_PRIOR, RECALL_SCORE) + CO_CLICK_COLUMNS  # per candidate; USER_COLUMNS per request
 # The recall branches a ranker knows (its branch one-hot), by the names serving's sources carry
 # (``serving.recall``: the ANN branch, the popular fallback).  A ranker records its list in its config,
 # so serving reads the branches of the ranker it runs; a branch it does not know gets all zeros.
@@ -61,18 +72,28 @@ COUNT_PREFIXES = ("imp_", "clk_", "total_")  # heavy-tailed counts: log1p
 SCENARIO_DIM = 8
 
 
+def co_click_columns(co_clicks: CoClicks, recent: np.ndarray, recent_all: np.ndarray, owner: np.ndarray,
+                     item: np.ndarray) -> dict[str, np.ndarray]:
+    """CO_CLICK_COLUMNS of candidates ``item`` (vocabulary indices) of requests ``owner``, whose click
+    sequences (this scenario's, every scenario's; newest first, 0 = padding) are ``recent[owner]`` and
+    ``recent_all[owner]``."""
+    return {CO_CLICK: co_clicks.scores(recent_all, owner, item),
+            CO_CLICK_LAST: co_clicks.scores(recent_all[:, :LAST_CLICKS], owner, item),
+            CO_CLICK_SCENARIO: co_clicks.scores(recent, owner, item)}
+
+
 def dense_names(branches: list[str]) -> list[str]:
     return list(USER_COLUMNS) + list(ROW_COLUMNS) + [f"branch_{b}" for b in branches]
 
 
 def _transformed(names: tuple[str, ...], cols: dict[str, np.ndarray]) -> np.ndarray:
-    """[n, len(names)] float32: NaN -> 0, counts -> log1p, ``trending`` -> log (one pass per kind)."""
+    """[n, len(names)] float32: NaN -> 0, counts and co-clicks -> log1p, ``trending`` -> log (one pass per kind)."""
     x = np.column_stack([np.asarray(cols[name], np.float64) for name in names]) if names else np.zeros((0, 0))
     base = [n.split("_", 1)[1] if n.startswith(("user_", "item_")) else n for n in names]
     since = [j for j, b in enumerate(base) if b == SINCE_CLICK.name]  # no click in 7d: older than the window
     x[:, since] = np.log1p(np.nan_to_num(x[:, since], nan=float(WINDOW_7D.span_ms + HOUR_MS)) / MINUTE_MS)
     x[np.isnan(x)] = 0.0
-    counts = [j for j, b in enumerate(base) if b.startswith(COUNT_PREFIXES)]
+    counts = [j for j, b in enumerate(base) if b.startswith(COUNT_PREFIXES) or b in CO_CLICK_COLUMNS]  # heavy tails
     trend = [j for j, b in enumerate(base) if b == "trending"]
     x[:, counts] = np.log1p(np.maximum(x[:, counts], 0.0))
     x[:, trend] = np.log(np.maximum(x[:, trend], 1e-6))
@@ -106,6 +127,17 @@ class RankerConfig:
     hidden: list[int] = field(default_factory=lambda: [128, 64])
     coarse_hidden: list[int] = field(default_factory=lambda: [64, 32])
     dropout: float = 0.1
+    # Residual formulation: the coarse logit is recall_weight x the recall score + the MLP's correction,
+    # and the fine logit is the coarse logit + the fine network's correction; each correction's last
+    # layer starts at zero, so an untrained cascade is the recall order and each stage only has to
+    # learn where to depart from the one before (a network that must relearn the recall score from a
+    # standardised input wastes its few training lists on it).  False: configs written before it.
+    residual: bool = False
+    recall_weight: float = 1.0  # the initial weight: the recall model's inverse temperature
+
+    @property
+    def recall_column(self) -> int:
+        return dense_names(self.branches).index(RECALL_SCORE)
 
     @property
     def n_dense(self) -> int:
@@ -141,6 +173,12 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def _zero_last(mlp: nn.Sequential) -> None:
+    """A residual correction starts at zero: the network's last layer outputs 0 until trained."""
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+
+
 class CoarseRanker(nn.Module):
     """MLP over the dense features and the scenario: one logit per candidate."""
 
@@ -150,9 +188,15 @@ class CoarseRanker(nn.Module):
         self.norm = Standardize(cfg.n_dense)
         self.scenario = nn.Embedding(cfg.n_scenarios, SCENARIO_DIM)
         self.mlp = _mlp([cfg.n_dense + SCENARIO_DIM] + list(cfg.coarse_hidden))
+        if cfg.residual:
+            _zero_last(self.mlp)
+            self.recall_weight = nn.Parameter(torch.tensor(float(cfg.recall_weight)))
 
     def forward(self, dense: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([self.norm(dense), self.scenario(scenario)], -1)).squeeze(-1)
+        logits = self.mlp(torch.cat([self.norm(dense), self.scenario(scenario)], -1)).squeeze(-1)
+        if self.cfg.residual:  # the raw recall score (its dense column before standardising)
+            logits = logits + self.recall_weight * dense[:, self.cfg.recall_column]
+        return logits
 
 
 class TargetAttention(nn.Module):
@@ -195,6 +239,8 @@ class FineRanker(nn.Module):
                                                   batch_first=True)
         self.target_attention = TargetAttention(d, cfg.heads)
         self.mlp = _mlp([4 * d + cfg.n_dense] + list(cfg.hidden), cfg.dropout)
+        if cfg.residual:
+            _zero_last(self.mlp)
         for e in (self.item, self.scenario, self.position):
             nn.init.normal_(e.weight, std=0.05)
 
@@ -208,28 +254,37 @@ class FineRanker(nn.Module):
         return self.encoder(x, src_key_padding_mask=pad), pad
 
     def score(self, memory: torch.Tensor, pad: torch.Tensor, owner: torch.Tensor, item: torch.Tensor,
-              scenario: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """Logits of n candidates; ``owner`` [n]: the row of ``memory`` (the request) each belongs to."""
+              scenario: torch.Tensor, dense: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of n candidates; ``owner`` [n]: the row of ``memory`` (the request) each belongs to;
+        ``base`` [n]: their coarse logits, which a residual fine ranker corrects."""
         cand = self.item(item)
         scen = self.scenario(scenario)
         keys, values = self.target_attention.keys_values(memory)
         attended = self.target_attention(cand + scen, keys, values, pad, owner)
         x = torch.cat([cand, attended, cand * attended, scen, self.norm(dense)], -1)
-        return self.mlp(x).squeeze(-1)
+        logits = self.mlp(x).squeeze(-1)
+        if not self.cfg.residual:
+            return logits
+        if base is None:
+            raise ValueError("a residual fine ranker corrects the coarse logits: pass them as base")
+        return logits + base
 
-    def forward(self, recent, recent_all, owner, item, scenario, dense) -> torch.Tensor:
+    def forward(self, recent, recent_all, owner, item, scenario, dense, base=None) -> torch.Tensor:
         memory, pad = self.encode_sequences(recent, recent_all)
-        return self.score(memory, pad, owner, item, scenario, dense)
+        return self.score(memory, pad, owner, item, scenario, dense, base)
 
 
 # --------------------------------------------------------------------------- files
 
 def save_rankers(out_dir, cfg: RankerConfig, coarse: CoarseRanker, fine: FineRanker | None, item_ids: np.ndarray,
-                 item_clicks: np.ndarray, extra: dict | None = None) -> RankerArtifact:
-    """``item_clicks``: [n_scenarios, n_items + 1] the ITEM_PRIOR counts by vocabulary index."""
+                 item_clicks: np.ndarray, co_clicks: CoClicks | None = None, extra: dict | None = None) -> RankerArtifact:
+    """``item_clicks``: [n_scenarios, n_items + 1] the ITEM_PRIOR counts by vocabulary index;
+    ``co_clicks``: the CO_CLICK table (None: an empty one)."""
     art = RankerArtifact(out_dir)
     art.root.mkdir(parents=True, exist_ok=True)
     np.save(art.root / RankerArtifact.ITEM_CLICKS, np.asarray(item_clicks, np.int64))
+    co = co_clicks or CoClicks.empty(cfg.n_items)
+    np.savez(art.root / RankerArtifact.CO_CLICKS, keys=co.keys.astype(np.int64), weights=co.weights.astype(np.float32))
     torch.save(coarse.state_dict(), art.root / RankerArtifact.COARSE)
     if fine is not None:
         torch.save(fine.state_dict(), art.root / RankerArtifact.FINE)
@@ -247,6 +302,7 @@ class LoadedRankers:
     item_ids: np.ndarray  # raw ids of the vocabulary (index i + 1)
     item_clicks: np.ndarray  # [n_scenarios, n_items + 1]
     meta: dict  # the whole config.json
+    co_clicks: CoClicks
 
 
 def load_rankers(folder) -> LoadedRankers:
@@ -256,6 +312,7 @@ def load_rankers(folder) -> LoadedRankers:
         cfg = RankerConfig(**meta["ranker"])
         item_ids = np.load(art.root / RankerArtifact.ITEM_IDS, allow_pickle=False)
         item_clicks = np.load(art.root / RankerArtifact.ITEM_CLICKS, allow_pickle=False)
+        co_clicks = _load_co_clicks(art.root / RankerArtifact.CO_CLICKS, cfg.n_items)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"ranker {art.root.name}: unreadable config or vocabulary ({exc})") from exc
     if item_ids.dtype != np.int64 or len(item_ids) != cfg.n_items:
@@ -265,4 +322,15 @@ def load_rankers(folder) -> LoadedRankers:
     coarse = load_state_into(CoarseRanker(cfg), art.root / RankerArtifact.COARSE, RankerArtifact.CONFIG)
     fine = (load_state_into(FineRanker(cfg), art.root / RankerArtifact.FINE, RankerArtifact.CONFIG)
             if meta.get("fine") else None)
-    return LoadedRankers(cfg, coarse, fine, item_ids, item_clicks, meta)
+    return LoadedRankers(cfg, coarse, fine, item_ids, item_clicks, meta, co_clicks)
+
+
+def _load_co_clicks(path: Path, n_items: int) -> CoClicks:
+    """The shipped table; an artifact without one (older) gets an empty table: every CO_CLICK 0."""
+    if not path.exists():
+        return CoClicks.empty(n_items)
+    with np.load(path, allow_pickle=False) as z:
+        keys, weights = z["keys"], z["weights"]
+    if keys.dtype != np.int64 or weights.shape != keys.shape or (len(keys) and (np.diff(keys) <= 0).any()):
+        raise ValueError(f"{path.name}: keys must be unique sorted int64 with one weight each")
+    return CoClicks(n_items, keys, weights.astype(np.float32))

@@ -1,7 +1,7 @@
 """Training, evaluating and gating the rankers on ranking lists (``training.ranking_data``).
 
-- ``fit_coarse``: the coarse MLP, pointwise (binary cross-entropy) on the training rows;
-- ``fit_fine``: the fine transformer ranker, pointwise on the same rows, batches of whole requests (each
+- ``fit_coarse``: the coarse MLP on the training rows; the epoch with the best validation NDCG@10 is kept;
+- ``fit_fine``: the fine transformer ranker, on the same rows (``p.loss``), batches of whole requests (each
   request's click sequences are encoded once); the epoch with the best validation NDCG@10 is kept;
 - ``fit_lambdarank``: the LightGBM LambdaRank baseline on the same rows and dense features (+ the
   scenario as a categorical feature), early-stopped on the same validation lists;
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from training.rankers import CoarseRanker, FineRanker, RankerConfig, dense_matrix
-from training.ranking_data import EventArrays, PointInTime, RankingLists, build_lists, event_arrays
+from training.ranking_data import EventArrays, PointInTime, RankingLists, build_lists, event_arrays, train_co_clicks
 
 K = 10  # the ranking metrics' cut-off: the final list a user sees
 
@@ -49,6 +49,8 @@ class RankingParams:
     dim: int
     min_gain: float
     loss: str
+    residual: bool = True
+    recall_weight: float = 10.0  # the recall model's inverse temperature (``settings.training.temperature``)
     seed: int = 0
     progress: bool = False
 
@@ -92,8 +94,10 @@ def _rows_of(starts: np.ndarray, batch: np.ndarray) -> np.ndarray:
     return np.concatenate([np.arange(starts[j], starts[j + 1]) for j in batch])
 
 
-def fit_coarse(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: RankingParams) -> CoarseRanker:
-    """The coarse MLP on batches of whole requests (``p.loss``: pointwise or listwise)."""
+def fit_coarse(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: RankingParams,
+               validate=None) -> tuple[CoarseRanker, list[float]]:
+    """The coarse MLP on batches of whole requests (``p.loss``: pointwise or listwise);
+    ``validate(model) -> NDCG@10`` after each epoch picks the epoch kept."""
     torch.manual_seed(p.seed)
     model = CoarseRanker(cfg)
     model.norm.fit(dense)
@@ -102,8 +106,9 @@ def fit_coarse(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: Ran
     starts = _list_starts(lists.owner, lists.n_lists)
     opt = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
     rng = np.random.default_rng(p.seed)
-    model.train()
+    keeper = BestEpoch(validate)
     for _ in range(p.coarse_epochs):
+        model.train()
         for batch in _list_batches(lists, rng, 4 * p.batch_lists):
             rows = _rows_of(starts, batch)
             i = torch.from_numpy(rows)
@@ -111,12 +116,34 @@ def fit_coarse(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: Ran
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return model.eval()
+        keeper.after_epoch(model.eval())
+    return keeper.best_model(model), keeper.curve
 
 
-def _fine_batch(model: FineRanker, lists: RankingLists, dense: torch.Tensor, starts: np.ndarray, batch: np.ndarray,
-                rows: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Logits of the rows of the lists ``batch`` (or of ``rows``, which must belong to them)."""
+class BestEpoch:
+    """Keeps the weights of the epoch with the best ``validate(model)`` (without ``validate``: the last)."""
+
+    def __init__(self, validate=None):
+        self.validate, self.best, self.state, self.curve = validate, -np.inf, None, []
+
+    def after_epoch(self, model: torch.nn.Module) -> None:
+        if self.validate is None:
+            return
+        score = self.validate(model)
+        self.curve.append(score)
+        if score > self.best:
+            self.best, self.state = score, {k: v.clone() for k, v in model.state_dict().items()}
+
+    def best_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.state is not None:
+            model.load_state_dict(self.state)
+        return model.eval()
+
+
+def _fine_batch(model: FineRanker, lists: RankingLists, dense: torch.Tensor, base: torch.Tensor, starts: np.ndarray,
+                batch: np.ndarray, rows: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits of the rows of the lists ``batch`` (or of ``rows``, which must belong to them); ``base``:
+    every row's coarse logit (what a residual fine ranker corrects)."""
     if rows is None:
         rows = _rows_of(starts, batch)
     local = np.full(lists.n_lists, -1, np.int64)
@@ -124,7 +151,7 @@ def _fine_batch(model: FineRanker, lists: RankingLists, dense: torch.Tensor, sta
     owner = torch.from_numpy(local[lists.owner[rows]])
     logits = model(torch.from_numpy(lists.recent[batch]), torch.from_numpy(lists.recent_all[batch]), owner,
                    torch.from_numpy(lists.item[rows]), torch.from_numpy(lists.scenario[lists.owner[rows]]),
-                   dense[rows])
+                   dense[rows], base[rows])
     return logits, rows
 
 
@@ -138,39 +165,32 @@ def listwise_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, owner: tor
     return (lse[inv[pos]] - logits[pos]).mean() if pos.any() else logits.sum() * 0.0
 
 
-def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: RankingParams,
+def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, base: np.ndarray, p: RankingParams,
              validate=None) -> tuple[FineRanker, list[float]]:
-    """The fine ranker; ``validate(model) -> NDCG@10`` after each epoch picks the epoch kept."""
+    """The fine ranker (``base``: the coarse logits of the rows); ``validate(model) -> NDCG@10`` after
+    each epoch picks the epoch kept."""
     from tqdm import tqdm
 
     torch.manual_seed(p.seed)
     model = FineRanker(cfg)
     model.norm.fit(dense)
-    d, y = torch.from_numpy(dense), torch.from_numpy(lists.label)
+    d, y, b = torch.from_numpy(dense), torch.from_numpy(lists.label), torch.from_numpy(base)
     starts = _list_starts(lists.owner, lists.n_lists)
     opt = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
     rng = np.random.default_rng(p.seed + 1)
-    best, best_state, curve = -np.inf, None, []
+    keeper = BestEpoch(validate)
     for epoch in range(p.fine_epochs):
         model.train()
         batches = _list_batches(lists, rng, p.batch_lists)
         for batch in tqdm(batches, desc=f"fine ranker {epoch + 1}/{p.fine_epochs}", disable=not p.progress,
                           file=sys.stderr, leave=False, mininterval=1.0):
-            logits, rows = _fine_batch(model, lists, d, starts, batch)
+            logits, rows = _fine_batch(model, lists, d, b, starts, batch)
             loss = _loss(p, logits, y[rows], lists.owner[rows])
             opt.zero_grad()
             loss.backward()
             opt.step()
-        model.eval()
-        if validate is None:
-            continue
-        score = validate(model)
-        curve.append(score)
-        if score > best:
-            best, best_state = score, {k: v.clone() for k, v in model.state_dict().items()}
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return model.eval(), curve
+        keeper.after_epoch(model.eval())
+    return keeper.best_model(model), keeper.curve
 
 
 def fit_lambdarank(lists: RankingLists, dense: np.ndarray, valid: RankingLists, valid_dense: np.ndarray,
@@ -206,19 +226,19 @@ def score_coarse(model: CoarseRanker, lists: RankingLists, dense: np.ndarray, ch
 
 
 @torch.inference_mode()
-def score_fine(model: FineRanker, lists: RankingLists, dense: np.ndarray, rows: np.ndarray,
+def score_fine(model: FineRanker, lists: RankingLists, dense: np.ndarray, base: np.ndarray, rows: np.ndarray,
                batch_lists: int = 256) -> np.ndarray:
-    """Fine scores of ``rows`` (sorted by owner), -inf elsewhere."""
+    """Fine scores of ``rows`` (sorted by owner; ``base``: every row's coarse logit), -inf elsewhere."""
     out = np.full(len(dense), -np.inf, np.float32)
-    d = torch.from_numpy(dense)
+    d, coarse = torch.from_numpy(dense), torch.from_numpy(np.asarray(base, np.float32))
     owners = lists.owner[rows]
     bounds = np.searchsorted(owners, np.arange(0, lists.n_lists + batch_lists, batch_lists))
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if a == b:
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if lo == hi:
             continue
-        sub = rows[a:b]
+        sub = rows[lo:hi]
         batch = np.unique(lists.owner[sub])
-        logits, _ = _fine_batch(model, lists, d, None, batch, sub)
+        logits, _ = _fine_batch(model, lists, d, coarse, None, batch, sub)
         out[sub] = logits.numpy()
     return out
 
@@ -237,7 +257,7 @@ def cascade(lists: RankingLists, coarse_scores: np.ndarray, fine: FineRanker | N
     if fine is None:
         return coarse_scores
     top = top_per_list(lists, coarse_scores, keep)
-    fine_scores = score_fine(fine, lists, dense, top)
+    fine_scores = score_fine(fine, lists, dense, coarse_scores, top)
     low = coarse_scores.astype(np.float64) - 1e6  # below every fine score, in coarse order
     return np.where(np.isfinite(fine_scores), fine_scores, low)
 
@@ -292,7 +312,8 @@ class RankerResult:
     included: bool = False
     reason: str = ""
     seconds: dict = field(default_factory=dict)
-    fine_curve: list = field(default_factory=list)
+    fine_curve: list = field(default_factory=list)  # validation NDCG@10 after each epoch
+    coarse_curve: list = field(default_factory=list)
 
 
 def holdout_users(users: np.ndarray, share: float) -> np.ndarray:
@@ -309,11 +330,13 @@ class RankingData:
         self.data, self.p = data, p
         self.ev: EventArrays = event_arrays(events, data)
         self.pit = PointInTime(self.ev, len(data.items), data.n_scenarios)
+        self.co_clicks = train_co_clicks(self.ev, len(data.items))
         held = holdout_users(data.evals["val"].queries["user"], p.holdout)
-        self.train = build_lists(data, self.ev, self.pit, scorer, "val", p.candidates, p.exposure_negatives,
-                                 seed=p.seed, only=~held)
-        self.valid = build_lists(data, self.ev, self.pit, scorer, "val", p.candidates, only=held)
-        self.test = build_lists(data, self.ev, self.pit, scorer, "test", p.candidates) if with_test else None
+        build = lambda split, **kw: build_lists(data, self.ev, self.pit, self.co_clicks, scorer, split,  # noqa: E731
+                                                p.candidates, **kw)
+        self.train = build("val", exposure_negatives=p.exposure_negatives, seed=p.seed, only=~held)
+        self.valid = build("val", only=held)
+        self.test = build("test") if with_test else None
         self.seconds = time.perf_counter() - t0
 
     def with_exposure(self) -> RankingLists:
@@ -329,7 +352,7 @@ class RankingData:
 
 def ranker_config(data, p: RankingParams, branches: list[str]) -> RankerConfig:
     return RankerConfig(n_items=len(data.items), n_scenarios=data.n_scenarios, seq_len=data.seq_len,
-                        branches=list(branches), dim=p.dim)
+                        branches=list(branches), dim=p.dim, residual=p.residual, recall_weight=p.recall_weight)
 
 
 def evaluate_cascade(lists: RankingLists, dense: np.ndarray, coarse: CoarseRanker, fine: FineRanker | None,
@@ -353,16 +376,20 @@ def train_rankers(rd: RankingData, p: RankingParams, branches: list[str], train:
     cfg = ranker_config(rd.data, p, branches)
     t0 = time.perf_counter()
     dense = dense_of(train, branches)
-    coarse = fit_coarse(cfg, train, dense, p)
-    t1 = time.perf_counter()
     valid_dense = dense_of(rd.valid, branches)
+
+    def validate_coarse(model):
+        return ranking_metrics(rd.valid, score_coarse(model, rd.valid, valid_dense), n_s)["ndcg@10"]["mean"]
+
+    coarse, coarse_curve = fit_coarse(cfg, train, dense, p, validate_coarse)
+    t1 = time.perf_counter()
     valid_coarse = score_coarse(coarse, rd.valid, valid_dense)
 
     def validate(model):
         scores = cascade(rd.valid, valid_coarse, model, valid_dense, p.coarse_keep)
         return ranking_metrics(rd.valid, scores, n_s)["ndcg@10"]["mean"]
 
-    fine, curve = fit_fine(cfg, train, dense, p, validate)
+    fine, curve = fit_fine(cfg, train, dense, score_coarse(coarse, train, dense), p, validate)
     t2 = time.perf_counter()
     metrics = {"val": evaluate_cascade(rd.valid, valid_dense, coarse, fine, p, n_s)}
     if rd.test is not None:
@@ -373,4 +400,4 @@ def train_rankers(rd: RankingData, p: RankingParams, branches: list[str], train:
     reason = (f"val ndcg@10 {ranked:.4f} {'>' if included else '<='} recall order {base:.4f}"
               + (f" x (1 + {p.min_gain})" if p.min_gain else ""))
     return RankerResult(cfg, coarse, fine, metrics, included, reason,
-                        {"data": rd.seconds, "coarse": t1 - t0, "fine": t2 - t1}, curve)
+                        {"data": rd.seconds, "coarse": t1 - t0, "fine": t2 - t1}, curve, coarse_curve)

@@ -13,7 +13,9 @@ Features as of the list's time t (the user's first event of the split), never th
 * item windows: impressions / clicks of (item, scenario) in 1h / 24h / 7d, CTRs, ``trending``;
 * the item's clicks in the scenario over the train split (what the recall model was trained on, the
   ranker artifact ships them: a popularity prior beyond the windows' 7 days);
-* the recall score and branch.
+* the recall score and branch;
+* the candidate's co-click weights from the user's recent clicks (``training.rankers.co_click_columns``:
+  the table of the train split's clicks, as the item prior).
 
 Windows are ``features.windows``' (``window_start_ms`` <= event time < t, the tiles a reader sums as
 of t), counted over every event before the test split (``history``): other users' events of the
@@ -39,7 +41,8 @@ from sassflow.contracts.features import (HOUR_MS, MINUTE_MS, SINCE_CLICK, WINDOW
                                          window_start_ms)
 from training.data import TEST, TRAIN, VAL, NO_TIME, TrainingData, split_by_user_time
 from training.evaluate import Scorer
-from training.rankers import ITEM_PRIOR, RECALL_SCORE, USER_COLUMNS
+from training.co_click import CoClicks, co_click_table
+from training.rankers import ITEM_PRIOR, RECALL_SCORE, USER_COLUMNS, co_click_columns
 
 SPLITS = {"train": TRAIN, "val": VAL, "test": TEST}
 RECALL_BRANCH = "sass"  # what the SASS candidates are labelled (serving.recall.AnnRecall.name)
@@ -213,8 +216,14 @@ def _scores_of(scorer: Scorer, data: TrainingData, split: str, k: int, rows: np.
     return scorer(k, {n: v[rows] for n, v in es.queries.items()}, data.catalogs[k]).float()
 
 
-def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: Scorer, split: str,
-                n_candidates: int, exposure_negatives: int | None = None, seed: int = 0,
+def train_co_clicks(ev: EventArrays, n_items: int) -> CoClicks:
+    """The co-click table of the train split's clicks (what the recall model and the item prior see)."""
+    m = (ev.split == TRAIN) & ev.click
+    return co_click_table(ev.user[m], ev.item[m], ev.time[m], n_items)
+
+
+def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, co_clicks: CoClicks, scorer: Scorer,
+                split: str, n_candidates: int, exposure_negatives: int | None = None, seed: int = 0,
                 only: np.ndarray | None = None, chunk: int = 1024) -> RankingLists:
     """The ranking lists of ``split`` (``data.evals[split]``'s requests).
 
@@ -257,7 +266,8 @@ def build_lists(data: TrainingData, ev: EventArrays, pit: PointInTime, scorer: S
         candidate=rank < n_candidates, sampled=sampled.astype(bool), recall_score=score.astype(np.float32),
         recall_rank=rank,
         item_cols={**pit.item_columns(item, q["scenario"][owner], as_of[owner]),
-                   ITEM_PRIOR: data.item_clicks[q["scenario"][owner], item].astype(np.float64)},
+                   ITEM_PRIOR: data.item_clicks[q["scenario"][owner], item].astype(np.float64),
+                   **co_click_columns(co_clicks, q["recent_clicks"], q["recent_clicks_all"], owner, item)},
         branch=np.zeros(len(owner), np.int64))
     keep = np.flatnonzero((lists.n_targets > 0) & (True if only is None else only))  # a request whose clicks were all seen before has no target
     return lists.take_lists(keep)

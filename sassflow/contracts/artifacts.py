@@ -36,6 +36,7 @@ Ranker artifact (``RankerArtifact``, trained after the recall model on the same 
     coarse.pt, fine.pt          state_dicts (loaded with weights_only=True)
     item_ids.npy                raw-id vocabulary of the item embeddings, int64
     item_clicks.npy             training clicks per scenario and item (the popularity prior), int64
+    co_clicks.npz               the item-to-item co-click table (``training.co_click``); absent: none
 
 A bundle id, a scenario folder and every path in the manifest are plain names checked by the
 patterns below, so nothing a manifest or a pointer file says can lead outside the bundle.  A new
@@ -130,7 +131,8 @@ class RankerArtifact:
     FINE = "fine.pt"
     ITEM_IDS = "item_ids.npy"
     ITEM_CLICKS = "item_clicks.npy"  # int64 [n_scenarios, n_items + 1]: training clicks by vocabulary index
-    FILES = (CONFIG, COARSE, FINE, ITEM_IDS, ITEM_CLICKS)
+    CO_CLICKS = "co_clicks.npz"  # keys int64 + weights float32 (training.co_click.CoClicks)
+    FILES = (CONFIG, COARSE, FINE, ITEM_IDS, ITEM_CLICKS, CO_CLICKS)
 
     def __init__(self, root):
         self.root = Path(root)

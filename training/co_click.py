@@ -1,0 +1,68 @@
+"""Item-to-item co-clicks: how often users clicked item j within a few clicks after item i.
+
+A ranker input the recall model lacks: SASS pools the user's recent clicks into one vector (order and
+item-to-item transitions are lost), while the next clicks of a user follow their recent ones closely.
+The table is built from the recall model's training clicks (never a later event), shipped in the
+ranker artifact, and read the same way by the training lists and by serving: a candidate's feature
+is the sum of the table's weights from each of the request's recent clicks to it, so it depends on
+the request's own sequence and the candidate only.
+
+Weights: w(i, j) = c(i -> j) / sqrt(n_i * n_j) (co-clicks over the geometric mean of the two items'
+clicks, so a popular item is not everyone's neighbour), kept for the ``keep`` best j of each i.
+Stored as sorted keys ``i * (n_items + 1) + j`` and their weights (vocabulary indices, 0 = unknown).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class CoClicks:
+    n_items: int  # vocabulary size (indices 1..n_items; 0 = unknown / padding)
+    keys: np.ndarray  # int64 [m], sorted: i * (n_items + 1) + j
+    weights: np.ndarray  # float32 [m]
+
+    @classmethod
+    def empty(cls, n_items: int) -> "CoClicks":
+        return cls(n_items, np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+    def scores(self, recent: np.ndarray, owner: np.ndarray, item: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+        """[n] float64: sum over the request's sequence ``recent[owner[n]]`` (indices, 0 = padding) of
+        w(clicked, item[n])."""
+        out = np.zeros(len(item), np.float64)
+        if not len(self.keys):
+            return out
+        span = np.int64(self.n_items + 1)
+        for lo in range(0, len(item), chunk):
+            seq = recent[owner[lo:lo + chunk]].astype(np.int64)  # [c, L]
+            q = seq * span + item[lo:lo + chunk, None].astype(np.int64)
+            pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+            hit = (self.keys[pos] == q) & (seq > 0)
+            out[lo:lo + chunk] = np.where(hit, self.weights[pos], 0.0).sum(1)
+        return out
+
+
+def co_click_table(user: np.ndarray, item: np.ndarray, time: np.ndarray, n_items: int, window: int = 10,
+                   keep: int = 100) -> CoClicks:
+    """The table of clicks (``user``, ``item`` vocabulary index, ``time``): pairs (i, j) with j among the
+    ``window`` clicks after i by the same user."""
+    order = np.lexsort((time, user))
+    u, it = user[order].astype(np.int64), item[order].astype(np.int64)
+    span = np.int64(n_items + 1)
+    pairs = [it[:-d] * span + it[d:] for d in range(1, window + 1) if d < len(it)]
+    same = [u[:-d] == u[d:] for d in range(1, window + 1) if d < len(it)]
+    if not pairs:
+        return CoClicks.empty(n_items)
+    keys = np.concatenate([p[s] for p, s in zip(pairs, same)])
+    keys = keys[(keys // span != keys % span) & (keys // span > 0) & (keys % span > 0)]
+    keys, counts = np.unique(keys, return_counts=True)
+    n = np.bincount(it, minlength=n_items + 1).astype(np.float64)
+    w = counts / np.sqrt(n[keys // span] * n[keys % span])
+    # the best ``keep`` per source item: sort by (source, -weight), rank within the source
+    src = keys // span
+    by = np.lexsort((-w, src))
+    rank = np.arange(len(by)) - np.searchsorted(src[by], src[by])
+    kept = np.sort(by[rank < keep])
+    return CoClicks(n_items, keys[kept], w[kept].astype(np.float32))
