@@ -270,8 +270,8 @@ def train_rankers(settings, dataset_dir, model_dir, out_dir, with_test: bool = T
     events = load_events(settings, dataset_dir)
     data = prepare_data(settings, events)
     model, _ = load_model(model_dir)
-    p = RankingParams.from_settings(settings.ranking, seed=settings.training.seed, progress=show_progress(),
-                                    recall_weight=1.0 / settings.training.temperature)
+    p = RankingParams.from_settings(settings.ranking, settings.training, seed=settings.training.seed,
+                                    progress=show_progress())
     rd = RankingData(data, events, model_scorer(model), p, with_test=with_test)
     res = fit(rd, p, list(RECALL_BRANCHES))
     val = res.metrics["val"]

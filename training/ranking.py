@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from training.rankers import CoarseRanker, FineRanker, RankerConfig, dense_matrix
 from training.ranking_data import EventArrays, PointInTime, RankingLists, build_lists, event_arrays, train_co_clicks
+from training.trainer import EarlyStopping
 
 K = 10  # the ranking metrics' cut-off: the final list a user sees
 
@@ -55,12 +56,15 @@ class RankingParams:
     progress: bool = False
 
     @classmethod
-    def from_settings(cls, rs=None, **over) -> "RankingParams":
-        """From ``settings.ranking`` (default: the defaults), ``over`` replacing any field."""
+    def from_settings(cls, rs=None, ts=None, **over) -> "RankingParams":
+        """From ``settings.ranking`` (default: the defaults) and ``settings.training`` (the recall
+        model's temperature gives ``recall_weight``), ``over`` replacing any field."""
         from sassflow.settings import RankingSettings
 
         rs = rs or RankingSettings()
         kw = {k: getattr(rs, k) for k in cls.__dataclass_fields__ if hasattr(rs, k)}
+        if ts is not None:
+            kw["recall_weight"] = 1.0 / ts.temperature
         return cls(**{**kw, **over})
 
 
@@ -106,7 +110,7 @@ def fit_coarse(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: Ran
     starts = _list_starts(lists.owner, lists.n_lists)
     opt = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
     rng = np.random.default_rng(p.seed)
-    keeper = BestEpoch(validate)
+    keeper = BestEpoch(model, validate)
     for _ in range(p.coarse_epochs):
         model.train()
         for batch in _list_batches(lists, rng, 4 * p.batch_lists):
@@ -116,28 +120,27 @@ def fit_coarse(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: Ran
             opt.zero_grad()
             loss.backward()
             opt.step()
-        keeper.after_epoch(model.eval())
-    return keeper.best_model(model), keeper.curve
+        keeper.after_epoch()
+    return keeper.best_model(), keeper.curve
 
 
 class BestEpoch:
-    """Keeps the weights of the epoch with the best ``validate(model)`` (without ``validate``: the last)."""
+    """Every epoch runs; the weights of the epoch with the best ``validate(model)`` are restored at the
+    end (without ``validate``: the last): the trainer's ``EarlyStopping`` that never stops."""
 
-    def __init__(self, validate=None):
-        self.validate, self.best, self.state, self.curve = validate, -np.inf, None, []
+    def __init__(self, model: torch.nn.Module, validate=None):
+        self.validate, self.curve = validate, []
+        self.keeper = EarlyStopping(model, patience=sys.maxsize)
 
-    def after_epoch(self, model: torch.nn.Module) -> None:
+    def after_epoch(self) -> None:
         if self.validate is None:
             return
-        score = self.validate(model)
-        self.curve.append(score)
-        if score > self.best:
-            self.best, self.state = score, {k: v.clone() for k, v in model.state_dict().items()}
+        self.curve.append(self.validate(self.keeper.model.eval()))
+        self.keeper.update(len(self.curve), self.curve[-1])
 
-    def best_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.state is not None:
-            model.load_state_dict(self.state)
-        return model.eval()
+    def best_model(self) -> torch.nn.Module:
+        self.keeper.restore()
+        return self.keeper.model.eval()
 
 
 def _fine_batch(model: FineRanker, lists: RankingLists, dense: torch.Tensor, base: torch.Tensor, starts: np.ndarray,
@@ -178,7 +181,7 @@ def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, base: np
     starts = _list_starts(lists.owner, lists.n_lists)
     opt = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
     rng = np.random.default_rng(p.seed + 1)
-    keeper = BestEpoch(validate)
+    keeper = BestEpoch(model, validate)
     for epoch in range(p.fine_epochs):
         model.train()
         batches = _list_batches(lists, rng, p.batch_lists)
@@ -189,8 +192,8 @@ def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, base: np
             opt.zero_grad()
             loss.backward()
             opt.step()
-        keeper.after_epoch(model.eval())
-    return keeper.best_model(model), keeper.curve
+        keeper.after_epoch()
+    return keeper.best_model(), keeper.curve
 
 
 def fit_lambdarank(lists: RankingLists, dense: np.ndarray, valid: RankingLists, valid_dense: np.ndarray,

@@ -284,8 +284,7 @@ def ranking_run(settings, data, events, scorer, seed: int, progress: bool = Fals
     from training.rankers import RECALL_BRANCHES
     from training.ranking import RankingData, RankingParams, dense_of, fit_lambdarank, ranking_metrics, train_rankers
 
-    p = RankingParams.from_settings(settings.ranking, seed=seed, progress=progress,
-                                    recall_weight=1.0 / settings.training.temperature)
+    p = RankingParams.from_settings(settings.ranking, settings.training, seed=seed, progress=progress)
     branches = list(RECALL_BRANCHES)
     t0 = time.perf_counter()
     rd = RankingData(data, events, scorer, p)

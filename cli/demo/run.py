@@ -134,6 +134,7 @@ def require_drained(phase: str, exit_code: int, lag: dict) -> None:
         raise RuntimeError(f"{phase}: the ingest did not finish: exit code {exit_code}, events not committed "
                            f"per consumer group {behind or 'none'}; the stages' errors are in the log above")
 
+
 class DemoRun:
     """One demo run: each step is a method, its figures go into ``summary``."""
 
