@@ -3,7 +3,7 @@ recall step: features -> **branches -> merge** -> ranking -> top k).
 
 The index branches (SASS: tower + ANN search; content: users who clicked new items) run on the
 request's thread (CPU); the store-backed branches (i2i, tags, trending: a store read each) run beside
-them in a small thread pool.  A branch that raises,
+them, one after the other on one thread of a small pool.  A branch that raises,
 or that has not answered ``recall.branch_budget_ms`` after the branches started, is skipped and
 counted (``sassflow_recall_branch_skipped_total``); the request is answered from the others.  The
 SASS branch is not cut off (it runs on the caller's thread and cannot be preempted), only its
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sassflow.contracts.recall import BRANCHES, CONTENT, I2I, SASS, TAGS, TRENDING, item_tags_path, read_item_tags
 from serving.branch_metrics import BranchMetrics
+from serving.heap import freeze_long_lived
 from serving.content import ContentRecall
 from serving.merge import MergedCandidates, merge
 from serving.recall import AnnRecall, Candidates, I2IRecall, PopularRecall, TagRecall, TrendingRecall
@@ -53,6 +54,7 @@ class ItemTags:
             mtime = self.path.stat().st_mtime if self.path.exists() else None
             if mtime != self.mtime:
                 self.tags, self.mtime = read_item_tags(self.catalog_dir), mtime
+                freeze_long_lived()
         return self.tags
 
 
@@ -94,24 +96,43 @@ class Branches:
         return out
 
     def run(self, bundle, scenario: str, rows: list[dict], ks: list[int], names: list[str]) -> dict:
-        """Each named branch's answers (a list per request) for the branches that answered in time."""
-        start = time.perf_counter()
-        deadline = start + self.settings.recall.branch_budget_ms / 1000
-        futures = {n: self.pool.submit(self._timed, n, bundle, scenario, rows, ks) for n in names if n not in IN_PROCESS}
+        """Each named branch's answers (a list per request) for the branches that answered in time.
+
+        The store branches run one after the other on one pool thread (one thread hop per request,
+        not one per branch: a hop costs about as much as a store read), beside the index branches on
+        this thread; each store branch that has not finished by the deadline is skipped."""
+        deadline = time.perf_counter() + self.settings.recall.branch_budget_ms / 1000
+        stream = [n for n in names if n not in IN_PROCESS]
+        outcomes: dict[str, tuple[bool, object]] = {}  # branch -> (answered, its answers or the exception)
+        future = self.pool.submit(self._run_each, stream, outcomes, bundle, scenario, rows, ks) if stream else None
         found = {}
         for n in (n for n in names if n in IN_PROCESS):
             try:
                 found[n] = self._timed(n, bundle, scenario, rows, ks)
-            except Exception:  # noqa: BLE001 -- a failing branch is skipped, the request goes on
-                self._skip(n, "error")
-        for n, f in futures.items():
+            except Exception as exc:  # noqa: BLE001 -- a failing branch is skipped, the request goes on
+                self._skip(n, "error", exc)
+        if future is not None:
             try:
-                found[n] = f.result(timeout=max(0.0, deadline - time.perf_counter()))
+                future.result(timeout=max(0.0, deadline - time.perf_counter()))
             except FutureTimeout:
-                self._skip(n, "timeout")
-            except Exception:  # noqa: BLE001
-                self._skip(n, "error")
+                pass
+            for n in stream:
+                outcome = outcomes.get(n)  # a branch finishing after the deadline is not waited for
+                if outcome is None:
+                    self._skip(n, "timeout")
+                elif outcome[0]:
+                    found[n] = outcome[1]
+                else:
+                    self._skip(n, "error", outcome[1])
         return found
+
+    def _run_each(self, names: list[str], outcomes: dict, bundle, scenario: str, rows: list[dict],
+                  ks: list[int]) -> None:
+        for n in names:
+            try:
+                outcomes[n] = (True, self._timed(n, bundle, scenario, rows, ks))
+            except Exception as exc:  # noqa: BLE001 -- reported by run() as this branch's error
+                outcomes[n] = (False, exc)
 
     def _timed(self, name: str, bundle, scenario: str, rows: list[dict], ks: list[int]) -> list[Candidates | None]:
         t0 = time.perf_counter()
@@ -120,10 +141,10 @@ class Branches:
         finally:
             self.metrics.seconds.labels(name).observe(time.perf_counter() - t0)
 
-    def _skip(self, name: str, reason: str) -> None:
+    def _skip(self, name: str, reason: str, exc: BaseException | None = None) -> None:
         self.metrics.skipped.labels(name, reason).inc()
-        if reason == "error":
-            log.exception("recall branch %s failed; answering from the others", name)
+        if exc is not None:
+            log.error("recall branch %s failed; answering from the others", name, exc_info=exc)
 
 
 

@@ -213,7 +213,7 @@ class ContentRecall:
                 continue
             clicked = clicked_items(row)
             scores, ids = catalog.search(query[None, :], ks[j] + len(clicked))
-            items, kept = _top_unclicked(ids[0].tolist(), scores[0].tolist(), clicked, ks[j])
+            items, kept = _top_unclicked(ids[0], scores[0], clicked, ks[j])
             out[j] = Candidates(items, kept, self.name, ["like the new items you clicked"] * len(items)) if items else None
         return out
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from serving.recall import Candidates
 
 
@@ -30,22 +32,26 @@ class MergedCandidates:
 def merge(lists: list[Candidates], strategy: str, weights: dict[str, float], n: int,
           rrf_k: float = 60.0) -> MergedCandidates:
     """Merge ``lists`` (one per branch; a branch missing from ``weights`` gets weight 0) into at
-    most ``n`` items."""
-    score: dict[int, float] = {}
-    best: dict[int, tuple] = {}  # item -> (how well a branch ranked it, branch, reason, its score there)
-    for c in lists:
-        w = weights.get(c.source, 0.0)
-        if w <= 0 or not c.items:
-            continue
-        for r, item in enumerate(c.items):
-            if strategy == "rrf":
-                v = w / (rrf_k + r + 1)
-                score[item] = score.get(item, 0.0) + v
-            else:
-                v = -(r + 1) / w
-                score[item] = max(score.get(item, float("-inf")), v)
-            if item not in best or v > best[item][0]:
-                best[item] = (v, c.source, c.reasons[r] if c.reasons else c.source, c.scores[r])
-    order = sorted(score, key=lambda i: (-score[i], i))[:n]
-    return MergedCandidates(order, [score[i] for i in order], [best[i][1] for i in order],
-                            [best[i][2] for i in order], [best[i][3] for i in order])
+    most ``n`` items.  Vectorised over all the lists' entries: a ranking request merges ~2 000."""
+    used = [(c, weights.get(c.source, 0.0)) for c in lists]
+    used = [(c, w) for c, w in used if w > 0 and c.items]
+    if not used:
+        return MergedCandidates([], [], [], [], [])
+    sizes = [len(c.items) for c, _ in used]
+    items = np.concatenate([np.asarray(c.items, np.int64) for c, _ in used])
+    rank = np.concatenate([np.arange(s) for s in sizes])
+    weight = np.repeat([w for _, w in used], sizes)
+    value = weight / (rrf_k + rank + 1) if strategy == "rrf" else -(rank + 1) / weight
+    uniq, inv = np.unique(items, return_inverse=True)
+    # per item, the entry that ranked it best: the highest value, the earliest list among equals
+    by_item = np.lexsort((np.arange(len(items)), -value, inv))
+    first = np.ones(len(by_item), bool)
+    first[1:] = inv[by_item[1:]] != inv[by_item[:-1]]
+    best = by_item[first]  # one entry per item of ``uniq``, in its order
+    score = np.bincount(inv, weights=value, minlength=len(uniq)) if strategy == "rrf" else value[best]
+    top = np.lexsort((uniq, -score))[:n]
+    source = np.repeat(np.arange(len(used)), sizes)
+    picked = [(used[j][0], r) for j, r in zip(source[best[top]].tolist(), rank[best[top]].tolist())]
+    return MergedCandidates(uniq[top].tolist(), score[top].tolist(), [c.source for c, _ in picked],
+                            [c.reasons[r] if c.reasons else c.source for c, r in picked],
+                            [c.scores[r] for c, r in picked])

@@ -40,15 +40,21 @@ def clicked_items(row: dict) -> set[int]:
     return set(row.get("recent_clicks") or ()) | set(row.get("recent_clicks_all") or ())
 
 
-def _top_unclicked(ids, scores, clicked: set[int], k: int) -> tuple[list[int], list[float]]:
-    items, kept = [], []
-    for item, score in zip(ids, scores):
-        if item >= 0 and item not in clicked:
-            items.append(item)
-            kept.append(score)
-            if len(items) == k:
-                break
-    return items, kept
+def clicked_mask(ids: np.ndarray, clicked: set[int]) -> np.ndarray:
+    """Which of ``ids`` the user clicked.  A user's recent clicks are a few dozen at most: comparing
+    all pairs is cheaper than ``np.isin``'s sort on a request's few hundred ids."""
+    if not clicked:
+        return np.zeros(len(ids), bool)
+    return (np.asarray(ids)[:, None] == np.fromiter(clicked, np.int64, count=len(clicked))[None, :]).any(1)
+
+
+def _top_unclicked(ids: np.ndarray, scores: np.ndarray, clicked: set[int], k: int) -> tuple[list[int], list[float]]:
+    """The first ``k`` found ids (-1: a slot the index could not fill) the user has not clicked."""
+    keep = ids >= 0
+    if clicked:
+        keep &= ~clicked_mask(ids, clicked)
+    kept = np.flatnonzero(keep)[:k]
+    return ids[kept].tolist(), scores[kept].tolist()
 
 
 class AnnRecall:
@@ -69,7 +75,7 @@ class AnnRecall:
         k_search = max(ks[j] for j in searched) + max(len(c) for c in clicked.values())
         scores, ids = bundle.catalogs[scenario].search(vectors[placed], k_search)
         for n, j in enumerate(searched):
-            items, kept = _top_unclicked(ids[n].tolist(), scores[n].tolist(), clicked[j], ks[j])
+            items, kept = _top_unclicked(ids[n], scores[n], clicked[j], ks[j])
             out[j] = Candidates(items, kept, self.name, ["similar to what you watch"] * len(items)) if items else None
         return out
 
@@ -144,7 +150,7 @@ class I2IRecall:
         best_trigger = np.empty(len(uniq), dtype=np.int64)
         best_trigger[inv[first[::-1]]] = trigger[first[::-1]]  # the last write per item is its largest
         if clicked:
-            sums[np.isin(uniq, np.fromiter(clicked, dtype=np.int64, count=len(clicked)))] = -1.0
+            sums[clicked_mask(uniq, clicked)] = -1.0
         order = np.lexsort((uniq, -sums))[:k]
         order = order[sums[order] > 0]
         if not len(order):
@@ -191,7 +197,7 @@ class TagRecall:
         first[1:] = items[order][1:] != items[order][:-1]
         best = order[first]
         if clicked:
-            best = best[~np.isin(items[best], np.fromiter(clicked, dtype=np.int64, count=len(clicked)))]
+            best = best[~clicked_mask(items[best], clicked)]
         best = best[np.lexsort((items[best], -values[best]))][:k]
         if not len(best):
             return None
@@ -207,14 +213,15 @@ class TrendingRecall:
 
     def __init__(self, store, rate_per_ms: float, clock=time.time, cache_s: float = 1.0):
         self.store, self.rate, self.clock, self.cache_s = store, rate_per_ms, clock, cache_s
-        self._cache: dict[str, tuple[float, list[int], list[float]]] = {}
+        self._cache: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
 
-    def _row(self, scenario: str) -> tuple[list[int], list[float]]:
+    def _row(self, scenario: str) -> tuple[np.ndarray, np.ndarray]:
         now = self.clock()
         hit = self._cache.get(scenario)
         if hit is None or now - hit[0] >= self.cache_s:
             (r,) = self.store.read([trending_key(scenario)])
-            items, scores = ([], []) if r is None else (r.items.tolist(), np.exp(r.scores - self.rate * now * 1000).tolist())
+            items, scores = ((np.zeros(0, np.int64), np.zeros(0)) if r is None else
+                             (np.asarray(r.items, np.int64), np.exp(r.scores - self.rate * now * 1000)))
             hit = self._cache[scenario] = (now, items, scores)
         return hit[1], hit[2]
 
@@ -223,8 +230,7 @@ class TrendingRecall:
         reason = f"trending in {scenario}"
         out: list[Candidates | None] = []
         for row, k in zip(rows, ks):
-            clicked = clicked_items(row)
-            keep = [n for n, i in enumerate(items) if i not in clicked][:k]
-            out.append(Candidates([items[n] for n in keep], [scores[n] for n in keep], self.name,
-                                  [reason] * len(keep)) if keep else None)
+            keep = np.flatnonzero(~clicked_mask(items, clicked_items(row)))[:k]
+            out.append(Candidates(items[keep].tolist(), scores[keep].tolist(), self.name,
+                                  [reason] * len(keep)) if len(keep) else None)
         return out
