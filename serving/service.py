@@ -21,6 +21,7 @@ from sassflow.settings import Settings
 from serving.bundle import BundleError, LoadedBundle, bundle_path, load_bundle, read_pointer, rollback_bundle
 from serving.content import LiveCatalogue
 from serving.feature_reader import FeatureReader
+from serving.heap import freeze_long_lived
 from serving.metrics import ServingMetrics
 from serving.branches import Branches
 from serving.ranking import ItemFeatureCache, RankingStage, RecallCandidates
@@ -174,6 +175,7 @@ class RecommendationService:
         self.metrics.swaps.inc()
         self.metrics.swap_seconds.observe(load_s)
         self.metrics.set_bundle(new.bundle_id, new.model_version)
+        freeze_long_lived()
         log.info("serving bundle %s (model %s), loaded in %.2fs", new.bundle_id, new.model_version, load_s)
         return {"status": "swapped", "bundle_id": new.bundle_id, "load_s": round(load_s, 3),
                 "previous": self.previous_bundle_id}
