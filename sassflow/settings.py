@@ -269,6 +269,9 @@ class ContentSettings(BaseModel):
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
+    # Processes answering requests on the one port (each loads the bundle and follows CURRENT on its
+    # own; /metrics sums them).  One process is bound by its GIL; on N cores, up to N workers.
+    workers: int = Field(1, ge=1)
     bundle_dir: Path | None = None  # default: <state_dir>/bundles
     # Admin endpoints refuse every request while unset.  At least 32 characters when set: the token
     # is all that guards rollback/reload, so it must not be guessable (`secrets.token_urlsafe(32)`).

@@ -2,7 +2,9 @@
 handlers, docs)."""
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
@@ -57,3 +59,21 @@ def create_app(settings: Settings, feature_reader: FeatureReader | None = None) 
     app.add_middleware(DeclaredBodyLimit, max_body_bytes=settings.serving.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)  # outermost: sees the body limits' 413s too
     return app
+
+
+# `sassflow serve --workers N`: uvicorn imports the app factory below by name in each worker process
+# (spawned, never forked); the parent passes the settings as SASSFLOW_* variables and a static
+# feature table (synthetic benchmarks) by path in this one.
+STATIC_FEATURES_ENV = "SASSFLOW_SERVE_STATIC_FEATURES"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker of a multi-process service: settings from the environment."""
+    from sassflow.settings import get_settings
+
+    reader = None
+    if os.environ.get(STATIC_FEATURES_ENV):
+        from serving.feature_reader import StaticFeatureReader
+
+        reader = StaticFeatureReader.from_file(Path(os.environ[STATIC_FEATURES_ENV]))
+    return create_app(get_settings(), feature_reader=reader)

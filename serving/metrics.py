@@ -9,16 +9,27 @@
 * refusals: 4xx answers by reason, bundles refused;
 * bundles: the one served, swaps, rollbacks, load time;
 * the process: CPU, memory, open fds, GC, Python version (prometheus_client's default collectors).
+
+With several worker processes (``serving.workers``) prometheus_client's multiprocess mode is on
+(``MULTIPROCESS_ENV`` names a folder the workers share): every worker writes its counts there and
+/metrics, whichever worker answers it, sums them; the per-process collectors are left out there.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 HTTP_BUCKETS = LATENCY_BUCKETS + (2.5, 5.0, 10.0)
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads this name when it is imported
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROCESS_ENV))
 
 
 class ServingMetrics:
@@ -48,7 +59,8 @@ class ServingMetrics:
             ["endpoint"], buckets=HTTP_BUCKETS, registry=r,
         )
         self.bundle_info = Gauge(
-            "sassflow_bundle_info", "The bundle being served (value 1)", ["bundle_id", "model_version"], registry=r
+            "sassflow_bundle_info", "The bundle being served (value 1; with several workers, by any of them)",
+            ["bundle_id", "model_version"], registry=r, multiprocess_mode="max",
         )
         self.swaps = Counter("sassflow_bundle_swaps_total", "Bundles swapped in", registry=r)
         self.refused = Counter("sassflow_bundles_refused_total",
@@ -63,6 +75,7 @@ class ServingMetrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
 
+        self._bundle_labels: tuple[str, str] | None = None
         self._children: dict = {}  # (scenario, fallback) -> (histogram, counter): labels() costs per call
         self._http_children: dict = {}  # (endpoint, method, status) -> (counter, histogram)
 
@@ -88,8 +101,21 @@ class ServingMetrics:
         children[1].observe(elapsed_s)
 
     def set_bundle(self, bundle_id: str, model_version) -> None:
+        if self._bundle_labels is not None and multiprocess():  # clear() cannot reach the shared files
+            self.bundle_info.labels(*self._bundle_labels).set(0)
         self.bundle_info.clear()
-        self.bundle_info.labels(bundle_id=bundle_id, model_version=str(model_version)).set(1)
+        self._bundle_labels = (bundle_id, str(model_version))
+        self.bundle_info.labels(*self._bundle_labels).set(1)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this service: its registry, or every worker's counts summed."""
+        if not multiprocess():
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess as mp
+
+        summed = CollectorRegistry()
+        mp.MultiProcessCollector(summed)
+        return generate_latest(summed)
 
 
 def metric_value(text: str, name: str) -> float:

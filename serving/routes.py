@@ -137,9 +137,9 @@ async def version(service: ServiceDep):
             responses={200: {"description": "Prometheus text exposition format",
                              "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}})
 async def metrics(service: ServiceDep):
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
 
-    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.post("/admin/reload", dependencies=[Depends(require_admin)], response_model=AdminResult,

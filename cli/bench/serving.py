@@ -37,6 +37,8 @@ def add_bench_parsers(benches) -> None:
     p.add_argument("--ranking", action="store_true",
                    help="ship (untrained) coarse + fine rankers in the bundle: recall, then ranking of --candidates")
     p.add_argument("--candidates", type=int, default=500, help="candidates per request handed to ranking")
+    p.add_argument("--workers", type=int, default=None,
+                   help="service processes on the port (default: settings.serving.workers)")
     p.set_defaults(func=bench_serve)
     p = benches.add_parser("swap", help="hot swaps of bundles under steady load")
     p.add_argument("--swaps", type=int, default=10)
@@ -55,10 +57,12 @@ def _say(msg: str) -> None:
 
 
 def _bench_settings(settings, state_dir: Path, scenarios: list[str], candidates: int | None = None):
-    """The caller's serving settings, with all state in a scratch folder and admin disabled."""
+    """The caller's serving settings, with all state in a scratch folder, admin disabled, and no
+    catalogue consumer (the benches start no broker: its reconnect loop would only add noise)."""
+    settings = settings.relocated(state_dir)  # the recall store and the tag catalog too, not the user's
     update = {
-        "state_dir": state_dir, "scenarios": scenarios,
-        "serving": settings.serving.model_copy(update={"bundle_dir": state_dir / "bundles", "admin_token": None}),
+        "scenarios": scenarios,
+        "serving": settings.serving.model_copy(update={"admin_token": None, "catalog_consumer": False}),
     }
     if candidates:
         update["ranking"] = settings.ranking.model_copy(update={"candidates": candidates})
@@ -150,6 +154,7 @@ def bench_serve(args, settings) -> int:
     ranking = bool(getattr(args, "ranking", False))
     with tempfile.TemporaryDirectory(prefix="sassflow-bench-serve-") as tmp:
         bs = _bench_settings(settings, Path(tmp), scenarios, args.candidates if ranking else None)
+        bs.serving.workers = args.workers or bs.serving.workers
         branches = args.branches.split(",") if args.branches else list(bs.recall.branches)
         bs.recall.branches = branches
         path, features, users = _prepare(bs, args.items, args.dim, seed=0, n_users=args.users, ranking=ranking)
@@ -162,11 +167,15 @@ def bench_serve(args, settings) -> int:
             import httpx
             import psutil
 
-            server_proc = psutil.Process(srv.pid)
-            cpu0 = sum(server_proc.cpu_times()[:2])
+            server_procs = [psutil.Process(srv.pid)] + psutil.Process(srv.pid).children(recursive=True)
+
+            def server_cpu() -> float:  # the service's processes: the supervisor and its workers
+                return sum(sum(p.cpu_times()[:2]) for p in server_procs)
+
+            cpu0 = server_cpu()
             gen = _load(srv.url, features, args.duration, args.concurrency, args.k, args.rate)
             out, _ = gen.communicate()
-            server_cpu_s = sum(server_proc.cpu_times()[:2]) - cpu0
+            server_cpu_s = server_cpu() - cpu0
             result = json.loads(out.strip().splitlines()[-1])
             all_requests = sum(result["versions"].values())  # including the warm-up
             stages = stage_p99_ms(httpx.get(srv.url + "/metrics").text)
@@ -188,6 +197,7 @@ def bench_serve(args, settings) -> int:
             "index_type": core["index_type"], "index_params": core["index_params"],
             "items_per_scenario": core["items_per_scenario"],
             "ranking": ranking, "candidates": args.candidates if ranking else args.k, "stage_p99_ms": stages,
+            "workers": bs.serving.workers,
             "machine_before": load_before, "machine_after": _machine_load(),
         })
     return 0

@@ -11,6 +11,7 @@ def register(commands, benches) -> None:
     p = commands.add_parser("serve", help="run the recommendation HTTP service")
     p.add_argument("--host", help="default: settings.serving.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: settings.serving.port")
+    p.add_argument("--workers", type=int, help="processes on the port (default: settings.serving.workers)")
     p.add_argument("--static-features", type=Path,
                    help="serve features from this npz table instead of Feast (synthetic benchmarks only)")
     p.set_defaults(func=cmd_serve)
@@ -46,19 +47,49 @@ def cmd_serve(args, settings) -> int:
     os.environ["OMP_NUM_THREADS"] = str(settings.serving.omp_threads)
     import logging
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    workers = args.workers or settings.serving.workers
+    host, port = args.host or settings.serving.host, args.port or settings.serving.port
+    if workers > 1:
+        return _serve_workers(settings, workers, host, port, args.static_features)
     import uvicorn
 
     from serving.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     reader = None
     if args.static_features:
         from serving.feature_reader import StaticFeatureReader
 
         reader = StaticFeatureReader.from_file(args.static_features)
     app = create_app(settings, feature_reader=reader)
-    uvicorn.run(app, host=args.host or settings.serving.host, port=args.port or settings.serving.port,
+    uvicorn.run(app, host=host, port=port,
                 access_log=False, log_level="warning")  # loop/http "auto": uvloop + httptools when installed
+    return 0
+
+
+def _serve_workers(settings, workers: int, host: str, port: int, static_features: Path | None) -> int:
+    """uvicorn's supervisor with ``workers`` spawned processes on one socket.  Each loads the bundle and
+    follows CURRENT itself; their metrics go to a fresh prometheus_client multiprocess folder, summed
+    by whichever worker answers /metrics (``serving.metrics``)."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from sassflow.processes import child_env
+    from serving.app import STATIC_FEATURES_ENV
+    from serving.metrics import MULTIPROCESS_ENV
+
+    metrics_dir = tempfile.mkdtemp(prefix="sassflow-metrics-")
+    os.environ.update(child_env(settings))  # the workers' settings: exactly these
+    os.environ[MULTIPROCESS_ENV] = metrics_dir
+    if static_features:
+        os.environ[STATIC_FEATURES_ENV] = str(static_features.resolve())
+    try:
+        uvicorn.run("serving.app:app_from_environment", factory=True, workers=workers, host=host, port=port,
+                    access_log=False, log_level="warning")
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
