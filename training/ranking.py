@@ -51,6 +51,9 @@ class RankingParams:
     min_gain: float
     loss: str
     residual: bool = True
+    fine_learning_rate: float | None = None  # None: ``learning_rate``
+    scenario_balance: bool = False
+    dropout: float = 0.1  # the fine ranker's
     recall_weight: float = 10.0  # the recall model's inverse temperature (``settings.training.temperature``)
     seed: int = 0
     progress: bool = False
@@ -83,10 +86,55 @@ def _list_starts(owner: np.ndarray, n_lists: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- training
 
-def _loss(p: RankingParams, logits: torch.Tensor, labels: torch.Tensor, owner: np.ndarray) -> torch.Tensor:
-    if p.loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits, labels)
-    return listwise_softmax_loss(logits, labels, torch.from_numpy(owner))
+def _loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, owner: np.ndarray,
+          weight: torch.Tensor | None = None) -> torch.Tensor:
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, labels, weight)
+    if kind == "lambdarank":
+        return lambdarank_loss(logits, labels, torch.from_numpy(owner), weight)
+    return listwise_softmax_loss(logits, labels, torch.from_numpy(owner), weight)
+
+
+def lambdarank_loss(logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, weight: torch.Tensor | None = None,
+                    sigma: float = 1.0) -> torch.Tensor:
+    """LambdaRank: a logistic loss on every (clicked, not clicked) pair of rows of a request, weighted by
+    how much the request's NDCG would change were the two swapped in the current order (labels are 0/1;
+    a request's rows are contiguous).  The mean over the requests with a click; ``weight``: one per row,
+    the same for every row of a request, weighs the requests instead."""
+    _, inv, counts = torch.unique_consecutive(owner, return_inverse=True, return_counts=True)
+    G, L = len(counts), int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    at = (inv, torch.arange(len(owner)) - starts[inv])
+    s = torch.full((G, L), -torch.inf).index_put(at, logits)
+    y = torch.zeros(G, L).index_put(at, (labels > 0).float())
+    neg = torch.zeros(G, L, dtype=torch.bool).index_put(at, labels <= 0)
+    n_pos = y.sum(1)
+    P = max(1, int(n_pos.max()))
+    with torch.no_grad():  # the current order within each request, and each row's NDCG discount in it
+        order = torch.argsort(s, 1, descending=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(L).expand(G, L).contiguous())
+        disc = 1.0 / torch.log2(rank.float() + 2.0)
+        ideal = torch.cumsum(1.0 / torch.log2(torch.arange(P).float() + 2.0), 0)[(n_pos.long() - 1).clamp(min=0)]
+        pos = torch.argsort(-y, dim=1, stable=True)[:, :P]  # the clicked rows first: [G, P]
+        is_pos = torch.arange(P)[None, :] < n_pos[:, None]
+        w = ((disc.gather(1, pos)[:, :, None] - disc[:, None, :]).abs() * (is_pos[:, :, None] & neg[:, None, :])
+             / ideal.clamp(min=1e-9)[:, None, None])
+    diff = (s.gather(1, pos)[:, :, None] - s[:, None, :]).masked_fill(w == 0, 0.0)
+    per_list = (w * F.softplus(-sigma * diff)).sum((1, 2))
+    has = (n_pos > 0).float()
+    if weight is None:
+        return per_list.sum() / has.sum().clamp(min=1)
+    lw = torch.zeros(G).index_put((inv,), weight.float())
+    return (lw * per_list).sum() / (lw * has).sum().clamp(min=1e-9)
+
+
+def _row_weights(p: RankingParams, lists: RankingLists) -> torch.Tensor | None:
+    """Each request weighted by 1 / its scenario's share of the requests (the metric's macro mean)."""
+    if not p.scenario_balance:
+        return None
+    counts = np.bincount(lists.scenario, minlength=int(lists.scenario.max()) + 1).astype(np.float64)
+    w = lists.n_lists / (np.count_nonzero(counts) * np.maximum(counts, 1))
+    return torch.from_numpy(w[lists.scenario[lists.owner]].astype(np.float32))
 
 
 def _list_batches(lists: RankingLists, rng: np.random.Generator, batch_lists: int) -> list[np.ndarray]:
@@ -111,12 +159,14 @@ def fit_coarse(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, p: Ran
     opt = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
     rng = np.random.default_rng(p.seed)
     keeper = BestEpoch(model, validate)
+    rw = _row_weights(p, lists)
     for _ in range(p.coarse_epochs):
         model.train()
         for batch in _list_batches(lists, rng, 4 * p.batch_lists):
             rows = _rows_of(starts, batch)
             i = torch.from_numpy(rows)
-            loss = _loss(p, model(x[i], scen[i]), y[i], lists.owner[rows])
+            loss = _loss(p.loss, model(x[i], scen[i]), y[i], lists.owner[rows],
+                         None if rw is None else rw[i])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -158,14 +208,19 @@ def _fine_batch(model: FineRanker, lists: RankingLists, dense: torch.Tensor, bas
     return logits, rows
 
 
-def listwise_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+def listwise_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor,
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy within each request: every clicked row against all rows of its request
-    (the sampled-softmax view of NDCG's top-heavy goal); requests without a click add nothing."""
+    (the sampled-softmax view of NDCG's top-heavy goal); requests without a click add nothing;
+    ``weight`` (per row): each click's term weighted by its request's."""
     groups, inv = torch.unique(owner, return_inverse=True)
     top = torch.full((len(groups),), -torch.inf).scatter_reduce(0, inv, logits.detach(), "amax")
     lse = torch.log(torch.zeros(len(groups)).index_add(0, inv, torch.exp(logits - top[inv]))) + top
     pos = labels > 0
-    return (lse[inv[pos]] - logits[pos]).mean() if pos.any() else logits.sum() * 0.0
+    if not pos.any():
+        return logits.sum() * 0.0
+    terms = lse[inv[pos]] - logits[pos]
+    return terms.mean() if weight is None else (weight[pos] * terms).sum() / weight[pos].sum()
 
 
 def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, base: np.ndarray, p: RankingParams,
@@ -179,16 +234,18 @@ def fit_fine(cfg: RankerConfig, lists: RankingLists, dense: np.ndarray, base: np
     model.norm.fit(dense)
     d, y, b = torch.from_numpy(dense), torch.from_numpy(lists.label), torch.from_numpy(base)
     starts = _list_starts(lists.owner, lists.n_lists)
-    opt = torch.optim.Adam(model.parameters(), lr=p.learning_rate)
+    opt = torch.optim.Adam(model.parameters(), lr=p.fine_learning_rate or p.learning_rate)
     rng = np.random.default_rng(p.seed + 1)
     keeper = BestEpoch(model, validate)
+    rw = _row_weights(p, lists)
     for epoch in range(p.fine_epochs):
         model.train()
         batches = _list_batches(lists, rng, p.batch_lists)
         for batch in tqdm(batches, desc=f"fine ranker {epoch + 1}/{p.fine_epochs}", disable=not p.progress,
                           file=sys.stderr, leave=False, mininterval=1.0):
             logits, rows = _fine_batch(model, lists, d, b, starts, batch)
-            loss = _loss(p, logits, y[rows], lists.owner[rows])
+            loss = _loss(p.loss, logits, y[rows], lists.owner[rows],
+                         None if rw is None else rw[torch.from_numpy(rows)])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -355,7 +412,8 @@ class RankingData:
 
 def ranker_config(data, p: RankingParams, branches: list[str]) -> RankerConfig:
     return RankerConfig(n_items=len(data.items), n_scenarios=data.n_scenarios, seq_len=data.seq_len,
-                        branches=list(branches), dim=p.dim, residual=p.residual, recall_weight=p.recall_weight)
+                        branches=list(branches), dim=p.dim, residual=p.residual, recall_weight=p.recall_weight,
+                        dropout=p.dropout)
 
 
 def evaluate_cascade(lists: RankingLists, dense: np.ndarray, coarse: CoarseRanker, fine: FineRanker | None,

@@ -9,7 +9,7 @@ import torch
 from training.data import TEST, prepare
 from training.rankers import (ITEM_COLUMNS, RECALL_BRANCHES, ROW_COLUMNS, USER_COLUMNS, FineRanker, RankerConfig, dense_matrix,
                               load_rankers, save_rankers)
-from training.ranking import RankingData, RankingParams, ranking_metrics, train_rankers
+from training.ranking import RankingData, RankingParams, lambdarank_loss, ranking_metrics, train_rankers
 from training.ranking_data import PointInTime, event_arrays
 
 SCEN = ["family", "thriller", "action", "comedy", "drama"]
@@ -164,6 +164,39 @@ def test_a_candidate_score_does_not_depend_on_the_other_candidates():
         pick = torch.from_numpy(rng.permutation(30)[:7])
         part = fine(seq, seq, torch.zeros(7, dtype=torch.long), item[pick], torch.ones(7, dtype=torch.long), dense[pick])
     torch.testing.assert_close(part, full[pick])
+
+
+def test_lambdarank_loss_weights_each_pair_by_its_ndcg_swap():
+    """Brute force over the pairs of each request: |1/log2(2 + rank i) - 1/log2(2 + rank j)| / ideal DCG x
+    log(1 + exp(-(s_i - s_j))) for clicked i, unclicked j; a request without a click adds nothing but
+    is counted out of the mean."""
+    rng = np.random.default_rng(0)
+    sizes, lab = [5, 3, 4], [[1, 0, 1, 0, 0], [0, 0, 0], [0, 1, 0, 0]]
+    logits = torch.tensor(rng.normal(size=sum(sizes)), dtype=torch.float32, requires_grad=True)
+    labels = torch.tensor(sum(lab, []), dtype=torch.float32)
+    owner = torch.from_numpy(np.repeat([7, 2, 9], sizes))
+    loss = lambdarank_loss(logits, labels, owner)
+    expect, lo = 0.0, 0
+    for n, y in zip(sizes, lab):
+        s = logits.detach().numpy()[lo:lo + n]
+        rank = np.argsort(np.argsort(-s))
+        disc = 1 / np.log2(rank + 2.0)
+        ideal = sum(1 / np.log2(k + 2.0) for k in range(sum(y)))
+        for i in range(n):
+            for j in range(n):
+                if y[i] > y[j]:
+                    expect += abs(disc[i] - disc[j]) / ideal * np.log1p(np.exp(-(s[i] - s[j])))
+        lo += n
+    assert loss.item() == pytest.approx(expect / 2, rel=1e-5)
+    # request weights: a weighted mean over the requests with a click
+    w = torch.from_numpy(np.repeat([3.0, 5.0, 1.0], sizes))
+    assert lambdarank_loss(logits, labels, owner, torch.full((12,), 2.0)).item() == pytest.approx(loss.item(), rel=1e-5)
+    assert lambdarank_loss(logits, labels, owner, w).item() == pytest.approx(
+        (3 * lambdarank_loss(logits[:5], labels[:5], owner[:5]) + lambdarank_loss(logits[8:], labels[8:], owner[8:])).item() / 4,
+        rel=1e-5)
+    loss.backward()  # clicked rows are pushed up, the others down, padding never reaches a gradient
+    assert torch.isfinite(logits.grad).all() and (logits.grad[labels > 0] < 0).all()
+    assert (logits.grad[5:8] == 0).all()
 
 
 def test_retrain_steps_gate_register_and_ship_the_rankers_as_decided(syn_events, tmp_path):
