@@ -24,11 +24,18 @@ def split_catalogue(items: list, seen: set[int]) -> tuple[list, list]:
 
 
 def _asked_by_clickers(history: pd.DataFrame, new_ids: set, since_ms: int, limit: int = 40) -> list[tuple[int, str]]:
-    """(user, scenario) pairs of users who clicked one of ``new_ids`` in the second replay."""
-    clicks = history[(history["event_type"] == "click") & (history["event_time"] >= since_ms)
-                     & history["item_id"].isin(new_ids)]
-    return [(int(u), s) for u, s in clicks[["user_id", "scenario"]].drop_duplicates().head(limit)
-            .itertuples(index=False)]
+    """(user, scenario) pairs to ask: users who clicked one of ``new_ids`` in the second replay, then
+    users who clicked, there, what those clickers clicked (but no new item).  A user is never
+    recommended what they just clicked, so the streaming branches show a new item to the second
+    kind: the new item is among the i2i neighbours of their clicks, or trends in their tags."""
+    recent = history[(history["event_type"] == "click") & (history["event_time"] >= since_ms)]
+    on_new = recent["item_id"].isin(new_ids)
+    clickers = recent.loc[on_new, ["user_id", "scenario"]].drop_duplicates().head(limit)
+    neighbours = set(recent.loc[recent["user_id"].isin(set(clickers["user_id"])) & ~on_new, "item_id"])
+    new_clickers = set(recent.loc[on_new, "user_id"])
+    others = recent[recent["item_id"].isin(neighbours) & ~recent["user_id"].isin(new_clickers)]
+    others = others[["user_id", "scenario"]].drop_duplicates().head(5 * limit)
+    return [(int(u), s) for u, s in pd.concat([clickers, others]).itertuples(index=False)]
 
 
 def new_item_answer(url: str, history: pd.DataFrame, new_ids: set, since_ms: int, bundle_path,
