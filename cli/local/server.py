@@ -45,13 +45,24 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
             try:
-                r = httpx.get(self.url + "/readyz", timeout=2.0)
-                if r.status_code == 200:
-                    return r.json()
+                answers = [self._ready() for _ in range(self._probes)]
+                if all(answers):
+                    return answers[-1]
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"server not ready after {timeout}s; log: {self.log_path}")
+
+    @property
+    def _probes(self) -> int:
+        """Several workers share the port: ready once answers on many fresh connections all say so
+        (each worker loads the bundle itself)."""
+        workers = self.settings.serving.workers
+        return 1 if workers == 1 else 10 * workers
+
+    def _ready(self) -> dict | None:
+        r = httpx.get(self.url + "/readyz", timeout=2.0)  # a fresh connection each
+        return r.json() if r.status_code == 200 else None
 
     def stop(self) -> None:
         stop_child(self.proc, timeout=20)
