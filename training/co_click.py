@@ -28,20 +28,27 @@ class CoClicks:
     def empty(cls, n_items: int) -> "CoClicks":
         return cls(n_items, np.zeros(0, np.int64), np.zeros(0, np.float32))
 
-    def scores(self, recent: np.ndarray, owner: np.ndarray, item: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    def scores(self, recent: np.ndarray, owner: np.ndarray, item: np.ndarray) -> np.ndarray:
         """[n] float64: sum over the request's sequence ``recent[owner[n]]`` (indices, 0 = padding) of
         w(clicked, item[n])."""
-        out = np.zeros(len(item), np.float64)
+        return self.scores_and_head(recent, owner, item, 0)[0]
+
+    def scores_and_head(self, recent: np.ndarray, owner: np.ndarray, item: np.ndarray, head: int,
+                        chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+        """(``scores``, the same sum over the sequence's first ``head`` clicks only): one lookup for both."""
+        out, out_head = np.zeros(len(item), np.float64), np.zeros(len(item), np.float64)
         if not len(self.keys):
-            return out
+            return out, out_head
         span = np.int64(self.n_items + 1)
         for lo in range(0, len(item), chunk):
             seq = recent[owner[lo:lo + chunk]].astype(np.int64)  # [c, L]
             q = seq * span + item[lo:lo + chunk, None].astype(np.int64)
             pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
             hit = (self.keys[pos] == q) & (seq > 0)
-            out[lo:lo + chunk] = np.where(hit, self.weights[pos], 0.0).sum(1)
-        return out
+            w = np.where(hit, self.weights[pos], 0.0)
+            out[lo:lo + chunk] = w.sum(1)
+            out_head[lo:lo + chunk] = w[:, :head].sum(1)
+        return out, out_head
 
 
 def co_click_table(user: np.ndarray, item: np.ndarray, time: np.ndarray, n_items: int, window: int = 10,

@@ -77,9 +77,8 @@ def co_click_columns(co_clicks: CoClicks, recent: np.ndarray, recent_all: np.nda
     """CO_CLICK_COLUMNS of candidates ``item`` (vocabulary indices) of requests ``owner``, whose click
     sequences (this scenario's, every scenario's; newest first, 0 = padding) are ``recent[owner]`` and
     ``recent_all[owner]``."""
-    return {CO_CLICK: co_clicks.scores(recent_all, owner, item),
-            CO_CLICK_LAST: co_clicks.scores(recent_all[:, :LAST_CLICKS], owner, item),
-            CO_CLICK_SCENARIO: co_clicks.scores(recent, owner, item)}
+    every, last = co_clicks.scores_and_head(recent_all, owner, item, LAST_CLICKS)
+    return {CO_CLICK: every, CO_CLICK_LAST: last, CO_CLICK_SCENARIO: co_clicks.scores(recent, owner, item)}
 
 
 def dense_names(branches: list[str]) -> list[str]:

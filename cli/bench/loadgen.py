@@ -73,6 +73,11 @@ async def _connection(host, port, keys, rng, stop_at, record_from, out, k, branc
         _record(out, status, body, time.perf_counter() - t0, time.monotonic() >= record_from)
 
 
+# uvicorn closes a keep-alive connection idle for 5 s; a client that sends on it as it closes reads
+# nothing back.  Like any HTTP client pool, the generator does not reuse connections that close to it.
+IDLE_REUSE_S = 2.0
+
+
 async def _open_loop(host, port, keys, rng, rate: float, start: float, stop_at: float, record_from: float, out,
                      k: int, branches=None, max_connections: int = 1024):
     """Send request i at start + i / rate; latency counts from that due time."""
@@ -82,7 +87,12 @@ async def _open_loop(host, port, keys, rng, rate: float, start: float, stop_at: 
 
     async def one(due: float, user, scenario):  # due: time.monotonic() at which the request was due
         nonlocal opened
-        conn = idle.pop() if idle else None
+        conn = None
+        while idle and conn is None:  # newest first; one idle near the server's keep-alive limit is dropped
+            conn, since = idle.pop()
+            if time.monotonic() - since > IDLE_REUSE_S:
+                conn[1].close()
+                conn = None
         try:
             if conn is None:
                 opened += 1
@@ -91,7 +101,7 @@ async def _open_loop(host, port, keys, rng, rate: float, start: float, stop_at: 
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             _failed(out, exc)
             return
-        idle.append(conn)
+        idle.append((conn, time.monotonic()))
         _record(out, status, body, time.monotonic() - due, due >= record_from)
 
     i = 0
