@@ -69,6 +69,7 @@ class Branches:
             store = open_recall_store(settings)
         rate = math.log(2) / r.half_life_ms if r.half_life_ms else 0.0
         self.item_tags = ItemTags(Path(r.catalog_dir))
+        self.item_tags()  # loaded now, before the service says ready: not by a request (a million items take seconds)
         self.sources = {SASS: AnnRecall(), I2I: I2IRecall(store, r.i2i_triggers, r.i2i_norm, rate),
                         TAGS: TagRecall(store, self.item_tags, r.preferred_tags, r.i2i_triggers),
                         TRENDING: TrendingRecall(store, rate), CONTENT: ContentRecall()}
