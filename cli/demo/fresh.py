@@ -23,23 +23,27 @@ def split_catalogue(items: list, seen: set[int]) -> tuple[list, list]:
     return [it for it in items if it.item_id in seen], [it for it in items if it.item_id not in seen]
 
 
-def _asked_by_clickers(history: pd.DataFrame, new_ids: set, since_ms: int, limit: int = 40) -> list[tuple[int, str]]:
+def _asked_by_clickers(history: pd.DataFrame, new_ids: set, since_ms: int, limit: int = 40,
+                       pair_gap_ms: int = 86_400_000) -> list[tuple[int, str]]:
     """(user, scenario) pairs to ask: users who clicked one of ``new_ids`` in the second replay, then
-    users who clicked, there, what those clickers clicked (but no new item).  A user is never
-    recommended what they just clicked, so the streaming branches show a new item to the second
-    kind: the new item is among the i2i neighbours of their clicks, or trends in their tags."""
+    users whose newest click there (in that scenario) is an item a new item's clicker clicked within
+    ``pair_gap_ms`` of it (recall.pair_max_gap_ms).  A user is never recommended what they just
+    clicked, so the streaming branches show a new item to the second kind: it is a co-clicked
+    neighbour of their newest click, the i2i branch's first trigger."""
     recent = history[(history["event_type"] == "click") & (history["event_time"] >= since_ms)]
     on_new = recent["item_id"].isin(new_ids)
     clickers = recent.loc[on_new, ["user_id", "scenario"]].drop_duplicates().head(limit)
-    neighbours = set(recent.loc[recent["user_id"].isin(set(clickers["user_id"])) & ~on_new, "item_id"])
-    new_clickers = set(recent.loc[on_new, "user_id"])
-    others = recent[recent["item_id"].isin(neighbours) & ~recent["user_id"].isin(new_clickers)]
-    others = others[["user_id", "scenario"]].drop_duplicates().head(5 * limit)
+    new_clicks = recent.loc[on_new, ["user_id", "event_time"]].rename(columns={"event_time": "new_time"})
+    near = recent[~on_new].merge(new_clicks, on="user_id")
+    neighbours = set(near.loc[(near["event_time"] - near["new_time"]).abs() <= pair_gap_ms, "item_id"])
+    newest = recent.sort_values("event_time").groupby(["user_id", "scenario"], sort=False).tail(1)
+    others = newest[newest["item_id"].isin(neighbours) & ~newest["user_id"].isin(set(new_clicks["user_id"]))]
+    others = others.sort_values("event_time", ascending=False)[["user_id", "scenario"]].head(5 * limit)
     return [(int(u), s) for u, s in pd.concat([clickers, others]).itertuples(index=False)]
 
 
 def new_item_answer(url: str, history: pd.DataFrame, new_ids: set, since_ms: int, bundle_path,
-                    branches: str | None = None, timeout_s: float = 30.0) -> dict:
+                    branches: str | None = None, timeout_s: float = 30.0, k: int = 20) -> dict:
     """The first answer (asked for users who clicked new items) holding an item the served bundle
     does not hold, with its branch and reason; {"found": False} when none came within the timeout."""
     import httpx
@@ -47,7 +51,7 @@ def new_item_answer(url: str, history: pd.DataFrame, new_ids: set, since_ms: int
     from serving.branches import items_outside_bundle
 
     pairs = _asked_by_clickers(history, new_ids, since_ms)
-    params = {"k": 20, **({"branches": branches} if branches else {})}
+    params = {"k": k, **({"branches": branches} if branches else {})}
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=url, timeout=10.0) as client:
         while pairs and time.monotonic() < deadline:
@@ -58,6 +62,6 @@ def new_item_answer(url: str, history: pd.DataFrame, new_ids: set, since_ms: int
                     j = body["items"].index(outside[0])
                     return {"found": True, "user_id": user, "scenario": scenario, "item_id": outside[0],
                             "rank": j + 1, "branch": body["branches"][j], "reason": body["reasons"][j],
-                            "bundle_id": body["bundle_id"], "asked_branches": branches or "default"}
+                            "bundle_id": body["bundle_id"], "asked_branches": branches or "default", "k": k}
             time.sleep(0.5)
     return {"found": False, "asked_pairs": len(pairs), "asked_branches": branches or "default"}

@@ -116,7 +116,8 @@ def _ranking(ranking: dict) -> str:
 def _new_item(answer: dict) -> str:
     if not answer.get("found"):
         return f"none seen within the wait (branches asked: {answer.get('asked_branches')})"
-    return (f"item {answer['item_id']} (not in the served bundle) at rank {answer['rank']} for user "
+    return (f"item {answer['item_id']} (not in the served bundle) at rank {answer['rank']} of "
+            f"{answer.get('k', 20)} for user "
             f"{answer['user_id']} in {answer['scenario']}, branch {answer['branch']}: \"{answer['reason']}\"")
 
 

@@ -77,6 +77,9 @@ def _get_json(url: str) -> dict:
     return httpx.get(url, timeout=10).json()
 
 
+STREAMING_NEW_ITEM_K = 100  # candidates asked of the streaming branches when looking for a new item
+
+
 def demo_settings(settings, run_id: str, quick: bool):
     """The run's own settings: state under ``<state_dir>/demo/<run id>`` (the broker's data stays
     where the shared broker keeps it), its own topics and consumer group."""
@@ -84,6 +87,10 @@ def demo_settings(settings, run_id: str, quick: bool):
     run.local_kafka.data_dir = settings.local_kafka.data_dir
     run.kafka.events_topic = f"{settings.kafka.events_topic}.demo-{run_id}"
     run.kafka.dlq_topic = f"{run.kafka.events_topic}.dlq"
+    # the catalogue too: on the shared topic a run would read every earlier run's items, and its
+    # "new" items of the second replay would be old news to its first bundle
+    run.kafka.items_topic = f"{settings.kafka.items_topic}.demo-{run_id}"
+    run.kafka.items_dlq_topic = f"{run.kafka.items_topic}.dlq"
     run.kafka.consumer_group = f"{settings.kafka.consumer_group}-demo-{run_id}"
     run.serving.watch_interval_s = 0.5
     if quick:
@@ -221,8 +228,10 @@ class DemoRun:
         self.summary["new_items"] = {
             "published": len(new_ids),
             "via_catalogue": new_item_answer(self.server.url, self.history, new_ids, since_ms, served),
+            # asked for a candidate list (what ranking receives), not a top 20: an item clicked a few
+            # times today sits behind long-established co-clicks in the i2i sums
             "via_streaming_branches": new_item_answer(self.server.url, self.history, new_ids, since_ms, served,
-                                                      branches="i2i,tags,trending")}
+                                                      branches="i2i,tags,trending", k=STREAMING_NEW_ITEM_K)}
         for how, answer in self.summary["new_items"].items():
             if isinstance(answer, dict):
                 print(f"new item {how}: {answer}", file=sys.stderr, flush=True)
