@@ -77,11 +77,18 @@ def stop_pid(pid: int, timeout: float) -> None:
         pass
 
 
+# Importing feast points these at a temporary folder of the importing process (its metrics module
+# sets them for gunicorn); a child that inherited them would store its Prometheus values in its
+# parent's folder, shared with every sibling.  A child that wants multiprocess metrics sets its own.
+PROMETHEUS_DIR_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
 def child_env(settings: Settings, drop: tuple[str, ...] = ("SASSFLOW_",)) -> dict[str, str]:
     """The environment of a child process that must see exactly ``settings``: this process's
-    environment without the variables starting with ``drop``, plus ``settings_env(settings)``, no
+    environment without the variables starting with ``drop`` (nor ``PROMETHEUS_DIR_VARIABLES``), plus
+    ``settings_env(settings)``, no
     ``sassflow.toml`` of its cwd, and the project on ``PYTHONPATH``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in PROMETHEUS_DIR_VARIABLES}
     env.update(settings_env(settings))
     env["SASSFLOW_CONFIG"] = os.devnull  # the child's settings come only from the variables above
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))

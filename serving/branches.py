@@ -49,7 +49,7 @@ class ItemTags:
 
     def __call__(self) -> dict:
         now = time.monotonic()
-        if now - self.checked >= self.every:
+        if self.mtime is None or now - self.checked >= self.every:  # none yet: look again at every call
             self.checked = now
             mtime = self.path.stat().st_mtime if self.path.exists() else None
             if mtime != self.mtime:

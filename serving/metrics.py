@@ -16,8 +16,6 @@ With several worker processes (``serving.workers``) prometheus_client's multipro
 """
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -29,7 +27,11 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads this na
 
 
 def multiprocess() -> bool:
-    return bool(os.environ.get(MULTIPROCESS_ENV))
+    """Whether prometheus_client stores this process's values in the shared folder: decided once, when
+    it was imported (an environment variable set later, e.g. by importing feast, changes nothing)."""
+    from prometheus_client import values
+
+    return values.ValueClass is not values.MutexValue
 
 
 class ServingMetrics:

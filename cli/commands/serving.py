@@ -49,6 +49,10 @@ def cmd_serve(args, settings) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     workers = args.workers or settings.serving.workers
+    from sassflow.processes import PROMETHEUS_DIR_VARIABLES
+
+    for name in PROMETHEUS_DIR_VARIABLES:  # before prometheus_client is imported: one process, own metrics
+        os.environ.pop(name, None)
     host, port = args.host or settings.serving.host, args.port or settings.serving.port
     if workers > 1:
         return _serve_workers(settings, workers, host, port, args.static_features)
