@@ -80,7 +80,8 @@ def stop_pid(pid: int, timeout: float) -> None:
 # Importing feast points these at a temporary folder of the importing process (its metrics module
 # sets them for gunicorn); a child that inherited them would store its Prometheus values in its
 # parent's folder, shared with every sibling.  A child that wants multiprocess metrics sets its own.
-PROMETHEUS_DIR_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "PROMETHEUS_MULTIPROCESS_DIR")
+PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # the name prometheus_client reads when it is imported
+PROMETHEUS_DIR_VARIABLES = (PROMETHEUS_MULTIPROC_DIR, "prometheus_multiproc_dir", "PROMETHEUS_MULTIPROCESS_DIR")
 
 
 def child_env(settings: Settings, drop: tuple[str, ...] = ("SASSFLOW_",)) -> dict[str, str]:

@@ -67,13 +67,19 @@ def create_app(settings: Settings, feature_reader: FeatureReader | None = None) 
 STATIC_FEATURES_ENV = "SASSFLOW_SERVE_STATIC_FEATURES"
 
 
+def create_app_from(settings: Settings, static_features: Path | None = None) -> FastAPI:
+    """The app reading Feast, or a static feature table (``--static-features``: synthetic benchmarks)."""
+    reader = None
+    if static_features:
+        from serving.feature_reader import StaticFeatureReader
+
+        reader = StaticFeatureReader.from_file(static_features)
+    return create_app(settings, feature_reader=reader)
+
+
 def app_from_environment() -> FastAPI:
     """The app of one worker of a multi-process service: settings from the environment."""
     from sassflow.settings import get_settings
 
-    reader = None
-    if os.environ.get(STATIC_FEATURES_ENV):
-        from serving.feature_reader import StaticFeatureReader
-
-        reader = StaticFeatureReader.from_file(Path(os.environ[STATIC_FEATURES_ENV]))
-    return create_app(get_settings(), feature_reader=reader)
+    table = os.environ.get(STATIC_FEATURES_ENV)
+    return create_app_from(get_settings(), Path(table) if table else None)

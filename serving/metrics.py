@@ -11,7 +11,7 @@
 * the process: CPU, memory, open fds, GC, Python version (prometheus_client's default collectors).
 
 With several worker processes (``serving.workers``) prometheus_client's multiprocess mode is on
-(``MULTIPROCESS_ENV`` names a folder the workers share): every worker writes its counts there and
+(``sassflow.processes.PROMETHEUS_MULTIPROC_DIR`` names a folder the workers share): every worker writes its counts there and
 /metrics, whichever worker answers it, sums them; the per-process collectors are left out there.
 """
 from __future__ import annotations
@@ -23,7 +23,6 @@ from prometheus_client.process_collector import ProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 HTTP_BUCKETS = LATENCY_BUCKETS + (2.5, 5.0, 10.0)
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads this name when it is imported
 
 
 def multiprocess() -> bool:

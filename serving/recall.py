@@ -50,10 +50,7 @@ def clicked_mask(ids: np.ndarray, clicked: set[int]) -> np.ndarray:
 
 def _top_unclicked(ids: np.ndarray, scores: np.ndarray, clicked: set[int], k: int) -> tuple[list[int], list[float]]:
     """The first ``k`` found ids (-1: a slot the index could not fill) the user has not clicked."""
-    keep = ids >= 0
-    if clicked:
-        keep &= ~clicked_mask(ids, clicked)
-    kept = np.flatnonzero(keep)[:k]
+    kept = np.flatnonzero((ids >= 0) & ~clicked_mask(ids, clicked))[:k]
     return ids[kept].tolist(), scores[kept].tolist()
 
 

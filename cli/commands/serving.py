@@ -58,14 +58,9 @@ def cmd_serve(args, settings) -> int:
         return _serve_workers(settings, workers, host, port, args.static_features)
     import uvicorn
 
-    from serving.app import create_app
+    from serving.app import create_app_from
 
-    reader = None
-    if args.static_features:
-        from serving.feature_reader import StaticFeatureReader
-
-        reader = StaticFeatureReader.from_file(args.static_features)
-    app = create_app(settings, feature_reader=reader)
+    app = create_app_from(settings, args.static_features)
     uvicorn.run(app, host=host, port=port,
                 access_log=False, log_level="warning")  # loop/http "auto": uvloop + httptools when installed
     return 0
@@ -80,13 +75,12 @@ def _serve_workers(settings, workers: int, host: str, port: int, static_features
 
     import uvicorn
 
-    from sassflow.processes import child_env
+    from sassflow.processes import PROMETHEUS_MULTIPROC_DIR, child_env
     from serving.app import STATIC_FEATURES_ENV
-    from serving.metrics import MULTIPROCESS_ENV
 
     metrics_dir = tempfile.mkdtemp(prefix="sassflow-metrics-")
     os.environ.update(child_env(settings))  # the workers' settings: exactly these
-    os.environ[MULTIPROCESS_ENV] = metrics_dir
+    os.environ[PROMETHEUS_MULTIPROC_DIR] = metrics_dir
     if static_features:
         os.environ[STATIC_FEATURES_ENV] = str(static_features.resolve())
     try:
