@@ -35,6 +35,7 @@ IN_PROCESS = (SASS, CONTENT)  # CPU-bound index searches on the request's thread
 @dataclass
 class Answer(MergedCandidates):
     fallback: bool = False  # no personal branch had anything for this user
+    query: object = None  # the SASS branch's user vector (np.ndarray), when it answered
 
 
 class ItemTags:
@@ -92,7 +93,8 @@ class Branches:
                 weights = dict.fromkeys(weights, 1.0)
             m = merge(lists, cfg.strategy, weights, k, cfg.rrf_k)
             out.append(Answer(m.items, m.scores, m.branches, m.reasons, m.branch_scores,
-                              fallback=not any(c.source in PERSONAL for c in lists)))
+                              fallback=not any(c.source in PERSONAL for c in lists),
+                              query=next((c.query for c in lists if c.query is not None), None)))
         self.metrics.merge_seconds.observe(time.perf_counter() - t0)
         return out
 

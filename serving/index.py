@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from sassflow.settings import ServingSettings
+from training.vocab import Vocab
 
 
 def index_spec(n_items: int, settings: ServingSettings) -> dict:
@@ -150,9 +151,10 @@ class ScenarioCatalog:
         self.item_ids = np.ascontiguousarray(item_ids, dtype=np.int64)
         self.popular = np.ascontiguousarray(popular, dtype=np.int64)
         self.spec = spec
-        # raw id -> row by binary search: 16 bytes/item, no Python dict of a million entries.
+        # raw id -> row through a vocabulary of the sorted ids (a table or a binary search; no Python
+        # dict of a million entries)
         self._order = np.argsort(self.item_ids, kind="stable")
-        self._sorted_ids = self.item_ids[self._order]
+        self._ids = Vocab(self.item_ids[self._order])
         # New items since the bundle was built (``serving.content.FreshItems``): a small side index,
         # replaced whole by one assignment off the request path and searched with the main one.
         self.fresh = None
@@ -163,20 +165,14 @@ class ScenarioCatalog:
 
     def rows_of(self, raw_ids) -> np.ndarray:
         """Rows of the raw ids that are in this catalog (unknown ids are dropped)."""
-        raw = np.asarray(raw_ids, dtype=np.int64).reshape(-1)
-        if raw.size == 0 or self._sorted_ids.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self._sorted_ids, raw), self._sorted_ids.size - 1)
-        found = self._sorted_ids[pos] == raw
-        return self._order[pos[found]]
+        rows, found = self.lookup(raw_ids)
+        return rows[found]
 
     def lookup(self, raw_ids) -> tuple[np.ndarray, np.ndarray]:
         """(rows, found) aligned with ``raw_ids``: the row of each id in this catalog, where ``found``."""
-        raw = np.asarray(raw_ids, dtype=np.int64).reshape(-1)
-        if raw.size == 0 or self._sorted_ids.size == 0:
-            return np.zeros(raw.size, dtype=np.int64), np.zeros(raw.size, dtype=bool)
-        pos = np.minimum(np.searchsorted(self._sorted_ids, raw), self._sorted_ids.size - 1)
-        return self._order[pos], self._sorted_ids[pos] == raw
+        pos = self._ids.index(np.asarray(raw_ids, dtype=np.int64).reshape(-1))
+        found = pos > 0
+        return (self._order[pos - 1] if len(self._order) else np.zeros(len(pos), np.int64)), found
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [B, k'], raw item ids [B, k']) with -1 ids where the index ran out."""

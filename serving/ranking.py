@@ -38,11 +38,13 @@ USER_SHARE = "scenario_click_share"
 class CandidateList(Protocol):
     """The hand-off from recall: ``items`` best first, ``branches`` (one per item) and ``scores`` (each
     item's score in its branch: for the SASS branch the user·item inner product, reused as the
-    recall score; for the others it is computed here)."""
+    recall score; for the others it is computed here) and ``query``: the user vector the SASS branch
+    searched with, or None (the ranking encodes the user then)."""
 
     items: list[int]
     branches: list[str]
     scores: list[float]
+    query: np.ndarray | None
 
 
 @dataclass
@@ -53,6 +55,7 @@ class RecallCandidates:
     items: list[int]
     branches: list[str]
     scores: list[float]
+    query: np.ndarray | None = None  # the user vector the SASS branch searched with (None: encode again)
 
 
 class SimpleCandidates:
@@ -61,6 +64,7 @@ class SimpleCandidates:
     def __init__(self, items: list[int], branch: str, scores: list[float] | None = None):
         self.items, self.branches = list(items), [branch] * len(items)
         self.scores = list(scores) if scores is not None else [float("nan")] * len(items)
+        self.query = None
 
 
 @dataclass
@@ -187,7 +191,7 @@ class RankingStage:
         t0 = self._observe("item_features", t0)
         s = self.scenarios.index(scenario)
         given = np.fromiter((x for c in lists for x in c.scores), np.float64, count=len(owner))
-        cols[RECALL_SCORE] = self._recall_scores(bundle, scenario, rows, owner, raw, given, branch_names)
+        cols[RECALL_SCORE] = self._recall_scores(bundle, scenario, rows, lists, owner, raw, given, branch_names)
         item = rankers.items.index(raw)
         cols[ITEM_PRIOR] = rankers.item_clicks[s, item].astype(np.float64)
         seqs = self._sequences(rankers, rows)
@@ -235,10 +239,11 @@ class RankingStage:
         return logits.numpy()
 
     @staticmethod
-    def _recall_scores(bundle, scenario: str, rows: list[dict], owner: np.ndarray, raw: np.ndarray,
-                       given: np.ndarray, branches: list[str]) -> np.ndarray:
-        """The SASS inner product of each candidate with its request's user vector: the SASS branch's
-        own score where it found the item, else computed (0 for an item outside the index)."""
+    def _recall_scores(bundle, scenario: str, rows: list[dict], lists: list[CandidateList], owner: np.ndarray,
+                       raw: np.ndarray, given: np.ndarray, branches: list[str]) -> np.ndarray:
+        """The SASS inner product of each candidate with its request's user vector (the one the SASS
+        branch searched with, else encoded here): the SASS branch's own score where it found the item,
+        else computed (0 for an item outside the index)."""
         from training.rankers import RECALL_BRANCHES
 
         out = np.where(np.array([b == RECALL_BRANCHES[0] for b in branches], bool) & np.isfinite(given), given, np.nan)
@@ -246,7 +251,8 @@ class RankingStage:
         if not len(todo):
             return out
         catalog = bundle.catalogs[scenario]
-        users = bundle.tower.encode(rows, scenario)
+        queries = [c.query for c in lists]
+        users = (np.stack(queries) if all(q is not None for q in queries) else bundle.tower.encode(rows, scenario))
         item_rows, inside = catalog.lookup(raw[todo])
         out[todo] = 0.0
         if inside.any():

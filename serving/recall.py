@@ -33,6 +33,7 @@ class Candidates:
     scores: list[float]
     source: str
     reasons: list[str] = field(default_factory=list)  # per item; empty: the source's name says it
+    query: np.ndarray | None = None  # the user vector the SASS branch searched with (ranking reuses it)
 
 
 def clicked_items(row: dict) -> set[int]:
@@ -73,7 +74,8 @@ class AnnRecall:
         scores, ids = bundle.catalogs[scenario].search(vectors[placed], k_search)
         for n, j in enumerate(searched):
             items, kept = _top_unclicked(ids[n], scores[n], clicked[j], ks[j])
-            out[j] = Candidates(items, kept, self.name, ["similar to what you watch"] * len(items)) if items else None
+            out[j] = (Candidates(items, kept, self.name, ["similar to what you watch"] * len(items), vectors[placed[n]])
+                      if items else None)
         return out
 
 

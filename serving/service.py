@@ -131,7 +131,7 @@ class RecommendationService:
         """The ranked answers of the merged candidates (the hand-off: item, branch, branch score)."""
         if not rows:
             return []
-        lists = [RecallCandidates(m.items, m.branches, m.branch_scores) for m in merged]
+        lists = [RecallCandidates(m.items, m.branches, m.branch_scores, m.query) for m in merged]
         return self.ranking.rank(bundle, bundle.rankers, scenario, rows, lists, ks)
 
     def recommend(self, user_id: int, scenario: str, k: int, branches: list[str] | None = None,

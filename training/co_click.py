@@ -35,20 +35,37 @@ class CoClicks:
 
     def scores_and_head(self, recent: np.ndarray, owner: np.ndarray, item: np.ndarray, head: int,
                         chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
-        """(``scores``, the same sum over the sequence's first ``head`` clicks only): one lookup for both."""
+        """(``scores``, the same sum over the sequence's first ``head`` clicks only): one lookup for both.
+
+        Looked up from the clicks' side: each request's clicks' rows of the table (at most ``keep``
+        each) become one small sorted table of (request, item) sums that the candidates are searched
+        in, instead of a search of the whole table for every (candidate, click) pair."""
         out, out_head = np.zeros(len(item), np.float64), np.zeros(len(item), np.float64)
         if not len(self.keys):
             return out, out_head
-        span = np.int64(self.n_items + 1)
         for lo in range(0, len(item), chunk):
-            seq = recent[owner[lo:lo + chunk]].astype(np.int64)  # [c, L]
-            q = seq * span + item[lo:lo + chunk, None].astype(np.int64)
-            pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
-            hit = (self.keys[pos] == q) & (seq > 0)
-            w = np.where(hit, self.weights[pos], 0.0)
-            out[lo:lo + chunk] = w.sum(1)
-            out_head[lo:lo + chunk] = w[:, :head].sum(1)
+            keys, every, first = self._request_sums(recent, np.unique(owner[lo:lo + chunk]), head)
+            q = owner[lo:lo + chunk].astype(np.int64) * np.int64(self.n_items + 1) + item[lo:lo + chunk]
+            left, right = np.searchsorted(keys, q, "left"), np.searchsorted(keys, q, "right")
+            out[lo:lo + chunk], out_head[lo:lo + chunk] = every[right] - every[left], first[right] - first[left]
         return out, out_head
+
+    def _request_sums(self, recent: np.ndarray, requests: np.ndarray, head: int):
+        """The table rows of ``requests``' clicks: (sorted keys request * span + item, cumulative sums of
+        their weights, the same of the first ``head`` clicks' weights), each sum array one longer."""
+        span = np.int64(self.n_items + 1)
+        seq = recent[requests].astype(np.int64)  # [R, L]
+        r, t = np.nonzero(seq > 0)
+        src = seq[r, t]
+        starts, ends = np.searchsorted(self.keys, src * span), np.searchsorted(self.keys, (src + 1) * span)
+        counts = ends - starts
+        rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        keys = np.repeat(requests[r].astype(np.int64), counts) * span + self.keys[rows] % span
+        w = self.weights[rows].astype(np.float64)
+        order = np.argsort(keys, kind="stable")
+        w = w[order]
+        first = np.where(np.repeat(t < head, counts)[order], w, 0.0)
+        return (keys[order], np.concatenate([[0.0], np.cumsum(w)]), np.concatenate([[0.0], np.cumsum(first)]))
 
 
 def co_click_table(user: np.ndarray, item: np.ndarray, time: np.ndarray, n_items: int, window: int = 10,

@@ -208,18 +208,35 @@ class TargetAttention(nn.Module):
         self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
 
     def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T, _ = memory.shape
-        split = lambda x: x.view(B, T, self.heads, self.head_dim)  # noqa: E731
+        split = lambda x: x.unflatten(-1, (self.heads, self.head_dim))  # noqa: E731
         return split(self.key(memory)), split(self.value(memory))
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pad: torch.Tensor,
                 owner: torch.Tensor) -> torch.Tensor:
-        """query [n, d]; keys/values [B, T, h, d/h]; pad [B, T]; owner [n] -> [n, d]."""
-        q = self.query(query).view(len(query), self.heads, self.head_dim)
-        k, v = keys[owner], values[owner]  # [n, T, h, d/h]
-        logits = torch.einsum("nhe,nthe->nht", q, k) / self.head_dim ** 0.5
-        weights = torch.softmax(logits.masked_fill(pad[owner][:, None, :], float("-inf")), dim=-1)
-        return self.out(torch.einsum("nht,nthe->nhe", weights, v).reshape(len(query), -1))
+        """query [n, d]; keys/values [B, T, h, d/h]; pad [B, T]; owner [n] -> [n, d].
+
+        The queries are laid out per request ([B, M]: M the most candidates of any request) so that
+        each request's keys and values are read in place by one batched product, never copied once
+        per candidate."""
+        B = keys.shape[0]
+        q = self.query(query).unflatten(-1, (self.heads, self.head_dim))
+        slot = _slots(owner, B)
+        grid = q.new_zeros((B, int(slot.max()) + 1 if len(slot) else 0) + q.shape[1:])
+        grid[owner, slot] = q
+        logits = torch.einsum("bmhe,bthe->bhmt", grid, keys) / self.head_dim ** 0.5
+        weights = torch.softmax(logits.masked_fill(pad[:, None, None, :], float("-inf")), dim=-1)
+        attended = torch.einsum("bhmt,bthe->bmhe", weights, values)[owner, slot]  # [n, h, d/h]
+        return self.out(attended.flatten(1))
+
+
+def _slots(owner: torch.Tensor, n_requests: int) -> torch.Tensor:
+    """Each candidate's position among its request's candidates (in their order)."""
+    order = torch.argsort(owner, stable=True)
+    counts = torch.bincount(owner, minlength=n_requests)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(owner)
+    slot[order] = torch.arange(len(owner)) - starts[owner[order]]
+    return slot
 
 
 class FineRanker(nn.Module):
@@ -246,10 +263,10 @@ class FineRanker(nn.Module):
     def encode_sequences(self, recent: torch.Tensor, recent_all: torch.Tensor):
         """[B, L] + [B, L] item indices (0 = padding) -> (memory [B, 2L+1, d], padding mask [B, 2L+1])."""
         seq = torch.cat([recent, recent_all], 1)
-        B = seq.shape[0]
-        x = torch.cat([self.no_history.expand(B, -1, -1), self.item(seq)], 1)
+        items = self.item(seq)
+        x = torch.cat([self.no_history.expand(items.shape[0], -1, -1), items], 1)
         x = x + self.position.weight[None, : x.shape[1]]
-        pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool), seq == 0], 1)
+        pad = torch.cat([torch.zeros_like(seq[:, :1], dtype=torch.bool), seq == 0], 1)
         return self.encoder(x, src_key_padding_mask=pad), pad
 
     def score(self, memory: torch.Tensor, pad: torch.Tensor, owner: torch.Tensor, item: torch.Tensor,

@@ -90,3 +90,27 @@ def test_residual_rankers_and_the_co_click_table_round_trip(tmp_path):
     assert loaded.cfg.residual and len(loaded.co_clicks.keys) == len(table.keys) > 0
     np.testing.assert_array_equal(loaded.co_clicks.keys, table.keys)
     np.testing.assert_array_equal(loaded.co_clicks.weights, table.weights)
+
+
+def test_scores_and_head_match_the_pairwise_definition_across_chunks():
+    """The lookup from the clicks' side equals summing w(click, candidate) over every click (repeats
+    count each time) and over the first ``head`` clicks, whatever the chunking of the candidates."""
+    rng = np.random.default_rng(3)
+    n_items = 40
+    t = co_click_table(rng.integers(0, 30, 3000), rng.integers(1, n_items + 1, 3000), np.arange(3000), n_items,
+                       window=4, keep=8)
+    w = {(int(k // (n_items + 1)), int(k % (n_items + 1))): float(v) for k, v in zip(t.keys, t.weights)}
+    recent = rng.integers(0, n_items + 1, (6, 7))
+    recent[0, :3] = [5, 5, 0]  # a repeated click, then padding
+    recent[1] = 0  # no history
+    owner = rng.integers(0, 6, 200)  # unsorted, some requests without candidates
+    item = rng.integers(1, n_items + 1, 200)
+
+    def pairwise(clicks) -> np.ndarray:
+        return np.array([sum(w.get((int(c), int(i)), 0.0) for c in recent[o][:clicks] if c > 0)
+                         for o, i in zip(owner, item)])
+
+    every, first = t.scores_and_head(recent, owner, item, 3, chunk=17)
+    np.testing.assert_allclose(every, pairwise(7), rtol=1e-6)
+    np.testing.assert_allclose(first, pairwise(3), rtol=1e-6)
+    assert (every > 0).sum() > 20 and (first > 0).sum() > 5  # the sample hits the table

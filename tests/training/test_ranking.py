@@ -166,6 +166,25 @@ def test_a_candidate_score_does_not_depend_on_the_other_candidates():
     torch.testing.assert_close(part, full[pick])
 
 
+def test_target_attention_reads_each_candidates_own_request():
+    """The per-request layout of the queries equals attending one candidate at a time over its own
+    request's keys, for owners in any order and requests of any size (some with none)."""
+    from training.rankers import TargetAttention
+
+    torch.manual_seed(1)
+    attention = TargetAttention(8, 2).eval()
+    keys, values = torch.randn(4, 5, 2, 4), torch.randn(4, 5, 2, 4)
+    pad = torch.rand(4, 5) < 0.4
+    pad[:, 0] = False  # the "no history" token is never padding
+    owner = torch.tensor([2, 0, 2, 2, 3, 0, 2])  # request 1: no candidates
+    query = torch.randn(len(owner), 8)
+    with torch.inference_mode():
+        together = attention(query, keys, values, pad, owner)
+        for n, b in enumerate(owner.tolist()):
+            alone = attention(query[n:n + 1], keys[b:b + 1], values[b:b + 1], pad[b:b + 1], torch.zeros(1, dtype=torch.long))
+            torch.testing.assert_close(together[n:n + 1], alone)
+
+
 def test_lambdarank_loss_weights_each_pair_by_its_ndcg_swap():
     """Brute force over the pairs of each request: |1/log2(2 + rank i) - 1/log2(2 + rank j)| / ideal DCG x
     log(1 + exp(-(s_i - s_j))) for clicked i, unclicked j; a request without a click adds nothing but
