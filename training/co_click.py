@@ -37,22 +37,23 @@ class CoClicks:
                         chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
         """(``scores``, the same sum over the sequence's first ``head`` clicks only): one lookup for both.
 
-        Looked up from the clicks' side: each request's clicks' rows of the table (at most ``keep``
-        each) become one small sorted table of (request, item) sums that the candidates are searched
-        in, instead of a search of the whole table for every (candidate, click) pair."""
+        Looked up from the clicks' side: the table rows of each request's clicks (at most ``keep`` each)
+        are summed per (request, item), and the candidates read those sums, instead of a search of the
+        whole table for every (candidate, click) pair."""
         out, out_head = np.zeros(len(item), np.float64), np.zeros(len(item), np.float64)
         if not len(self.keys):
             return out, out_head
+        span = np.int64(self.n_items + 1)
         for lo in range(0, len(item), chunk):
-            keys, every, first = self._request_sums(recent, np.unique(owner[lo:lo + chunk]), head)
-            q = owner[lo:lo + chunk].astype(np.int64) * np.int64(self.n_items + 1) + item[lo:lo + chunk]
-            left, right = np.searchsorted(keys, q, "left"), np.searchsorted(keys, q, "right")
-            out[lo:lo + chunk], out_head[lo:lo + chunk] = every[right] - every[left], first[right] - first[left]
+            requests = np.unique(owner[lo:lo + chunk])
+            local, j, w, first = self._request_rows(recent, requests, head)
+            q = np.searchsorted(requests, owner[lo:lo + chunk]).astype(np.int64) * span + item[lo:lo + chunk]
+            out[lo:lo + chunk], out_head[lo:lo + chunk] = _sums_at(local * span + j, w, first, q, len(requests) * span)
         return out, out_head
 
-    def _request_sums(self, recent: np.ndarray, requests: np.ndarray, head: int):
-        """The table rows of ``requests``' clicks: (sorted keys request * span + item, cumulative sums of
-        their weights, the same of the first ``head`` clicks' weights), each sum array one longer."""
+    def _request_rows(self, recent: np.ndarray, requests: np.ndarray, head: int):
+        """The table rows of ``requests``' clicks: (the request's position in ``requests``, the item,
+        the weight, the weight if the click is among the first ``head`` else 0)."""
         span = np.int64(self.n_items + 1)
         seq = recent[requests].astype(np.int64)  # [R, L]
         r, t = np.nonzero(seq > 0)
@@ -60,12 +61,24 @@ class CoClicks:
         starts, ends = np.searchsorted(self.keys, src * span), np.searchsorted(self.keys, (src + 1) * span)
         counts = ends - starts
         rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        keys = np.repeat(requests[r].astype(np.int64), counts) * span + self.keys[rows] % span
         w = self.weights[rows].astype(np.float64)
-        order = np.argsort(keys, kind="stable")
-        w = w[order]
-        first = np.where(np.repeat(t < head, counts)[order], w, 0.0)
-        return (keys[order], np.concatenate([[0.0], np.cumsum(w)]), np.concatenate([[0.0], np.cumsum(first)]))
+        return np.repeat(r, counts).astype(np.int64), self.keys[rows] % span, w, np.where(np.repeat(t < head, counts), w, 0.0)
+
+
+DENSE_SUMS = 8  # a dense count when the key space is at most this many times the entries
+
+
+def _sums_at(keys: np.ndarray, w: np.ndarray, first: np.ndarray, q: np.ndarray, n_keys: int):
+    """The sums of ``w`` and of ``first`` over the entries of each key in ``q`` (keys < ``n_keys``): by a
+    dense count when the key space is small next to the entries (a chunk of training lists over a small
+    catalog), else by sorting the entries (a request over a million items)."""
+    if n_keys <= DENSE_SUMS * len(keys) + 4096:
+        return (np.bincount(keys, w, minlength=n_keys)[q], np.bincount(keys, first, minlength=n_keys)[q])
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    every, head = (np.concatenate([[0.0], np.cumsum(x[order])]) for x in (w, first))
+    left, right = np.searchsorted(keys, q, "left"), np.searchsorted(keys, q, "right")
+    return every[right] - every[left], head[right] - head[left]
 
 
 def co_click_table(user: np.ndarray, item: np.ndarray, time: np.ndarray, n_items: int, window: int = 10,

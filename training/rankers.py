@@ -85,18 +85,29 @@ def dense_names(branches: list[str]) -> list[str]:
     return list(USER_COLUMNS) + list(ROW_COLUMNS) + [f"branch_{b}" for b in branches]
 
 
-def _transformed(names: tuple[str, ...], cols: dict[str, np.ndarray]) -> np.ndarray:
-    """[n, len(names)] float32: NaN -> 0, counts and co-clicks -> log1p, ``trending`` -> log (one pass per kind)."""
-    x = np.column_stack([np.asarray(cols[name], np.float64) for name in names]) if names else np.zeros((0, 0))
-    base = [n.split("_", 1)[1] if n.startswith(("user_", "item_")) else n for n in names]
-    since = [j for j, b in enumerate(base) if b == SINCE_CLICK.name]  # no click in 7d: older than the window
-    x[:, since] = np.log1p(np.nan_to_num(x[:, since], nan=float(WINDOW_7D.span_ms + HOUR_MS)) / MINUTE_MS)
-    x[np.isnan(x)] = 0.0
-    counts = [j for j, b in enumerate(base) if b.startswith(COUNT_PREFIXES) or b in CO_CLICK_COLUMNS]  # heavy tails
-    trend = [j for j, b in enumerate(base) if b == "trending"]
-    x[:, counts] = np.log1p(np.maximum(x[:, counts], 0.0))
-    x[:, trend] = np.log(np.maximum(x[:, trend], 1e-6))
-    return x.astype(np.float32)
+def _transformed_column(name: str, values) -> np.ndarray:
+    """float64: NaN -> 0, counts and co-clicks -> log1p, ``trending`` -> log, the time since the last
+    click -> log1p(minutes) (none in 7 days: older than the window)."""
+    base = name.split("_", 1)[1] if name.startswith(("user_", "item_")) else name
+    x = np.asarray(values, np.float64)
+    if base == SINCE_CLICK.name:
+        return np.log1p(np.nan_to_num(x, nan=float(WINDOW_7D.span_ms + HOUR_MS)) / MINUTE_MS)
+    x = np.nan_to_num(x, nan=0.0)
+    if base.startswith(COUNT_PREFIXES) or base in CO_CLICK_COLUMNS:  # heavy tails
+        return np.log1p(np.maximum(x, 0.0))
+    if base == "trending":
+        return np.log(np.maximum(x, 1e-6))
+    return x
+
+
+def _transformed(names: tuple[str, ...], cols: dict[str, np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """[n, len(names)] float32 of the transformed columns, one column at a time (into ``out`` if given:
+    millions of training rows never hold a float64 copy of the whole matrix)."""
+    n = len(cols[names[0]]) if names else 0
+    out = np.empty((n, len(names)), np.float32) if out is None else out
+    for j, name in enumerate(names):
+        out[:, j] = _transformed_column(name, cols[name])
+    return out
 
 
 def dense_matrix(cols: dict[str, np.ndarray], branch: np.ndarray, branches: list[str],
@@ -108,8 +119,11 @@ def dense_matrix(cols: dict[str, np.ndarray], branch: np.ndarray, branches: list
     n, nu = len(branch), len(USER_COLUMNS)
     nr = len(ROW_COLUMNS)
     out = np.zeros((n, nu + nr + len(branches)), np.float32)
-    out[:, :nu] = _transformed(USER_COLUMNS, cols) if user_cols is None else _transformed(USER_COLUMNS, user_cols)[owner]
-    out[:, nu:nu + nr] = _transformed(ROW_COLUMNS, cols)
+    if user_cols is None:
+        _transformed(USER_COLUMNS, cols, out[:, :nu])
+    else:
+        out[:, :nu] = _transformed(USER_COLUMNS, user_cols)[owner]
+    _transformed(ROW_COLUMNS, cols, out[:, nu:nu + nr])
     known = (branch >= 0) & (branch < len(branches))
     out[np.flatnonzero(known), nu + nr + branch[known]] = 1.0
     return out

@@ -84,6 +84,20 @@ def _list_starts(owner: np.ndarray, n_lists: int) -> np.ndarray:
     return np.searchsorted(owner, np.arange(n_lists + 1))
 
 
+def ranked_rows(lists: RankingLists, scores: np.ndarray) -> np.ndarray:
+    """[n_lists, longest list] each list's rows, best score first (ties and NaN: in row order, NaN last),
+    -1 after a list's end.  One stable sort per list of a padded grid: millions of rows sort in a
+    fraction of a global (owner, score) sort's time."""
+    starts = _list_starts(lists.owner, lists.n_lists)
+    slot = np.arange(len(lists.owner)) - starts[lists.owner]
+    width = int(np.diff(starts).max()) if lists.n_lists else 0
+    grid = np.full((lists.n_lists, width), np.nan)  # padding sorts last, after every score
+    grid[lists.owner, slot] = -np.asarray(scores, np.float64)
+    rows = np.full((lists.n_lists, width), -1, np.int64)
+    rows[lists.owner, slot] = np.arange(len(lists.owner))
+    return np.take_along_axis(rows, np.argsort(grid, axis=1, kind="stable"), 1)
+
+
 # --------------------------------------------------------------------------- training
 
 def _loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, owner: np.ndarray,
@@ -305,10 +319,8 @@ def score_fine(model: FineRanker, lists: RankingLists, dense: np.ndarray, base: 
 
 def top_per_list(lists: RankingLists, scores: np.ndarray, keep: int) -> np.ndarray:
     """Rows (sorted by owner) of each list's ``keep`` best scores."""
-    order = np.lexsort((-scores, lists.owner))
-    starts = _list_starts(lists.owner, lists.n_lists)
-    pos = np.arange(len(order)) - starts[lists.owner[order]]
-    return np.sort(order[pos < keep])
+    top = ranked_rows(lists, scores)[:, :keep]
+    return np.sort(top[top >= 0])
 
 
 def cascade(lists: RankingLists, coarse_scores: np.ndarray, fine: FineRanker | None, dense: np.ndarray,
@@ -336,15 +348,11 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def ranking_metrics(lists: RankingLists, scores: np.ndarray, n_scenarios: int, k: int = K) -> dict:
     """metric -> scenario id (str) | "mean" -> value, over candidate rows (``lists.candidate``)."""
     cand = lists.candidate
-    s = np.where(cand, scores, -np.inf)
-    order = np.lexsort((-s, lists.owner))
-    starts = _list_starts(lists.owner, lists.n_lists)
-    pos = np.arange(len(order)) - starts[lists.owner[order]]
-    top = (pos < k) & cand[order]
-    gain = np.zeros(lists.n_lists)
-    hits = np.zeros(lists.n_lists)
-    np.add.at(gain, lists.owner[order][top], lists.label[order][top] / np.log2(pos[top] + 2.0))
-    np.add.at(hits, lists.owner[order][top], lists.label[order][top])
+    top = ranked_rows(lists, np.where(cand, scores, -np.inf))[:, :k]  # [n_lists, <= k]
+    row = np.maximum(top, 0)
+    label = np.where((top >= 0) & cand[row], lists.label[row], 0.0)
+    gain = (label / np.log2(np.arange(top.shape[1]) + 2.0)).sum(1)
+    hits = label.sum(1)
     ideal = np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))[np.minimum(lists.n_targets, k) - 1]
     per_list = {f"ndcg@{k}": gain / ideal, f"recall@{k}": hits / lists.n_targets}
     out: dict[str, dict[str, float]] = {m: {} for m in (*per_list, "auc")}

@@ -73,20 +73,37 @@ def event_arrays(events: pd.DataFrame, data: TrainingData) -> EventArrays:
 
 class WindowCounter:
     """Events per key before a time: ``before(key, t)`` = #events of ``key`` with time < t, vectorised
-    (one searchsorted over a (key, time-rank) sorted array)."""
+    (one searchsorted over a (key, time-rank) sorted array).
+
+    ``order``: a permutation that sorts the queries by (key, t).  Millions of candidate rows in list order
+    search the whole array once per list; in (key, t) order the searches walk it once (~5x faster).  The
+    times are searched in the caller's order, where a list's rows share theirs."""
 
     def __init__(self, key: np.ndarray, time: np.ndarray):
         self.times = np.unique(time)
         self.span = np.int64(len(self.times) + 1)
         self.sorted = np.sort(key.astype(np.int64) * self.span + np.searchsorted(self.times, time))
 
-    def before(self, key: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def before(self, key: np.ndarray, t: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
         base = key.astype(np.int64) * self.span
-        return (np.searchsorted(self.sorted, base + np.searchsorted(self.times, t), side="left")
-                - np.searchsorted(self.sorted, base, side="left"))
+        end = base + np.searchsorted(self.times, t)
+        if order is None:
+            return np.searchsorted(self.sorted, end, side="left") - np.searchsorted(self.sorted, base, side="left")
+        out = np.empty(len(key), np.int64)
+        out[order] = (np.searchsorted(self.sorted, end[order], side="left")
+                      - np.searchsorted(self.sorted, base[order], side="left"))
+        return out
 
-    def window(self, key: np.ndarray, t: np.ndarray, window) -> np.ndarray:
-        return self.before(key, t) - self.before(key, window_start_ms(window, t))
+    def window(self, key: np.ndarray, t: np.ndarray, window, order: np.ndarray | None = None) -> np.ndarray:
+        """#events of ``key`` in [window start, t): before(t) - before(start), whose searches for the
+        key's first event cancel out."""
+        base = key.astype(np.int64) * self.span
+        end, start = base + np.searchsorted(self.times, t), base + np.searchsorted(self.times, window_start_ms(window, t))
+        if order is None:
+            return np.searchsorted(self.sorted, end) - np.searchsorted(self.sorted, start)
+        out = np.empty(len(key), np.int64)
+        out[order] = np.searchsorted(self.sorted, end[order]) - np.searchsorted(self.sorted, start[order])
+        return out
 
     def last_before(self, key: np.ndarray, t: np.ndarray) -> np.ndarray:
         """The time of each key's newest event before t (-1: none)."""
@@ -107,12 +124,13 @@ def since_click_ms(last_click: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(in_week, (t - tile).astype(np.float64), np.nan)
 
 
-def _window_columns(imps: WindowCounter, clks: WindowCounter, key: np.ndarray, t: np.ndarray) -> dict:
+def _window_columns(imps: WindowCounter, clks: WindowCounter, key: np.ndarray, t: np.ndarray,
+                    order: np.ndarray | None = None) -> dict:
     """The ``features.windows.scenario_window_features`` of keys as of t (+ ``trending``)."""
     out = {}
     for w in WINDOWS:
-        out[f"imp_{w.name}"] = imps.window(key, t, w).astype(np.float64)
-        out[f"clk_{w.name}"] = clks.window(key, t, w).astype(np.float64)
+        out[f"imp_{w.name}"] = imps.window(key, t, w, order).astype(np.float64)
+        out[f"clk_{w.name}"] = clks.window(key, t, w, order).astype(np.float64)
     for w in (WINDOW_24H, WINDOW_7D):
         i, c = out[f"imp_{w.name}"], out[f"clk_{w.name}"]
         out[f"ctr_{w.name}"] = np.where(i > 0, c / np.maximum(i, 1), 0.0)
@@ -146,7 +164,8 @@ class PointInTime:
         return out
 
     def item_columns(self, item: np.ndarray, scenario: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
-        cols = _window_columns(self.item_imps, self.item_clks, item * self.S + scenario, t)
+        key = item * self.S + scenario
+        cols = _window_columns(self.item_imps, self.item_clks, key, t, np.lexsort((t, key)))
         return {f"item_{k}": v for k, v in cols.items()}
 
 

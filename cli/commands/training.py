@@ -93,6 +93,14 @@ def cmd_bench_quality(args, settings) -> int:
     return 0
 
 
+def cmd_bench_retrain(args, settings) -> int:
+    from cli.bench.retrain import bench_retrain
+    from cli.output import emit_json
+
+    emit_json(bench_retrain(settings, args.data or settings.data.find_movielens(), args.limit, args.state_dir))
+    return 0
+
+
 def register(commands, benches) -> None:
     p = commands.add_parser("train", help="train SASS (both stages), evaluate, register, gate, report")
     src = p.add_mutually_exclusive_group()
@@ -129,3 +137,9 @@ def register(commands, benches) -> None:
     p.add_argument("--events", type=int, default=400_000, help="synthetic: events")
     p.add_argument("--no-ranking", action="store_true", help="skip the rankers (the ranking figures)")
     p.set_defaults(func=cmd_bench_quality)
+
+    p = benches.add_parser("retrain", help="the retrain DAG's wall time with and without the rankers")
+    p.add_argument("--data", default=None, help="a dataset folder (MovieLens format); default: settings.data")
+    p.add_argument("--limit", type=int, default=None, help="only the first N events (time order)")
+    p.add_argument("--state-dir", default=None, help="keep the runs' state here (default: a scratch folder)")
+    p.set_defaults(func=cmd_bench_retrain)

@@ -30,10 +30,15 @@ for run in {runs!r}:
     with create_session() as session:
         tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
         states = {{ti.task_id: getattr(ti.state, "value", ti.state) for ti in tis}}
+        durations = {{ti.task_id: ti.duration for ti in tis if ti.duration is not None}}
+        # the run's wall time from its tasks (a dag.test() run's own start date is its logical date)
+        starts, ends = [ti.start_date for ti in tis if ti.start_date], [ti.end_date for ti in tis if ti.end_date]
+        seconds = (max(ends) - min(starts)).total_seconds() if starts and ends else None
         xcoms = session.scalars(XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id, key="return_value")).all()
         returned = {{x.task_id: XComModel.deserialize_value(x) for x in xcoms}}
     results.append({{"state": str(getattr(dr.state, "value", dr.state)), "run_id": dr.run_id, "tasks": states,
-                    "results": returned}})
+                    "results": returned, "task_seconds": durations,
+                    "seconds": seconds}})
 print(json.dumps({{"runs": results}}, default=str))
 """
 
@@ -74,8 +79,9 @@ def dag_test_runs(settings, dag_id: str, runs: list[dict], timeout: float = 900)
     """``dag.test()`` runs of one DAG, one after the other in one subprocess (Airflow starts once).
 
     Each run is {"conf": {...}, "logical_date": iso str, "env": {extra variables from now on}};
-    returns per run {"state", "run_id", "tasks": {task_id: state}, "results": {task_id: its return value}}
-    (the tasks' ``return_value`` XComs: how a caller learns what a run produced)."""
+    returns per run {"state", "run_id", "tasks": {task_id: state}, "results": {task_id: its return value},
+    "task_seconds": {task_id: how long it ran}, "seconds": its first task's start to its last task's end} (the tasks' ``return_value``
+    XComs: how a caller learns what a run produced)."""
     from cli.local.airflow import DAGS_FOLDER
 
     ensure_migrated(settings)

@@ -111,6 +111,21 @@ def test_scores_and_head_match_the_pairwise_definition_across_chunks():
                          for o, i in zip(owner, item)])
 
     every, first = t.scores_and_head(recent, owner, item, 3, chunk=17)
+    np.testing.assert_allclose(t.scores_and_head(recent, owner, item, 3, chunk=1 << 18), (every, first), rtol=1e-9)
     np.testing.assert_allclose(every, pairwise(7), rtol=1e-6)
     np.testing.assert_allclose(first, pairwise(3), rtol=1e-6)
     assert (every > 0).sum() > 20 and (first > 0).sum() > 5  # the sample hits the table
+
+
+def test_dense_and_sorted_sums_agree():
+    """Both ways of summing a request's table rows (a dense count for small catalogs, a sort for big
+    ones) give the same sums, for repeated keys, keys without entries and keys never asked."""
+    from training.co_click import _sums_at
+
+    rng = np.random.default_rng(5)
+    keys, w = rng.integers(0, 300, 2000), rng.random(2000)
+    first = np.where(rng.random(2000) < 0.3, w, 0.0)
+    q = rng.integers(0, 400, 500)
+    small, big = _sums_at(keys, w, first, q, 400), _sums_at(keys, w, first, q, 1 << 30)  # dense, sorted
+    np.testing.assert_allclose(small, big, rtol=1e-9, atol=1e-12)
+    assert (small[0][q >= 300] == 0).all() and (small[0] > 0).sum() > 300
