@@ -260,7 +260,9 @@ def train_pipeline(settings, events_df: pd.DataFrame, out_dir=None, baselines=("
 def train_rankers(settings, dataset_dir, model_dir, out_dir, with_test: bool = True) -> dict:
     """The coarse and fine rankers on the recall model at ``model_dir`` (``training.ranking``): trained on
     the validation split's requests, gated on held-out users' (the cascade must beat the recall order),
-    test figures beside; writes the ranker artifact (``RankerArtifact``, the decision in its config)."""
+    test figures beside; writes the ranker artifact (``RankerArtifact``, the decision in its config).
+    A window without training or gating requests (a day of history) trains nothing: ``path`` None and
+    the reason, so the bundle ships the recall model alone."""
     from training.evaluate import model_scorer
     from training.export import load_model
     from training.rankers import RECALL_BRANCHES, save_rankers
@@ -273,7 +275,14 @@ def train_rankers(settings, dataset_dir, model_dir, out_dir, with_test: bool = T
     p = RankingParams.from_settings(settings.ranking, settings.training, seed=settings.training.seed,
                                     progress=show_progress())
     rd = RankingData(data, events, model_scorer(model), p, with_test=with_test)
-    res = fit(rd, p, list(RECALL_BRANCHES))
+    train = rd.with_exposure()
+    if not len(train.owner) or not rd.valid.n_lists:
+        reason = (f"too little data for the rankers: {train.n_lists} training requests with candidate rows, "
+                  f"{rd.valid.n_lists} validation requests")
+        log.info("rankers left out: %s", reason)
+        return {"path": None, "included": False, "reason": reason, "metrics": {}, "seconds": {"data": rd.seconds},
+                "window": list(data.window)}
+    res = fit(rd, p, list(RECALL_BRANCHES), train)
     val = res.metrics["val"]
     gate_metrics = {f"{name}_ndcg@10": val[name]["ndcg@10"]["mean"] for name in ("fine", "coarse", "recall_order")}
     save_rankers(out_dir, res.cfg, res.coarse, res.fine, data.items.ids, data.item_clicks, rd.co_clicks,

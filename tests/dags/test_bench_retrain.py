@@ -22,7 +22,8 @@ def test_bench_retrain_times_the_dag_with_and_without_the_rankers(airflow_home, 
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     with_rankers, without = r["with_rankers"], r["without_rankers"]
-    assert with_rankers["state"] == without["state"] == "success"
+    # the warm-up's single day has no requests to train rankers on: they are left out, the run succeeds
+    assert with_rankers["state"] == without["state"] == r["warm_up_state"] == "success"
     assert r["events"] > 4000  # every rating an impression, the good ones a click too
     # the rankers trained in the first run only; the switch reached the tasks through the run's env
     assert with_rankers["rankers_reason"] and "disabled" not in with_rankers["rankers_reason"]

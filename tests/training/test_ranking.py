@@ -245,3 +245,20 @@ def test_retrain_steps_gate_register_and_ship_the_rankers_as_decided(syn_events,
     assert manifest["ranking"]["included"] is False and manifest["ranking"]["reason"] == result["reason"]
     assert not any(f.startswith("ranking/") for f in manifest["files"])
     assert load_bundle(path, settings).rankers is None
+
+
+def test_a_window_too_small_for_rankers_trains_none_and_says_why(syn_events, tmp_path):
+    """A day of history has no validation requests to train or gate the rankers on: the step leaves them
+    out with the reason (the DAG then ships the recall model alone) instead of failing the retrain."""
+    from sassflow.settings import Settings
+    from training.pipeline import finetune, train_rankers as train_step
+
+    settings = Settings(state_dir=tmp_path, training={"finetune_epochs": 1, "batch_size": 256})
+    data_dir = tmp_path / "dataset"
+    data_dir.mkdir()
+    syn_events.head(150).to_parquet(data_dir / "events.parquet", index=False)
+    finetune(settings, data_dir, None, tmp_path / "model")
+    result = train_step(settings, data_dir, tmp_path / "model", tmp_path / "rankers")
+    assert result["path"] is None and not result["included"]
+    assert result["reason"].startswith("too little data for the rankers")
+    assert not (tmp_path / "rankers").exists()
