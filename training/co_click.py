@@ -62,7 +62,8 @@ class CoClicks:
         counts = ends - starts
         rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         w = self.weights[rows].astype(np.float64)
-        return np.repeat(r, counts).astype(np.int64), self.keys[rows] % span, w, np.where(np.repeat(t < head, counts), w, 0.0)
+        first = np.where(np.repeat(t < head, counts), w, 0.0)
+        return np.repeat(r, counts).astype(np.int64), self.keys[rows] % span, w, first
 
 
 DENSE_SUMS = 8  # a dense count when the key space is at most this many times the entries

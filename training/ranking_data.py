@@ -72,8 +72,8 @@ def event_arrays(events: pd.DataFrame, data: TrainingData) -> EventArrays:
 
 
 class WindowCounter:
-    """Events per key before a time: ``before(key, t)`` = #events of ``key`` with time < t, vectorised
-    (one searchsorted over a (key, time-rank) sorted array).
+    """Events per key in a time window: ``window(key, t, w)`` = #events of ``key`` in [w's start, t),
+    vectorised (two searchsorted over a (key, time-rank) sorted array).
 
     ``order``: a permutation that sorts the queries by (key, t).  Millions of candidate rows in list order
     search the whole array once per list; in (key, t) order the searches walk it once (~5x faster).  The
@@ -84,21 +84,11 @@ class WindowCounter:
         self.span = np.int64(len(self.times) + 1)
         self.sorted = np.sort(key.astype(np.int64) * self.span + np.searchsorted(self.times, time))
 
-    def before(self, key: np.ndarray, t: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    def window(self, key: np.ndarray, t: np.ndarray, window, order: np.ndarray | None = None) -> np.ndarray:
+        """#events of ``key`` in [window start, t): the key's events before t minus those before the start."""
         base = key.astype(np.int64) * self.span
         end = base + np.searchsorted(self.times, t)
-        if order is None:
-            return np.searchsorted(self.sorted, end, side="left") - np.searchsorted(self.sorted, base, side="left")
-        out = np.empty(len(key), np.int64)
-        out[order] = (np.searchsorted(self.sorted, end[order], side="left")
-                      - np.searchsorted(self.sorted, base[order], side="left"))
-        return out
-
-    def window(self, key: np.ndarray, t: np.ndarray, window, order: np.ndarray | None = None) -> np.ndarray:
-        """#events of ``key`` in [window start, t): before(t) - before(start), whose searches for the
-        key's first event cancel out."""
-        base = key.astype(np.int64) * self.span
-        end, start = base + np.searchsorted(self.times, t), base + np.searchsorted(self.times, window_start_ms(window, t))
+        start = base + np.searchsorted(self.times, window_start_ms(window, t))
         if order is None:
             return np.searchsorted(self.sorted, end) - np.searchsorted(self.sorted, start)
         out = np.empty(len(key), np.int64)

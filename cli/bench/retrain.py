@@ -81,4 +81,5 @@ def bench_retrain(settings, data_dir, limit: int | None = None, keep: str | None
             # what the rankers add to the DAG's wall time: between the runs, and inside the run with them
             "ranker_added_share": round((a["wall_s"] - b["wall_s"]) / b["wall_s"], 3) if b["wall_s"] else None,
             "ranking_share_of_other_tasks": round(a["ranking_s"] / others, 3) if others else None,
-            "warm_up_s": _run_summary(warm_up)["wall_s"], "warm_up_state": warm_up["state"], "all_runs_s": round(total, 1), "state_dir": str(scratch)}
+            "warm_up_s": _run_summary(warm_up)["wall_s"], "warm_up_state": warm_up["state"],
+            "all_runs_s": round(total, 1), "state_dir": str(scratch)}

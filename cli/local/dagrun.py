@@ -80,8 +80,8 @@ def dag_test_runs(settings, dag_id: str, runs: list[dict], timeout: float = 900)
 
     Each run is {"conf": {...}, "logical_date": iso str, "env": {extra variables from now on}};
     returns per run {"state", "run_id", "tasks": {task_id: state}, "results": {task_id: its return value},
-    "task_seconds": {task_id: how long it ran}, "seconds": its first task's start to its last task's end} (the tasks' ``return_value``
-    XComs: how a caller learns what a run produced)."""
+    "task_seconds": {task_id: how long it ran}, "seconds": its first task's start to its last task's end}
+    (the tasks' ``return_value`` XComs: how a caller learns what a run produced)."""
     from cli.local.airflow import DAGS_FOLDER
 
     ensure_migrated(settings)
