@@ -152,6 +152,9 @@ class StreamingSettings(BaseModel):
     # also lose the request for good (streaming.kafka_internals.transaction_step), which only this
     # ends.  Giving up early is safe: the new producer fences the old one and the records are resent.
     transaction_timeout_s: float = Field(10.0, gt=0)
+    # How long delivering the dead letters (commit step 1) or reading the dead-letter topic back (the
+    # replay guard) may take before the step is given up and retried (streaming.dead_letters).
+    dead_letter_timeout_s: float = Field(10.0, gt=0)
     metrics_port: int = 9464  # 0 disables the Prometheus endpoint
     checkpoint_dir: Path | None = None  # default: <state_dir>/checkpoints
     offline_dir: Path | None = None  # default: <state_dir>/offline (partitioned parquet history)

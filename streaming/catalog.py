@@ -138,11 +138,11 @@ class CatalogStage:
     subscribes = True
     changelog = None  # the history is the state
 
-    def __init__(self, settings, producer):
+    def __init__(self, settings):
         self.s = settings
         self.topic = settings.kafka.items_topic
         self.group = catalog_group(settings)
-        self.dead_letters = DeadLetters(settings, producer, self.topic, settings.kafka.items_dlq_topic)
+        self.dead_letters = DeadLetters(settings, self.topic, settings.kafka.items_dlq_topic)
         self.parts: dict[int, CatalogPartition] = {}
         self.awaiting: dict[int, int] = {}
         self.tags: dict[int, list[str]] = {}  # tags of the items applied since the last online write
@@ -178,6 +178,7 @@ class CatalogStage:
         for p in partitions:
             self.parts.pop(p, None)
             self.awaiting.pop(p, None)
+            self.dead_letters.forget(p)
 
     def quarantine(self, batch) -> bool:
         part = self.parts.get(batch.partition)
@@ -235,7 +236,7 @@ class CatalogStage:
         pass
 
     def close(self) -> None:
-        self.dead_letters.producer.close(timeout=10)
+        self.dead_letters.close()
 
     def _owned(self, partitions: list[int] | None) -> list[int]:
         return sorted(p for p in (self.parts if partitions is None else partitions) if p in self.parts)

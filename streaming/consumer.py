@@ -85,9 +85,7 @@ class RunResult:
 def make_stage(settings, kind: str, writer, shard: int = 0, shards: int = 1) -> Stage:
     """``kind``: "user" (a consumer-group member) or "item" (shard ``shard`` of ``shards``)."""
     if kind == "user":
-        from streaming.produce import make_producer
-
-        return UserStage(settings, writer, make_producer(settings, linger_ms=5))
+        return UserStage(settings, writer)
     if kind == "item":
         return ItemStage(settings, writer, shard, shards)
     if kind == "recall":

@@ -191,13 +191,13 @@ class UserStage:
     name = "user"
     subscribes = True
 
-    def __init__(self, settings, writer, producer):
+    def __init__(self, settings, writer):
         self.s = settings
         self.topic = settings.kafka.events_topic
         self.group = settings.kafka.consumer_group
         self.changelog = user_changelog(settings)
         self.writer = writer
-        self.dead_letters = DeadLetters(settings, producer, self.topic)
+        self.dead_letters = DeadLetters(settings, self.topic)
         self.ckpt = CheckpointStore(checkpoint_root(settings, self.group, self.topic))
         self.restorer = Restorer(settings, self.changelog, self.name, self.ckpt)
         self.parts: dict[int, UserPartition] = {}
@@ -253,6 +253,7 @@ class UserStage:
     def revoke(self, partitions: list[int]) -> None:
         for p in partitions:
             self.awaiting.pop(p, None)
+            self.dead_letters.forget(p)  # what was not delivered is the next owner's to redo
             part = self.parts.pop(p, None)
             if part is not None:
                 part.changelog.writer.close()
@@ -352,7 +353,7 @@ class UserStage:
         self.revoke(list(self.parts))
         self.committer.shutdown()
         self.restorer.close()
-        self.dead_letters.producer.close(timeout=10)
+        self.dead_letters.close()
 
     def _owned(self, partitions: list[int] | None) -> list[int]:
         return sorted(p for p in (self.parts if partitions is None else partitions) if p in self.parts)

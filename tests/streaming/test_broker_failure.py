@@ -25,12 +25,15 @@ def _min_insync(settings, topic: str) -> str:
         admin.close()
 
 
-def _wait_drained(settings, timeout=180):
-    """Until the user and item stages (all these tests run) have committed the whole topic."""
+def _wait_drained(settings, procs, timeout=180):
+    """Until the user and item stages (all these tests run, ``procs``) have committed the whole topic;
+    a stage process that exits meanwhile fails the test at once."""
     settings = settings.model_copy(deep=True)
     settings.recall.stream = False  # the recall stage is not among them
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        exited = [p.exitcode for p in procs if not p.is_alive()]
+        assert not exited, f"a stage process exited during the broker failure (exit codes {exited})"
         try:
             if all(v == 0 for v in consumer_lag(settings).values()):
                 return
@@ -64,7 +67,7 @@ def test_kill_9_one_of_three_brokers_mid_ingest_is_exact(tmp_path):
         time.sleep(3.0)
         victim.start()
         producer.join()
-        _wait_drained(s)
+        _wait_drained(s, procs)
         for p in procs:
             os.kill(p.pid, signal.SIGTERM)
         _join_all(procs, timeout=60)
