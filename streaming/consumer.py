@@ -95,9 +95,8 @@ def make_stage(settings, kind: str, writer, shard: int = 0, shards: int = 1) -> 
         return RecallStage(settings, open_recall_store(settings))
     if kind == "catalog":
         from streaming.catalog import CatalogStage
-        from streaming.produce import make_producer
 
-        return CatalogStage(settings, make_producer(settings, linger_ms=5))
+        return CatalogStage(settings)
     raise ValueError(f"unknown stage {kind!r}; expected 'user', 'item', 'recall' or 'catalog'")
 
 
@@ -212,10 +211,10 @@ class PollLoop:
     """Restore steps and micro-batches in, online rows and checkpoints out, until shutdown,
     ``max_events`` records or ``until_idle`` seconds without one."""
 
-    def __init__(self, settings, stage: Stage, consumer, lock, shutdown: Shutdown):
+    def __init__(self, settings, stage: Stage, consumer, lock, shutdown: Shutdown, result: RunResult | None = None):
         self.sset = settings.streaming
         self.stage, self.consumer, self.lock, self.shutdown = stage, consumer, lock, shutdown
-        self.result = RunResult()
+        self.result = result if result is not None else RunResult()
         self.oldest_ts: list[int] = []  # produce time of each polled batch's first record
 
     def _attempt(self, fn, operation):
@@ -330,6 +329,16 @@ class PollLoop:
         return self.result
 
 
+# A stage without group membership (an item shard, the recall stage) that is fenced takes its state
+# over again, at most this many times an hour.  The newer producer is mostly its own: after a broker
+# failure the transaction coordinator bumps the epoch of a transaction it aborted, or a reopened
+# producer races the one it replaces (streaming.changelog); the process would otherwise stop with
+# nobody taking the shard over.  A second live process of the same shard fences it again each time:
+# the two alternate (exactly: each restores before it applies anything) until one runs out of
+# re-takes and stops.
+RETAKES_PER_HOUR = 3
+
+
 def run_stage(settings, stage_name: str = "user", shard: int = 0, shards: int = 1, index: int = 0,
               max_events: int | None = None, until_idle: float | None = None,
               install_signals: bool = True, shutdown: Shutdown | None = None) -> RunResult:
@@ -345,10 +354,28 @@ def run_stage(settings, stage_name: str = "user", shard: int = 0, shards: int = 
     metrics.serve(port + index if port else 0)
     # the recall and catalogue stages write their own stores
     writer = OnlineWriter(open_store(settings)) if stage_name in ("user", "item") else None
-    stage = make_stage(settings, stage_name, writer, shard, shards)
+    result, retakes = RunResult(), []
+    while True:
+        stage = make_stage(settings, stage_name, writer, shard, shards)
+        fenced = _run_owner(settings, stage, shutdown, result, max_events, until_idle)
+        if fenced is None:
+            return result
+        retakes = [t for t in retakes if time.monotonic() - t < 3600]
+        if stage.subscribes or len(retakes) >= RETAKES_PER_HOUR or shutdown.flag.is_set():
+            log.error("stopping: another process has taken over this %s stage's state (%s)", stage.name, fenced)
+            return result
+        retakes.append(time.monotonic())
+        log.warning("%s stage fenced (%s) and no group decides who owns it: taking its state over again (%d of %d "
+                    "this hour)", stage.name, fenced, len(retakes), RETAKES_PER_HOUR)
+
+
+def _run_owner(settings, stage: Stage, shutdown: Shutdown, result: RunResult, max_events: int | None,
+               until_idle: float | None) -> Fenced | None:
+    """One stage object's run, from its consumer's start to its end; returns the fencing that ended
+    it, if one did."""
     consumer = _open_consumer(settings, stage)
     lock = threading.RLock()
-    loop = PollLoop(settings, stage, consumer, lock, shutdown)
+    loop = PollLoop(settings, stage, consumer, lock, shutdown, result)
     try:
         parts = input_partitions(consumer, stage.topic, shutdown)
         if stage.changelog is not None:
@@ -356,13 +383,13 @@ def run_stage(settings, stage_name: str = "user", shard: int = 0, shards: int = 
                                         changelog_configs(), grow=True), "changelog topic", shutdown)
         _subscribe(consumer, stage, lock, shutdown, parts)
         _calm_gc()
-        return loop.run(max_events, until_idle)
+        loop.run(max_events, until_idle)
+        return None
     except Stopping as exc:
         log.warning("stopping during an outage of %s: nothing committed since the last checkpoint", exc)
-        return loop.result
+        return None
     except Fenced as exc:
-        log.error("stopping: another process has taken over this %s stage's state (%s)", stage.name, exc)
-        return loop.result
+        return exc
     finally:
         try:
             consumer.close(autocommit=False)

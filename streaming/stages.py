@@ -466,7 +466,8 @@ class ItemStage:
             self.touched.clear()
 
     def log_state(self, partitions: list[int] | None) -> dict[int, int]:
-        """Raises ``Fenced`` when another process has taken the shard over (this one must stop)."""
+        """Raises ``Fenced`` when a newer producer holds the shard's transactional id (``run_stage``
+        decides whether to take the shard over again)."""
         if self.owner is None:
             return {}
         self.owner.add_changes(self.features, {p: (self.dedup[p], self.dedup_logs[p]) for p in self.dedup},

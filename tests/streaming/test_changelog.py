@@ -191,3 +191,34 @@ def test_an_owner_that_dies_mid_transaction_is_fenced_and_its_open_transaction_n
         r.writer.close()
         restorer.close()
         dead.producer.close(timeout=2)
+
+
+def _fence(settings, transactional_id: str) -> None:
+    """Open (and close) a producer with ``transactional_id``: its owner's next commit is fenced, as after
+    a broker failure that bumped the epoch."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**settings.kafka.client_kwargs(), transactional_id=transactional_id)
+    try:
+        producer.init_transactions()
+    finally:
+        producer.close(timeout=5)
+
+
+def test_a_fenced_item_shard_takes_its_state_over_again_and_stays_exact(kafka, capfd):
+    """No consumer group arbitrates an item shard: fenced with no other process of it running, it
+    restores its state again and goes on (before, it stopped and nobody took the shard over)."""
+    s = _tuned(kafka)
+    events = _events(2500, seed=16)
+    procs = [_spawn(s, "user", 0, until_idle=5), _spawn(s, "item", 1, until_idle=5)]
+    try:
+        _wait_for_checkpoint(s)
+        producer, sent = _in_background(_produce, s, events, rate=800, poison_every=300)
+        time.sleep(1.0)
+        _fence(s, f"{item_changelog(s, 1)}-0")
+        assert producer.is_alive(), "fenced after the stream ended; slow the producer down"
+        producer.join()
+    finally:
+        _join_all(procs)
+    _assert_exact(s, events, sent["value"])
+    assert "item stage fenced" in capfd.readouterr().err
