@@ -126,7 +126,7 @@ def test_a_consumer_joining_with_an_empty_disk_restores_its_partitions_from_the_
         procs.append(_spawn(b, "user", 2, until_idle=6, results=results))  # joins the group: a rebalance
         _wait_for_user_checkpoint(b)  # B is in the group and has restored its share
         producer.join()
-        _wait_drained(s)
+        _wait_drained(s, host_a)  # B stops by itself once idle
         for p in host_a:
             os.kill(p.pid, signal.SIGTERM)
         outs = _results(results, 3)
