@@ -10,13 +10,13 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from cli.local.kafka import LocalKafka
 from sassflow.contracts.events import EventError
 from streaming.dead_letters import DeadLetters
 from streaming.topics import ensure_topics
 from tests.conftest import TEST_KAFKA_PORT, make_settings
+from tests.streaming.test_ingest import _dead_letters
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +81,8 @@ def _flush_until_delivered(letters: DeadLetters, attempts: int = 30) -> None:
 
 def _on_topic(settings) -> Counter:
     """(source partition, source offset) -> how many letters of it the dead-letter topic holds."""
-    c = KafkaConsumer(**settings.kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(settings.kafka.dlq_topic, p) for p in c.partitions_for_topic(settings.kafka.dlq_topic)]
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
-        end = c.end_offsets(tps)
-        found = Counter()
-        while any(c.position(tp) < end[tp] for tp in tps):
-            for recs in c.poll(timeout_ms=500).values():
-                for r in recs:
-                    h = dict(r.headers)
-                    found[int(h["source_partition"]), int(h["source_offset"])] += 1
-        return found
-    finally:
-        c.close()
+    headers = [dict(r.headers) for r in _dead_letters(settings)]
+    return Counter((int(h["source_partition"]), int(h["source_offset"])) for h in headers)
 
 
 def test_dead_letters_ride_out_a_broker_outage_and_land_once(own_broker):
